@@ -1,0 +1,164 @@
+"""Input pipelines over in-memory data: a Grain training loader and padded eval batches.
+
+A training loader's iterator state is `bytes` (grain's JSON encoding). Store it in a
+checkpoint as `state.decode()` (a JSON string) or `np.frombuffer(state, np.uint8)`, and
+restore with `it.set_state(text.encode())` or `it.set_state(array.tobytes())`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterable, Iterator
+
+import grain.python as grain
+import jax
+import numpy as np
+
+from ae_jax.data.sources import ArrayData
+from ae_jax.errors import DataError
+
+
+class ArraySource(grain.RandomAccessDataSource):
+  """Random access to the examples of an `ArrayData` as {'x': (...), 'y': ()} records."""
+
+  def __init__(self, data: ArrayData):
+    self._x = data.x
+    self._y = data.y
+
+  def __len__(self) -> int:
+    return int(self._x.shape[0])
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    record = {"x": self._x[index]}
+    if self._y is not None:
+      record["y"] = self._y[index]
+    return record
+
+
+def make_train_loader(data: ArrayData, *, batch_size: int, seed: int,
+                      num_epochs: int | None = None, shard_by_process: bool = True,
+                      worker_count: int = 0) -> grain.DataLoader:
+  """A shuffled, batched Grain loader of dicts {'x': (B, ...), 'y': (B,)}.
+
+  Epochs follow each other as one stream (reshuffled per epoch by `seed`), so a batch
+  may hold examples of two epochs; only the last incomplete batch is dropped.
+  `num_epochs=None` repeats forever. With `shard_by_process`, each JAX process reads its
+  own 1/process_count of every epoch. 'y' is absent when the data has no labels.
+
+  `iter(loader)` gives an iterator with `get_state() -> bytes` and `set_state(bytes)`;
+  see the module docstring for how to store that state.
+  """
+  if batch_size < 1:
+    raise DataError(f"batch_size must be >= 1, got {batch_size}")
+  if shard_by_process:
+    shard_options = grain.ShardByJaxProcess(drop_remainder=True)
+    per_process = len(data) // jax.process_count()
+  else:
+    shard_options = grain.NoSharding()
+    per_process = len(data)
+  if per_process < batch_size:
+    raise DataError(f"{data.name}: {per_process} examples per process cannot fill one "
+                    f"batch of {batch_size}")
+  sampler = grain.IndexSampler(num_records=len(data), shard_options=shard_options,
+                               shuffle=True, seed=seed, num_epochs=num_epochs)
+  return grain.DataLoader(data_source=ArraySource(data), sampler=sampler,
+                          operations=[grain.Batch(batch_size, drop_remainder=True)],
+                          worker_count=worker_count)
+
+
+def eval_batches(data: ArrayData | np.ndarray, batch_size: int) -> Iterator[dict]:
+  """Yields every example once, in order, in batches of exactly `batch_size`.
+
+  Each batch is {'x': (B, ...), 'mask': (B,) float32, 'index': (B,) int64} plus
+  'y': (B,) when labels exist. The last batch is padded with zeros, mask 0 and index -1.
+  """
+  if batch_size < 1:
+    raise DataError(f"batch_size must be >= 1, got {batch_size}")
+  if isinstance(data, ArrayData):
+    x, y = data.x, data.y
+  else:
+    x, y = np.asarray(data), None
+  n = x.shape[0]
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    pad = batch_size - (stop - start)
+    batch = {"x": x[start:stop],
+             "mask": np.ones(stop - start, np.float32),
+             "index": np.arange(start, stop, dtype=np.int64)}
+    if y is not None:
+      batch["y"] = y[start:stop]
+    if pad:
+      fill = {"index": -1}
+      batch = {k: np.concatenate([v, np.full((pad,) + v.shape[1:], fill.get(k, 0), v.dtype)])
+               for k, v in batch.items()}
+    yield batch
+
+
+def shard_for_devices(batch: dict, num_devices: int) -> dict:
+  """Reshapes every array (B, ...) of a batch to (num_devices, B // num_devices, ...)."""
+
+  def split(leaf):
+    leaf = np.asarray(leaf)
+    if leaf.ndim == 0 or leaf.shape[0] % num_devices:
+      size = leaf.shape[0] if leaf.ndim else "a scalar"
+      raise DataError(f"a batch of {size} cannot be split over {num_devices} devices: "
+                      "batch_size must be a multiple of the device count")
+    return leaf.reshape((num_devices, leaf.shape[0] // num_devices) + leaf.shape[1:])
+
+  if num_devices < 1:
+    raise DataError(f"num_devices must be >= 1, got {num_devices}")
+  return jax.tree.map(split, batch)
+
+
+_DONE = object()
+
+
+class _Raised:
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+def prefetch(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
+  """Runs `iterator` in a background thread, `size` items ahead; same items, same order.
+
+  An exception in the producer is raised in the consumer at the point it occurred.
+  Closing the returned generator stops the producer.
+  """
+  buffer: queue.Queue = queue.Queue(maxsize=max(1, size))
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        buffer.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def produce():
+    try:
+      for item in iterator:
+        if not put(item):
+          return
+    except BaseException as e:  # pylint: disable=broad-except
+      put(_Raised(e))
+      return
+    put(_DONE)
+
+  def consume():
+    try:
+      while True:
+        item = buffer.get()
+        if item is _DONE:
+          return
+        if isinstance(item, _Raised):
+          raise item.error
+        yield item
+    finally:
+      stop.set()
+
+  threading.Thread(target=produce, daemon=True, name="ae_jax-prefetch").start()
+  return consume()
