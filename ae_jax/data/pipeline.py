@@ -11,6 +11,7 @@ import queue
 import threading
 from typing import Any, Iterable, Iterator
 
+from absl import flags
 import grain.python as grain
 import jax
 import numpy as np
@@ -60,6 +61,9 @@ def make_train_loader(data: ArrayData, *, batch_size: int, seed: int,
   if per_process < batch_size:
     raise DataError(f"{data.name}: {per_process} examples per process cannot fill one "
                     f"batch of {batch_size}")
+  if worker_count and not flags.FLAGS.is_parsed():
+    # Grain's worker processes read absl flags; outside absl.app they are unparsed.
+    flags.FLAGS.mark_as_parsed()
   sampler = grain.IndexSampler(num_records=len(data), shard_options=shard_options,
                                shuffle=True, seed=seed, num_epochs=num_epochs)
   return grain.DataLoader(data_source=ArraySource(data), sampler=sampler,
