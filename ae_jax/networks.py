@@ -1,0 +1,184 @@
+"""Encoder and decoder networks (Flax linen) for vectors, images and sequences.
+
+An encoder maps a batch `x` of shape (B, *input_shape) to features (B, F); a family's
+bottleneck turns features into a latent. A decoder maps a latent (B, L) back to
+(B, *output_shape). Networks are chosen by name through `NETWORKS`.
+"""
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from ae_jax.errors import ConfigError
+from ae_jax.registry import Registry
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "tanh": jnp.tanh,
+    "elu": nn.elu,
+    "leaky_relu": nn.leaky_relu,
+    "sigmoid": nn.sigmoid,
+}
+
+
+def get_activation(name: str) -> Callable:
+  if name not in ACTIVATIONS:
+    raise ConfigError(f"unknown activation {name!r}; valid activations are: "
+                      f"{', '.join(sorted(ACTIVATIONS))}")
+  return ACTIVATIONS[name]
+
+
+class MLPEncoder(nn.Module):
+  """Flattens (B, ...) inputs and applies Dense layers of the given widths."""
+  widths: Sequence[int]
+  activation: str = "relu"
+  layer_norm: bool = False
+  dropout: float = 0.0
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = get_activation(self.activation)
+    h = x.reshape(x.shape[0], -1)
+    for width in self.widths:
+      h = nn.Dense(width, dtype=self.dtype)(h)
+      if self.layer_norm:
+        h = nn.LayerNorm(dtype=self.dtype)(h)
+      h = act(h)
+      if self.dropout > 0:
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return h
+
+
+class MLPDecoder(nn.Module):
+  """Maps (B, L) latents through Dense layers to (B, *output_shape)."""
+  widths: Sequence[int]
+  output_shape: Sequence[int]
+  activation: str = "relu"
+  layer_norm: bool = False
+  dropout: float = 0.0
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    act = get_activation(self.activation)
+    h = z
+    for width in self.widths:
+      h = nn.Dense(width, dtype=self.dtype)(h)
+      if self.layer_norm:
+        h = nn.LayerNorm(dtype=self.dtype)(h)
+      h = act(h)
+      if self.dropout > 0:
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    out = nn.Dense(math.prod(self.output_shape), dtype=self.dtype)(h)
+    return out.reshape(z.shape[0], *self.output_shape)
+
+
+class ConvEncoder(nn.Module):
+  """Strided convolutions over (B, *spatial, C), then flatten to (B, F).
+
+  Works for images (two spatial axes) and sequences (one); each layer halves
+  every spatial size (`stride`), so sizes must be divisible by stride**len(channels).
+  """
+  channels: Sequence[int]
+  kernel_size: int = 3
+  stride: int = 2
+  activation: str = "relu"
+  layer_norm: bool = False
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = get_activation(self.activation)
+    ndim = x.ndim - 2
+    h = x
+    for ch in self.channels:
+      h = nn.Conv(ch, (self.kernel_size,) * ndim, strides=(self.stride,) * ndim,
+                  padding="SAME", dtype=self.dtype)(h)
+      if self.layer_norm:
+        h = nn.LayerNorm(dtype=self.dtype)(h)
+      h = act(h)
+    return h.reshape(h.shape[0], -1)
+
+
+class ConvDecoder(nn.Module):
+  """Dense to the smallest feature map, then transposed convolutions up to output_shape."""
+  channels: Sequence[int]
+  output_shape: Sequence[int]
+  kernel_size: int = 3
+  stride: int = 2
+  activation: str = "relu"
+  layer_norm: bool = False
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    act = get_activation(self.activation)
+    *spatial, out_ch = self.output_shape
+    ndim = len(spatial)
+    factor = self.stride ** len(self.channels)
+    small = [s // factor for s in spatial]
+    first = self.channels[-1]
+    h = nn.Dense(math.prod(small) * first, dtype=self.dtype)(z)
+    h = act(h).reshape(z.shape[0], *small, first)
+    for ch in reversed(self.channels):
+      h = nn.ConvTranspose(ch, (self.kernel_size,) * ndim, strides=(self.stride,) * ndim,
+                           padding="SAME", dtype=self.dtype)(h)
+      if self.layer_norm:
+        h = nn.LayerNorm(dtype=self.dtype)(h)
+      h = act(h)
+    return nn.Conv(out_ch, (self.kernel_size,) * ndim, padding="SAME", dtype=self.dtype)(h)
+
+
+NETWORKS: Registry = Registry("network")
+
+
+def _check_conv_shape(name: str, input_shape, spatial_rank: int, cfg) -> None:
+  if len(input_shape) != spatial_rank + 1:
+    want = "(H, W, C)" if spatial_rank == 2 else "(T, C)"
+    raise ConfigError(
+        f"network {name!r} expects examples of shape {want}, got {tuple(input_shape)}; "
+        f"use network='mlp' for flat vectors or reshape the data")
+  factor = cfg.stride ** len(cfg.channels)
+  bad = [s for s in input_shape[:-1] if s % factor]
+  if bad:
+    raise ConfigError(
+        f"network {name!r} with {len(cfg.channels)} stride-{cfg.stride} layers needs spatial "
+        f"sizes divisible by {factor}, got {tuple(input_shape[:-1])}; change model.channels "
+        f"(fewer layers) or pad the inputs")
+
+
+def _dtype(cfg):
+  name = cfg.get("compute_dtype", "float32")
+  return None if name in (None, "float32") else jnp.dtype(name)
+
+
+@NETWORKS.register("mlp")
+def mlp(cfg: ml_collections.ConfigDict, input_shape, decoder_input: int):
+  """MLP encoder with cfg.widths and its mirror as decoder."""
+  del decoder_input
+  kw = dict(activation=cfg.activation, layer_norm=cfg.layer_norm, dropout=cfg.dropout,
+            dtype=_dtype(cfg))
+  return (MLPEncoder(tuple(cfg.widths), **kw),
+          MLPDecoder(tuple(reversed(cfg.widths)), tuple(input_shape), **kw))
+
+
+def _conv(name: str, rank: int):
+  def build(cfg: ml_collections.ConfigDict, input_shape, decoder_input: int):
+    del decoder_input
+    _check_conv_shape(name, input_shape, rank, cfg)
+    kw = dict(kernel_size=cfg.kernel_size, stride=cfg.stride, activation=cfg.activation,
+              layer_norm=cfg.layer_norm, dtype=_dtype(cfg))
+    return (ConvEncoder(tuple(cfg.channels), **kw),
+            ConvDecoder(tuple(cfg.channels), tuple(input_shape), **kw))
+  build.__doc__ = f"Strided conv encoder and transposed-conv decoder over {rank}-D inputs."
+  return build
+
+
+NETWORKS.register("conv2d")(_conv("conv2d", 2))
+NETWORKS.register("conv1d")(_conv("conv1d", 1))

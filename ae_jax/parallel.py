@@ -1,0 +1,100 @@
+"""Compile one per-device step for `jit`, `pmap` or `jit(shard_map)`.
+
+The step has the signature `step(state, batch, rng, *, axis_name)`; the state and rng
+are replicated and the batch is split over a 1-D data axis. Every compiled function
+takes the GLOBAL batch (B, ...) on the host and returns replicated outputs, so callers
+never reshape, replicate or unreplicate.
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ae_jax.errors import ConfigError, DataError
+
+AXIS = "data"
+MODES = ("none", "jit", "pmap", "shard_map")
+
+
+def resolve_devices(num_devices: int = 0) -> list:
+  devices = jax.local_devices()
+  if num_devices < 0 or num_devices > len(devices):
+    raise ConfigError(f"train.num_devices={num_devices} but this process has {len(devices)} "
+                      "local devices; use 0 for all of them")
+  return devices[:num_devices] if num_devices else devices
+
+
+def data_mesh(devices) -> jax.sharding.Mesh:
+  """A 1-D mesh over `devices` with an Auto axis, so unsharded inputs are accepted."""
+  return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def _check_divisible(batch, n):
+  b = jax.tree.leaves(batch)[0].shape[0]
+  if b % n:
+    raise DataError(f"the global batch of {b} examples cannot be split over {n} devices; "
+                    f"set train.batch_size to a multiple of {n} (or train.num_devices)")
+  return b
+
+
+def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
+                 donate_state: bool = True, batch_argnum: int = 1) -> Callable:
+  """Wrap `step(state, batch, rng, *, axis_name)` for the chosen parallel mode.
+
+  mode: 'none' (no compilation, one device), 'jit' (one device), 'pmap', 'shard_map'.
+  The returned function keeps the same positional signature; argument `batch_argnum`
+  is the batch, split along its leading axis; all other arguments are replicated.
+  """
+  if mode not in MODES:
+    raise ConfigError(f"unknown train.parallel {mode!r}; valid modes are: {', '.join(MODES)}")
+  donate = (0,) if donate_state else ()
+  if mode == "none":
+    return functools.partial(step, axis_name=None)
+  if mode == "jit":
+    return jax.jit(functools.partial(step, axis_name=None), donate_argnums=donate)
+  devices = resolve_devices(num_devices)
+  n = len(devices)
+  per_device = functools.partial(step, axis_name=AXIS)
+
+  if mode == "pmap":
+    in_axes = [None, None, None]
+    in_axes[batch_argnum] = 0
+    fn = jax.pmap(per_device, axis_name=AXIS, in_axes=tuple(in_axes), out_axes=None,
+                  devices=devices)
+
+    def run(*args):
+      args = list(args)
+      b = _check_divisible(args[batch_argnum], n)
+      args[batch_argnum] = jax.tree.map(lambda v: v.reshape(n, b // n, *v.shape[1:]),
+                                        args[batch_argnum])
+      return fn(*args)
+
+    run.lower = fn.lower
+    run.num_devices = n
+    return run
+
+  mesh = data_mesh(devices)
+  specs = [P(), P(), P()]
+  specs[batch_argnum] = P(AXIS)
+  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs), out_specs=P()),
+               donate_argnums=donate)
+  sharding = NamedSharding(mesh, P(AXIS))
+
+  def run(*args):
+    args = list(args)
+    _check_divisible(args[batch_argnum], n)
+    args[batch_argnum] = jax.device_put(args[batch_argnum], sharding)
+    return fn(*args)
+
+  run.lower = fn.lower
+  run.num_devices = n
+  return run
+
+
+def host_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Drop keys the step does not take (e.g. 'index') and make arrays contiguous numpy."""
+  return {k: np.asarray(v) for k, v in batch.items() if k in ("x", "y", "mask")}

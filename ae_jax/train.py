@@ -1,0 +1,145 @@
+"""Train state, optimizer and the ONE per-device train and eval steps.
+
+`train_step(state, batch, rng, *, model, family, config, axis_name)` is written for a
+single device's slice of the batch; `ae_jax.parallel` compiles it for plain `jit`,
+`pmap` or `jit(shard_map)`. With `axis_name=None` it runs on one device without
+collectives. Per-example randomness comes from the example's GLOBAL index, so the
+same global batch gives the same numbers on 1 or N devices.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from ae_jax.errors import ConfigError
+from ae_jax.families import Family, scalar_metrics
+
+TrainState = train_state.TrainState
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """optax optimizer from cfg.optim: Adam/AdamW/SGD, optional clipping and schedule."""
+  o = cfg.optim
+  if o.learning_rate <= 0:
+    raise ConfigError(f"optim.learning_rate must be > 0, got {o.learning_rate}")
+  if o.schedule == "constant":
+    lr = o.learning_rate
+  elif o.schedule == "cosine":
+    lr = optax.cosine_decay_schedule(o.learning_rate, max(total_steps, 1))
+  elif o.schedule == "warmup_cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps,
+                                            max(total_steps, o.warmup_steps + 1))
+  else:
+    raise ConfigError(f"unknown optim.schedule {o.schedule!r}; valid: constant, cosine, "
+                      "warmup_cosine")
+  if o.name == "adam":
+    tx = optax.adam(lr)
+  elif o.name == "adamw":
+    tx = optax.adamw(lr, weight_decay=o.weight_decay)
+  elif o.name == "sgd":
+    tx = optax.sgd(lr, momentum=0.9)
+  else:
+    raise ConfigError(f"unknown optim.name {o.name!r}; valid: adam, adamw, sgd")
+  if o.grad_clip and o.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  return tx
+
+
+def init_params(model, input_shape, rng, *, conditional: bool = False):
+  """Initialise the model's parameters with a batch of two zero examples."""
+  x = jnp.zeros((2, *input_shape), jnp.float32)
+  cond = jnp.zeros((2,), jnp.int32) if conditional else None
+  return model.init({"params": rng, "dropout": rng}, x, cond)
+
+
+def create_train_state(cfg, model, input_shape, rng, total_steps: int) -> TrainState:
+  params = init_params(model, input_shape, rng, conditional=bool(getattr(model, "num_classes", 0)))
+  return TrainState.create(apply_fn=model.apply, params=params,
+                           tx=make_optimizer(cfg, total_steps))
+
+
+def example_keys(rng, local_batch: int, axis_name: str | None):
+  """One key per example, folded from the example's index in the global batch."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
+
+
+def _weighted_sums(terms, weights):
+  def reduce(v):
+    w = weights.reshape(weights.shape + (1,) * (v.ndim - 1)).astype(v.dtype)
+    return jnp.sum(v * w, axis=0)
+  return jax.tree.map(reduce, terms)
+
+
+def _objective(params, batch, rng, step, *, model, family: Family, config, axis_name):
+  """(loss on this device's slice, (per-term weighted sums, weight total))."""
+  x = batch["x"]
+  weights = batch.get("mask", jnp.ones((x.shape[0],), jnp.float32))
+  keys = example_keys(jax.random.fold_in(rng, 0), x.shape[0], axis_name)
+  dropout_rng = jax.random.fold_in(rng, 1)
+  if axis_name is not None:
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+  terms = family.terms(model, params, batch, keys, step, config, dropout_rng)
+  sums = _weighted_sums(terms, weights)
+  count = jnp.sum(weights)
+  means = family.finalize(jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums), config)
+  return means["loss"], (sums, count)
+
+
+def _global_metrics(sums, count, family, config, axis_name):
+  if axis_name is not None:
+    sums, count = jax.lax.psum((sums, count), axis_name)
+  means = family.finalize(jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums), config)
+  return scalar_metrics(means)
+
+
+def _pmean(x, axis_name):
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: Family,
+               config: ml_collections.ConfigDict, axis_name: str | None = None):
+  """One optimizer step on this device's slice of the global batch.
+
+  batch: {'x': (b, *shape), optional 'y': (b,), optional 'mask': (b,)}.
+  Returns the new state and global metrics (loss, family terms, grad_norm, finite).
+  With config.train.nonfinite == 'skip' a step whose loss or gradient is not finite
+  leaves the parameters and optimizer state unchanged.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  objective = functools.partial(_objective, batch=batch, rng=rng, step=state.step, model=model,
+                                family=family, config=config, axis_name=axis_name)
+  (_, (sums, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  grads = _pmean(grads, axis_name)
+  metrics = _global_metrics(sums, count, family, config, axis_name)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+  metrics["grad_norm"] = grad_norm
+  metrics["finite"] = finite.astype(jnp.float32)
+  new_state = state.apply_gradients(grads=grads)
+  if config.train.nonfinite == "skip":
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                             state.replace(step=state.step + 1))
+  return new_state, metrics
+
+
+def eval_step(params, batch: dict[str, Any], rng, *, model, family: Family,
+              config: ml_collections.ConfigDict, axis_name: str | None = None):
+  """Weighted per-term sums and the weight total of one (padded, masked) batch, summed
+  over devices: the host adds them over batches and calls `finalize_eval` at the end."""
+  _, (sums, count) = _objective(params, batch, rng, jnp.asarray(0), model=model, family=family,
+                                config=config, axis_name=axis_name)
+  if axis_name is not None:
+    sums, count = jax.lax.psum((sums, count), axis_name)
+  return sums, count
+
+
+def finalize_eval(family: Family, config, sums, count) -> dict[str, float]:
+  """Metrics of a whole evaluation from the summed `eval_step` outputs."""
+  means = family.finalize(jax.tree.map(lambda s: s / max(float(count), 1e-12), sums), config)
+  return {k: float(v) for k, v in scalar_metrics(means).items()}
