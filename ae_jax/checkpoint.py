@@ -1,0 +1,151 @@
+"""Orbax checkpoints of a training run: the last N steps, plus the best by validation loss.
+
+A checkpoint holds the train state (params, optimizer state, step) and a JSON record
+(config, input shape, fitted scaler, data-iterator state, early-stopping counters). It is
+restored into a freshly built state, never unpickled: loading executes no code from
+the file. A checkpoint that cannot be read (truncated, garbled) is skipped with a
+warning and the previous one is used.
+"""
+
+import json
+import pathlib
+import warnings
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from ae_jax.errors import CheckpointError
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+
+
+def _manager(directory: pathlib.Path, keep: int, best: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False,
+      best_fn=(lambda m: m["val_loss"]) if best else None, best_mode="min",
+      cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory.absolute(), options=options,
+                               item_names=("state", "meta"))
+
+
+def state_tree(state) -> dict[str, Any]:
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+
+
+class Checkpoints:
+  """The checkpoints of one workdir: `save`, `restore_latest`, `save_best`."""
+
+  def __init__(self, workdir, keep: int = 3):
+    self.workdir = pathlib.Path(workdir)
+    self.latest = _manager(self.workdir / LATEST_DIR, keep)
+    self._best = None
+
+  @property
+  def best(self) -> ocp.CheckpointManager:
+    if self._best is None:
+      self._best = _manager(self.workdir / BEST_DIR, 1, best=True)
+    return self._best
+
+  def _args(self, state, meta):
+    return ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
+                              meta=ocp.args.JsonSave(meta))
+
+  def save(self, step: int, state, meta: dict) -> None:
+    self.latest.save(step, args=self._args(state, meta), force=True)
+    self.latest.wait_until_finished()
+
+  def save_best(self, step: int, state, meta: dict, val_loss: float) -> None:
+    self.best.save(step, args=self._args(state, meta),
+                   metrics={"val_loss": float(val_loss)}, force=True)
+    self.best.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    return sorted(self.latest.all_steps())
+
+  def close(self):
+    self.latest.close()
+    if self._best is not None:
+      self._best.close()
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def check_architecture(meta: dict, cfg: ml_collections.ConfigDict, where: str) -> None:
+  """Raise CheckpointError when the checkpoint's model config differs from cfg.model."""
+  saved = json.loads(meta["config"])["model"]
+  current = json.loads(cfg.to_json())["model"]
+  diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current)
+          if saved.get(k) != current.get(k) and k != "compute_dtype"}
+  if diff:
+    detail = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in
+                       sorted(diff.items()))
+    raise CheckpointError(
+        f"the checkpoint in {where} was written by a different architecture ({detail}); "
+        "use a new workdir, or the same model config as the run that wrote it")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, state):
+  """Restore (state, meta) of `step` into the structure of `state`."""
+  target = ocp.args.Composite(
+      state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                                  state_tree(state))),
+      meta=ocp.args.JsonRestore())
+  got = manager.restore(step, args=target)
+  tree = got["state"]
+  new_state = state.replace(params=tree["params"], opt_state=tree["opt_state"],
+                            step=tree["step"])
+  return new_state, got["meta"]
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, cfg, state, where: str):
+  """Restore the newest checkpoint that reads cleanly; warn about each one skipped.
+
+  Returns (state, meta) or None when there is no checkpoint.
+  A checkpoint of a different architecture raises CheckpointError (it is not skipped).
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      meta = read_meta(manager, step)
+    except Exception as e:  # noqa: BLE001 - any read failure means a damaged checkpoint
+      warnings.warn(f"checkpoint step {step} in {where} is unreadable ({type(e).__name__}: "
+                    f"{str(e)[:200]}); falling back to the previous one", RuntimeWarning)
+      continue
+    check_architecture(meta, cfg, where)
+    try:
+      return restore(manager, step, state)
+    except Exception as e:  # noqa: BLE001
+      warnings.warn(f"checkpoint step {step} in {where} is damaged ({type(e).__name__}: "
+                    f"{str(e)[:200]}); falling back to the previous one", RuntimeWarning)
+  return None
+
+
+def load_config(workdir, best: bool = False) -> tuple[ml_collections.ConfigDict, dict, int]:
+  """The config, meta record and step of a workdir's newest readable (or best) checkpoint."""
+  workdir = pathlib.Path(workdir)
+  sub = workdir / (BEST_DIR if best else LATEST_DIR)
+  if not sub.is_dir():
+    raise CheckpointError(f"no checkpoints in {workdir} (expected a folder {sub.name}/); "
+                          "train first with `ae-jax train --workdir ...`")
+  manager = _manager(sub, 1000, best=best)
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        meta = read_meta(manager, step)
+      except Exception as e:  # noqa: BLE001
+        warnings.warn(f"checkpoint step {step} in {sub} is unreadable ({type(e).__name__}); "
+                      "falling back to the previous one", RuntimeWarning)
+        continue
+      return ml_collections.ConfigDict(json.loads(meta["config"])), meta, step
+  finally:
+    manager.close()
+  raise CheckpointError(f"no readable checkpoint in {sub}")
+
+
+def open_manager(workdir, best: bool = False) -> ocp.CheckpointManager:
+  workdir = pathlib.Path(workdir)
+  return _manager(workdir / (BEST_DIR if best else LATEST_DIR), 1000, best=best)
