@@ -80,7 +80,10 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
   mesh = data_mesh(devices)
   specs = [P(), P(), P()]
   specs[batch_argnum] = P(AXIS)
-  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs), out_specs=P()),
+  # check_vma=False: with it on, the gradient of the replicated state is already summed
+  # over devices, and the step's own pmean would leave it num_devices times too large.
+  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs), out_specs=P(),
+                             check_vma=False),
                donate_argnums=donate)
   sharding = NamedSharding(mesh, P(AXIS))
 
