@@ -77,7 +77,7 @@ def _weighted_sums(terms, weights):
 
 
 def _objective(params, batch, rng, step, *, model, family: Family, config, axis_name):
-  """(loss on this device's slice, (per-term weighted sums, weight total))."""
+  """(this device's share of the global loss, (per-term weighted sums, weight total))."""
   x = batch["x"]
   weights = batch.get("mask", jnp.ones((x.shape[0],), jnp.float32))
   keys = example_keys(jax.random.fold_in(rng, 0), x.shape[0], axis_name)
@@ -88,7 +88,13 @@ def _objective(params, batch, rng, step, *, model, family: Family, config, axis_
   sums = _weighted_sums(terms, weights)
   count = jnp.sum(weights)
   means = family.finalize(jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums), config)
-  return means["loss"], (sums, count)
+  loss = means["loss"]
+  if axis_name is not None:
+    # Weight each device's mean by its share of the examples, so that the pmean of the
+    # gradients is the gradient of the global weighted mean even when masks differ.
+    total = jax.lax.psum(count, axis_name)
+    loss = loss * count * jax.lax.psum(1, axis_name) / jnp.maximum(total, 1e-12)
+  return loss, (sums, count)
 
 
 def _global_metrics(sums, count, family, config, axis_name):
