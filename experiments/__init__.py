@@ -1,0 +1,1 @@
+"""Experiment scripts: `python -m experiments.<name>` (each takes --smoke and --out)."""
