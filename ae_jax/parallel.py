@@ -33,24 +33,51 @@ def data_mesh(devices) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def _check_divisible(batch, n):
-  b = jax.tree.leaves(batch)[0].shape[0]
+def _check_divisible(batch, n, axis: int = 0):
+  b = jax.tree.leaves(batch)[0].shape[axis]
   if b % n:
     raise DataError(f"the global batch of {b} examples cannot be split over {n} devices; "
                     f"set train.batch_size to a multiple of {n} (or train.num_devices)")
   return b
 
 
+def scan_steps(step: Callable, batch_argnum: int = 1) -> Callable:
+  """`step(state, batch, *rest, axis_name)` run over a stack of batches in one call.
+
+  The returned function takes the batch argument stacked as (K, b, ...), runs `step`
+  K times under `jax.lax.scan` with the state (argument 0) carried from one step to the
+  next and the other arguments passed unchanged, and returns the final state and the
+  outputs of every step stacked along a leading K axis. One compiled call then does K
+  optimizer steps, which pays when dispatch, not arithmetic, dominates a step.
+  """
+  def stepped(*args, axis_name):
+    def body(state, batch):
+      step_args = list(args)
+      step_args[0], step_args[batch_argnum] = state, batch
+      return step(*step_args, axis_name=axis_name)
+    return jax.lax.scan(body, args[0], args[batch_argnum])
+  return stepped
+
+
 def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
-                 donate_state: bool = True, batch_argnum: int = 1) -> Callable:
+                 donate_state: bool = True, batch_argnum: int = 1,
+                 steps_per_call: int = 1) -> Callable:
   """Wrap `step(state, batch, rng, *, axis_name)` for the chosen parallel mode.
 
   mode: 'none' (no compilation, one device), 'jit' (one device), 'pmap', 'shard_map'.
   The returned function keeps the same positional signature; argument `batch_argnum`
   is the batch, split along its leading axis; all other arguments are replicated.
+  With `steps_per_call` > 1 the batch is a stack (K, B, ...) of K global batches, split
+  along axis 1, and one call runs K steps (`scan_steps`); its other outputs (metrics)
+  come back stacked (K, ...).
   """
   if mode not in MODES:
     raise ConfigError(f"unknown train.parallel {mode!r}; valid modes are: {', '.join(MODES)}")
+  if not isinstance(steps_per_call, int) or steps_per_call < 1:
+    raise ConfigError(f"steps_per_call must be an integer >= 1, got {steps_per_call!r}")
+  axis = 0
+  if steps_per_call > 1:
+    step, axis = scan_steps(step, batch_argnum), 1
   donate = (0,) if donate_state else ()
   if mode == "none":
     return functools.partial(step, axis_name=None)
@@ -62,15 +89,16 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
 
   if mode == "pmap":
     in_axes = [None, None, None]
-    in_axes[batch_argnum] = 0
+    in_axes[batch_argnum] = axis
     fn = jax.pmap(per_device, axis_name=AXIS, in_axes=tuple(in_axes), out_axes=None,
                   devices=devices)
 
     def run(*args):
       args = list(args)
-      b = _check_divisible(args[batch_argnum], n)
-      args[batch_argnum] = jax.tree.map(lambda v: v.reshape(n, b // n, *v.shape[1:]),
-                                        args[batch_argnum])
+      b = _check_divisible(args[batch_argnum], n, axis)
+      args[batch_argnum] = jax.tree.map(
+          lambda v: v.reshape(*v.shape[:axis], n, b // n, *v.shape[axis + 1:]),
+          args[batch_argnum])
       return fn(*args)
 
     run.lower = fn.lower
@@ -79,17 +107,17 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
 
   mesh = data_mesh(devices)
   specs = [P(), P(), P()]
-  specs[batch_argnum] = P(AXIS)
+  specs[batch_argnum] = P(*(None,) * axis, AXIS)
   # check_vma=False: with it on, the gradient of the replicated state is already summed
   # over devices, and the step's own pmean would leave it num_devices times too large.
   fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=tuple(specs), out_specs=P(),
                              check_vma=False),
                donate_argnums=donate)
-  sharding = NamedSharding(mesh, P(AXIS))
+  sharding = NamedSharding(mesh, specs[batch_argnum])
 
   def run(*args):
     args = list(args)
-    _check_divisible(args[batch_argnum], n)
+    _check_divisible(args[batch_argnum], n, axis)
     args[batch_argnum] = jax.device_put(args[batch_argnum], sharding)
     return fn(*args)
 
