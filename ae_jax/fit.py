@@ -237,7 +237,8 @@ def _meta(cfg, input_shape, scaler, iterator, best, bad_evals) -> dict:
 
 
 def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_data=None,
-        progress: bool = True, stop_after: int | None = None) -> Trained:
+        progress: bool = True, stop_after: int | None = None,
+        restore_best: bool = False) -> Trained:
   """Train `cfg` and return the trained model.
 
   Args:
@@ -247,6 +248,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     train_data / eval_data: ArrayData to use instead of loading cfg.data.
     progress: show a tqdm bar.
     stop_after: stop (after checkpointing) once this step is reached; for tests of resume.
+    restore_best: return the parameters of the evaluation with the lowest validation
+      loss (kept in host memory) instead of the last ones; needs validation data.
   """
   get_family(cfg.model.family)
   train, val, scaler = prepare_data(cfg, train_data, eval_data)
@@ -270,7 +273,13 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     got = ckpt_lib.restore_newest_readable(ckpts.latest, cfg, state, str(workdir))
     if got is not None:
       state, meta = got
-      iterator.set_state(meta["data_state"].encode())
+      try:
+        iterator.set_state(meta["data_state"].encode())
+      except ValueError as e:
+        raise DataError(
+            f"the checkpoint in {workdir} was written for other training data or batching "
+            f"than this run's ({str(e).splitlines()[0]}); resume with the same data and "
+            "train.batch_size, or use a new workdir") from None
       best, bad_evals = meta["best_val_loss"], meta["bad_evals"]
   start = int(state.step)
   log = _MetricsLog(workdir, start)
@@ -315,6 +324,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     return rows
 
   stopped_early = False
+  best_params = None
   try:
     for step in range(start + 1, stop_at + 1):
       batch = parallel.host_batch(next(iterator))
@@ -336,6 +346,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
         log.write({"step": step, "split": "eval", "time": round(time.time() - t0, 3), **ev})
         if ev["loss"] < best:
           best, bad_evals = ev["loss"], 0
+          if restore_best:
+            best_params = jax.device_get(state.params)
           if ckpts is not None:
             ckpts.save_best(step, state,
                             _meta(cfg, input_shape, scaler, iterator, best, bad_evals), best)
@@ -354,7 +366,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     bar.close()
     if ckpts is not None:
       ckpts.close()
-  result = Trained(cfg, model, state.params, scaler, input_shape, int(state.step),
+  params = state.params if best_params is None else jax.tree.map(jnp.asarray, best_params)
+  result = Trained(cfg, model, params, scaler, input_shape, int(state.step),
                    history=log.rows, workdir=workdir)
   if workdir is not None and cfg.train.figures and jax.process_index() == 0:
     from ae_jax import figures  # matplotlib is imported only when figures are drawn

@@ -123,7 +123,7 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: 
   (_, (sums, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   grads = _pmean(grads, axis_name)
   metrics = _global_metrics(sums, count, family, config, axis_name)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite.astype(jnp.float32)

@@ -7,6 +7,7 @@ restore with `it.set_state(text.encode())` or `it.set_state(array.tobytes())`.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from typing import Any, Iterable, Iterator
@@ -26,6 +27,15 @@ class ArraySource(grain.RandomAccessDataSource):
   def __init__(self, data: ArrayData):
     self._x = data.x
     self._y = data.y
+    digest = hashlib.sha1(np.ascontiguousarray(data.x).tobytes())
+    if data.y is not None:
+      digest.update(np.ascontiguousarray(data.y).tobytes())
+    self._repr = (f"ArraySource(name={data.name!r}, shape={tuple(data.x.shape)}, "
+                  f"sha1={digest.hexdigest()[:16]})")
+
+  def __repr__(self) -> str:
+    """Stable across processes, so a saved iterator state can be checked against the data."""
+    return self._repr
 
   def __len__(self) -> int:
     return int(self._x.shape[0])

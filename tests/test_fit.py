@@ -1,0 +1,143 @@
+"""The training loop: mock tfds data, exact resume, evaluation coverage, CLI smoke."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from ae_jax import data as data_lib
+from ae_jax.fit import Trained, fit
+
+
+def _small(cfg, **train):
+  cfg.train.parallel = "jit"
+  cfg.train.update(train)
+  return cfg
+
+
+def test_two_epoch_fit_under_tfds_mock_data(cfg):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg.data.name = "tfds:mnist"
+  cfg.train.num_epochs = 2
+  cfg.train.batch_size = 16
+  with tfds.testing.mock_data(num_examples=80):
+    trained = fit(_small(cfg), progress=False)
+  # 80 examples, 10% held out -> 72 train -> 4 steps per epoch.
+  assert trained.step == 2 * (72 // 16)
+  assert trained.input_shape == (28, 28, 1)
+  train_rows = [r for r in trained.history if r["split"] == "train"]
+  assert train_rows and all(np.isfinite(r["loss"]) for r in train_rows)
+
+
+def test_fit_reduces_loss_and_writes_outputs(cfg, tmp_path):
+  cfg.train.num_steps = 120
+  cfg.train.figures = True
+  trained = fit(_small(cfg), tmp_path, progress=False)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_losses = [r["loss"] for r in rows if r["split"] == "train"]
+  assert train_losses[-1] < 0.7 * train_losses[0]
+  assert any(r["split"] == "eval" for r in rows)
+  assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+  assert (tmp_path / "reconstructions.png").stat().st_size > 1000
+  assert (tmp_path / "best").is_dir() and (tmp_path / "checkpoints").is_dir()
+  again = Trained.load(tmp_path)
+  chex.assert_trees_all_equal(again.params, trained.params)
+  x = data_lib.load("digits").x[:5]
+  np.testing.assert_array_equal(again.encode(x), trained.encode(x))
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_stop_and_resume_equals_uninterrupted(cfg, tmp_path, mode):
+  cfg.train.parallel = mode
+  cfg.train.num_steps = 30
+  cfg.train.checkpoint_every = 10
+  cfg.train.eval_every = 10
+  cfg.model.family = "denoising"  # randomness in the step must resume too
+  whole = fit(cfg, tmp_path / "whole", progress=False)
+  first = fit(cfg, tmp_path / "split", progress=False, stop_after=17)
+  assert first.step == 17
+  resumed = fit(cfg, tmp_path / "split", progress=False)
+  assert resumed.step == 30
+  chex.assert_trees_all_equal(resumed.params, whole.params)
+  rows = [json.loads(line) for line in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
+  whole_rows = [json.loads(line) for line in
+                (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+  strip = lambda rs: [(r["step"], r["split"], r["loss"]) for r in rs]
+  assert [r for r in strip(rows) if r[0] > 17] == [r for r in strip(whole_rows) if r[0] > 17]
+
+
+def test_scaler_is_fitted_on_the_training_split_only(cfg):
+  cfg.data.scaling = "standard"
+  cfg.train.num_steps = 2
+  rng = np.random.RandomState(0)
+  x = rng.normal(3.0, 2.0, (100, 6)).astype(np.float32)
+  val = rng.normal(-50.0, 9.0, (40, 6)).astype(np.float32)
+  train_data = data_lib.sources.make_array_data(x, None, "train")
+  eval_data = data_lib.sources.make_array_data(val, None, "val")
+  trained = fit(_small(cfg), train_data=train_data, eval_data=eval_data, progress=False)
+  np.testing.assert_allclose(trained.scaler.offset, x.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(trained.scaler.scale, x.std(0), rtol=1e-4)
+
+
+def test_evaluation_scores_every_example_exactly_once(cfg):
+  cfg.train.num_steps = 5
+  trained = fit(_small(cfg), progress=False)
+  x = data_lib.load("digits").x[:37]  # not a multiple of any batch size used
+  per_example = []
+  for i in range(len(x)):
+    per_example.append(trained.evaluate(x[i:i + 1])["loss"])
+  for bs in (8, 16, 64):
+    trained.config.train.batch_size = bs
+    got = trained.evaluate(x)["loss"]
+    np.testing.assert_allclose(got, np.mean(per_example), rtol=1e-5)
+
+
+def test_early_stopping_stops_before_the_last_step(cfg):
+  cfg.train.num_steps = 400
+  cfg.train.eval_every = 5
+  cfg.train.patience = 2
+  cfg.optim.learning_rate = 0.5  # diverging validation loss makes patience run out
+  cfg.optim.name = "sgd"
+  trained = fit(_small(cfg), progress=False)
+  assert trained.step < 400
+
+
+def _cli(*args, cwd):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  return subprocess.run([sys.executable, "-m", "ae_jax.cli", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_smoke(tmp_path):
+  wd = tmp_path / "run dir with spaces"
+  out = _cli("train", "--config", "tiny", "--workdir", str(wd), "--no-progress",
+             "--config.model.family=vae", "--config.model.recon_loss=bce",
+             "--config.train.figures=true", cwd=tmp_path)
+  assert out.returncode == 0, out.stderr
+  assert "loss_curve" in out.stdout and (wd / "loss_curve.png").exists()
+  for command in ("evaluate", "encode", "reconstruct", "sample"):
+    out = _cli(command, "--workdir", str(wd), cwd=tmp_path)
+    assert out.returncode == 0, (command, out.stderr)
+  assert np.load(wd / "latents.npy").shape == (1797, 4)
+  assert np.load(wd / "samples.npy").shape == (16, 8, 8, 1)
+  assert json.loads((wd / "evaluate.json").read_text())["data"] == "digits"
+  config = json.loads((wd / "config.json").read_text())
+  assert config["model"]["family"] == "vae"
+
+
+def test_cli_rejects_bad_overrides_with_a_clear_message(tmp_path):
+  out = _cli("train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
+             "--config.model.latent_dimm=3", cwd=tmp_path)
+  assert out.returncode == 2
+  assert "unknown config key 'model.latent_dimm'" in out.stderr
+  assert "latent_dim" in out.stderr and "Traceback" not in out.stderr
+  out = _cli("train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
+             "--config.model.family=transformer", cwd=tmp_path)
+  assert out.returncode == 2 and "valid family names are" in out.stderr
