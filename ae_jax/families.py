@@ -95,6 +95,8 @@ def validate_config(cfg: ml_collections.ConfigDict, input_shape: tuple) -> None:
     _require(isinstance(o.iw_samples, int) and o.iw_samples >= 1,
              f"objective.iw_samples must be an integer >= 1, got {o.iw_samples!r}")
     _require(o.output_sigma > 0, f"objective.output_sigma must be > 0, got {o.output_sigma}")
+    _require(not o.get("binarize", False) or m.recon_loss == "bce",
+             "objective.binarize draws binary pixels: it needs model.recon_loss 'bce'")
   else:
     losses.RECON_LOSSES.get(m.recon_loss)
   if m.family == "cvae":
@@ -266,8 +268,16 @@ def draw_eps(keys, samples: int, latent_dim: int):
   return jax.vmap(lambda k: jax.random.normal(k, (samples, latent_dim)))(keys)
 
 
+def binarize(keys, x):
+  """Dynamic binarisation: x ~ Bernoulli(x) per pixel, one key per example; x (B, ...)."""
+  draw = jax.vmap(lambda k, xi: jax.random.bernoulli(jax.random.fold_in(k, 1), xi))
+  return draw(keys, jnp.clip(x, 0.0, 1.0)).astype(x.dtype)
+
+
 def _vae_terms(model, params, batch, keys, step, cfg, dropout_rng) -> Terms:
   x = batch["x"]
+  if cfg.objective.get("binarize", False):
+    x = binarize(keys, x)
   samples = cfg.objective.iw_samples
   res = _apply(model, params, x, batch, dropout_rng,
                eps=draw_eps(keys, samples, cfg.model.latent_dim))

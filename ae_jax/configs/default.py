@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.beta = 1.0
   c.objective.beta_warmup_steps = 0
   c.objective.iw_samples = 1      # > 1: importance-weighted bound (IWAE)
+  c.objective.binarize = False    # VAE families: train on x ~ Bernoulli(x), a fresh draw per step
   c.objective.output_sigma = 1.0  # fixed Gaussian likelihood sigma
   c.objective.commitment = 0.25
 
