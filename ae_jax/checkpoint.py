@@ -9,6 +9,7 @@ warning and the previous one is used.
 
 import json
 import pathlib
+import shutil
 import warnings
 from typing import Any
 
@@ -53,11 +54,19 @@ class Checkpoints:
     return ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
                               meta=ocp.args.JsonSave(meta))
 
+  @staticmethod
+  def _replace(manager: ocp.CheckpointManager, step: int) -> None:
+    """A run resumed from an older step writes its steps again: drop the stale copy."""
+    if step in manager.all_steps():
+      manager.delete(step)
+
   def save(self, step: int, state, meta: dict) -> None:
+    self._replace(self.latest, step)
     self.latest.save(step, args=self._args(state, meta), force=True)
     self.latest.wait_until_finished()
 
   def save_best(self, step: int, state, meta: dict, val_loss: float) -> None:
+    self._replace(self.best, step)
     self.best.save(step, args=self._args(state, meta),
                    metrics={"val_loss": float(val_loss)}, force=True)
     self.best.wait_until_finished()
@@ -102,26 +111,37 @@ def restore(manager: ocp.CheckpointManager, step: int, state):
   return new_state, got["meta"]
 
 
-def restore_newest_readable(manager: ocp.CheckpointManager, cfg, state, where: str):
+def restore_newest_readable(manager: ocp.CheckpointManager, cfg, state, where: str,
+                            delete_damaged: bool = False):
   """Restore the newest checkpoint that reads cleanly; warn about each one skipped.
 
-  Returns (state, meta) or None when there is no checkpoint.
-  A checkpoint of a different architecture raises CheckpointError (it is not skipped).
+  Returns (state, meta) or None when there is no checkpoint. A checkpoint of a
+  different architecture raises CheckpointError (it is not skipped). With
+  `delete_damaged`, unreadable newer steps are removed so training can write them again.
   """
+  damaged = []
+  result = None
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       meta = read_meta(manager, step)
     except Exception as e:  # noqa: BLE001 - any read failure means a damaged checkpoint
       warnings.warn(f"checkpoint step {step} in {where} is unreadable ({type(e).__name__}: "
                     f"{str(e)[:200]}); falling back to the previous one", RuntimeWarning)
+      damaged.append(step)
       continue
     check_architecture(meta, cfg, where)
     try:
-      return restore(manager, step, state)
+      result = restore(manager, step, state)
+      break
     except Exception as e:  # noqa: BLE001
       warnings.warn(f"checkpoint step {step} in {where} is damaged ({type(e).__name__}: "
                     f"{str(e)[:200]}); falling back to the previous one", RuntimeWarning)
-  return None
+      damaged.append(step)
+  if delete_damaged and damaged:
+    for step in damaged:
+      shutil.rmtree(pathlib.Path(manager.directory) / str(step), ignore_errors=True)
+    manager.reload()
+  return result
 
 
 def load_config(workdir, best: bool = False) -> tuple[ml_collections.ConfigDict, dict, int]:

@@ -20,6 +20,7 @@ import tqdm
 
 from ae_jax import checkpoint as ckpt_lib
 from ae_jax import data as data_lib
+from ae_jax import distributed
 from ae_jax import parallel
 from ae_jax.errors import ConfigError, DataError, NonFiniteError
 from ae_jax.families import FAMILIES, build_model, get_family
@@ -35,15 +36,15 @@ def prepare_data(cfg, train_data=None, eval_data=None):
   d = cfg.data
   if train_data is None:
     train_data = data_lib.load(d.name, d.split or None)
+  if len(train_data) == 0:
+    raise DataError(f"the training split of {train_data.name} is empty; check data.name "
+                    "and data.split")
+  train_data = _finite(train_data, "training", d.nonfinite)
   if eval_data is None:
     if d.eval_name:
       eval_data = data_lib.load(d.eval_name)
     elif d.val_fraction > 0:
       train_data, eval_data = data_lib.train_val_split(train_data, d.val_fraction, cfg.seed)
-  if len(train_data) == 0:
-    raise DataError(f"the training split of {train_data.name} is empty; check data.name "
-                    "and data.split")
-  train_data = _finite(train_data, "training", d.nonfinite)
   if eval_data is not None:
     if eval_data.x.shape[1:] != train_data.x.shape[1:]:
       raise DataError(f"evaluation examples have shape {eval_data.x.shape[1:]} but training "
@@ -200,7 +201,7 @@ def _run_eval(fn, family, cfg, params, data, batch_size) -> dict[str, float]:
   rng = jax.random.key(cfg.seed + 1)
   total_sums, total_count = None, 0.0
   for batch in data_lib.eval_batches(data, batch_size):
-    sums, count = fn(params, parallel.host_batch(batch), rng)
+    sums, count = fn(params, distributed.process_slice(parallel.host_batch(batch)), rng)
     sums = jax.tree.map(np.asarray, sums)
     total_sums = sums if total_sums is None else jax.tree.map(np.add, total_sums, sums)
     total_count += float(count)
@@ -238,7 +239,7 @@ def _meta(cfg, input_shape, scaler, iterator, best, bad_evals) -> dict:
 
 def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_data=None,
         progress: bool = True, stop_after: int | None = None,
-        restore_best: bool = False) -> Trained:
+        restore_best: bool = False, make_loader: Callable | None = None) -> Trained:
   """Train `cfg` and return the trained model.
 
   Args:
@@ -250,18 +251,28 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     stop_after: stop (after checkpointing) once this step is reached; for tests of resume.
     restore_best: return the parameters of the evaluation with the lowest validation
       loss (kept in host memory) instead of the last ones; needs validation data.
+    make_loader: `make_loader(train_data, batch_size=, seed=)` giving an iterable whose
+      iterator has get_state() -> bytes and set_state(bytes); default
+      `ae_jax.data.make_train_loader` (Grain).
   """
   get_family(cfg.model.family)
+  distributed.check_config(cfg)
+  is_main = distributed.is_main_process()
   train, val, scaler = prepare_data(cfg, train_data, eval_data)
   input_shape = tuple(train.x.shape[1:])
   devices = parallel.resolve_devices(cfg.train.num_devices) if cfg.train.parallel in (
       "pmap", "shard_map") else jax.local_devices()[:1]
-  validate_train_config(cfg, len(train), len(devices))
+  validate_train_config(cfg, len(train), len(devices) * jax.process_count())
   model = build_model(cfg, input_shape)
   family = FAMILIES.get(cfg.model.family)
   steps = total_steps(cfg, len(train))
   state = create_train_state(cfg, model, input_shape, jax.random.key(cfg.seed), steps)
-  loader = data_lib.make_train_loader(train, batch_size=cfg.train.batch_size, seed=cfg.seed)
+  if jax.process_count() > 1:
+    loader = data_lib.pipeline.make_process_train_loader(
+        train, global_batch_size=cfg.train.batch_size, seed=cfg.seed)
+  else:
+    loader = (make_loader or data_lib.make_train_loader)(train, batch_size=cfg.train.batch_size,
+                                                       seed=cfg.seed)
   iterator = iter(loader)
   best, bad_evals = float("inf"), 0
 
@@ -270,7 +281,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
   if workdir is not None:
     workdir.mkdir(parents=True, exist_ok=True)
     ckpts = ckpt_lib.Checkpoints(workdir, cfg.train.keep_checkpoints)
-    got = ckpt_lib.restore_newest_readable(ckpts.latest, cfg, state, str(workdir))
+    got = ckpt_lib.restore_newest_readable(ckpts.latest, cfg, state, str(workdir),
+                                           delete_damaged=True)
     if got is not None:
       state, meta = got
       try:
@@ -282,8 +294,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
             "train.batch_size, or use a new workdir") from None
       best, bad_evals = meta["best_val_loss"], meta["bad_evals"]
   start = int(state.step)
-  log = _MetricsLog(workdir, start)
-  if workdir is not None:
+  log = _MetricsLog(workdir if is_main else None, start)
+  if workdir is not None and is_main:
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
   step_fn = parallel.compile_step(
@@ -295,7 +307,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
   pending: list[tuple[int, dict]] = []
   skipped = 0
   stop_at = steps if stop_after is None else min(steps, stop_after)
-  bar = tqdm.tqdm(total=steps, initial=start, disable=not progress, desc="train",
+  bar = tqdm.tqdm(total=steps, initial=start, disable=not (progress and is_main), desc="train",
                   dynamic_ncols=True)
   t0 = time.time()
 
@@ -349,14 +361,15 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
           if restore_best:
             best_params = jax.device_get(state.params)
           if ckpts is not None:
-            ckpts.save_best(step, state,
+            ckpts.save_best(step, distributed.to_global(state),
                             _meta(cfg, input_shape, scaler, iterator, best, bad_evals), best)
         else:
           bad_evals += 1
         if cfg.train.patience and bad_evals >= cfg.train.patience:
           stopped_early = True
       if is_ckpt or (stopped_early and ckpts is not None):
-        ckpts.save(step, state, _meta(cfg, input_shape, scaler, iterator, best, bad_evals))
+        ckpts.save(step, distributed.to_global(state),
+                   _meta(cfg, input_shape, scaler, iterator, best, bad_evals))
         last_good = step
       if stopped_early:
         bar.write(f"early stopping at step {step}: no improvement of the validation loss "
@@ -366,7 +379,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     bar.close()
     if ckpts is not None:
       ckpts.close()
-  params = state.params if best_params is None else jax.tree.map(jnp.asarray, best_params)
+  params = (distributed.to_local(state.params) if best_params is None else
+            jax.tree.map(jnp.asarray, best_params))
   result = Trained(cfg, model, params, scaler, input_shape, int(state.step),
                    history=log.rows, workdir=workdir)
   if workdir is not None and cfg.train.figures and jax.process_index() == 0:
