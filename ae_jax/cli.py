@@ -1,4 +1,4 @@
-"""The `ae-jax` command line: train, evaluate, encode, reconstruct, sample.
+"""The `ae-jax` command line: train, evaluate, encode, reconstruct, sample, sweep.
 
 Config values are overridden in the ml_collections style, `--config.model.latent_dim=16`;
 `--config` names a preset (see `ae_jax.configs.PRESETS`) or a .json / .py config file.
@@ -130,6 +130,26 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--no-progress", action="store_true")
   t.add_argument("--stop-after", type=int, default=None,
                  help="stop after this step (with a checkpoint); for tests")
+  w = sub.add_parser("sweep", help="hyperparameter search: grid, random or tpe (docs/sweeps.md)")
+  w.add_argument("--config", default="default", help="base config: preset name or config file")
+  w.add_argument("--space", default="", help='JSON file {"optim.learning_rate": [1e-3, 3e-3], '
+                 '"model.latent_dim": {"loguniform": [2, 32]}}')
+  w.add_argument("--param", action="append", default=[], metavar="KEY=VALUES",
+                 help="one search dimension as KEY=JSON or KEY=v1,v2 (repeatable, adds to --space)")
+  w.add_argument("--metric", default="val_loss", help="val_loss | recon_mse | roc_auc")
+  w.add_argument("--direction", default=None, help="min | max (default: the metric's own)")
+  w.add_argument("--mode", default="grid", help="grid | random | tpe (tpe needs optuna)")
+  w.add_argument("--trials", type=int, default=None, help="budget in trials")
+  w.add_argument("--timeout", type=float, default=None, help="budget in seconds")
+  w.add_argument("--seeds", type=int, default=1, help="seeds per trial (mean ± std)")
+  w.add_argument("--seed", type=int, default=0, help="seed of the random/tpe sampler")
+  w.add_argument("--no-vmap", action="store_true", help="train trials one by one")
+  w.add_argument("--chunk", type=int, default=64, help="trials per vmapped group")
+  w.add_argument("--eval-data", default="", help="dataset spec for recon_mse / roc_auc")
+  w.add_argument("--eval-split", default="", help="split of --eval-data")
+  w.add_argument("--normal-class", type=int, default=None,
+                 help="roc_auc: the label of normal examples (others are anomalies)")
+  w.add_argument("--out", default="sweep", help="sweep directory (resumes if it exists)")
   for name, help_text in (("evaluate", "reconstruction metrics on a dataset"),
                           ("encode", "write latents (N, latent_dim) to .npy"),
                           ("reconstruct", "write reconstructions to .npy and a PNG grid"),
@@ -163,7 +183,7 @@ def run(argv: list[str]) -> int:
   args, extra = _parser().parse_known_args(argv)
   if args.command is None:
     args, extra = _parser().parse_known_args(["train", *argv])
-  if args.command != "train" and extra:
+  if args.command not in ("train", "sweep") and extra:
     raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
   if args.command == "train":
     from ae_jax.fit import fit
@@ -177,6 +197,9 @@ def run(argv: list[str]) -> int:
     for name, path in trained.figure_paths.items():
       print(f"{name}: {path}")
     return 0
+  if args.command == "sweep":
+    from ae_jax import sweep
+    return sweep.run_cli(args, apply_overrides(load_config(args.config), extra))
   from ae_jax.fit import Trained
   trained = Trained.load(args.workdir, best=args.best)
   if args.command == "sample":

@@ -1,0 +1,398 @@
+"""Many trials of one model trained together: the train step `vmap`ped over a trial axis.
+
+Trials that differ only in values (learning rate, weight decay, beta, sparsity weight,
+noise level, seed) share every shape, so their parameters, optimizer states and
+hyperparameters stack along a leading trial axis T and one compiled call advances all of
+them by one step. Each trial sees exactly what `ae_jax.fit.fit` would give it on its own:
+the same initial parameters, data split, batch order and random draws (all from its
+`seed`), the same step and the same evaluations, so its final parameters match a run one
+by one to float tolerance.
+
+Hyperparameters become traced per-trial arrays in two places:
+- the learning rate and weight decay live in the optimizer state
+  (`optax.inject_hyperparams`), one value per trial;
+- objective weights (`objective.beta`, ...) are passed to the unchanged
+  `ae_jax.train.train_step` inside a config copy whose fields hold the traced values.
+
+`fit_trials(cfg, overrides)` trains one trial per overrides dict; `fit_seeds(cfg, n)` is
+the same over n seeds, and `mean_std` / `format_mean_std` summarise a metric over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+import warnings
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from ae_jax import data as data_lib
+from ae_jax.errors import ConfigError
+from ae_jax.families import build_model, get_family, validate_config
+from ae_jax.fit import (Trained, _eval_batch_size, prepare_data, total_steps,
+                        validate_train_config)
+from ae_jax.train import TrainState, eval_step, finalize_eval, init_params, make_optimizer, train_step
+
+OPTIM_HPARAMS = ("optim.learning_rate", "optim.weight_decay")
+OBJECTIVE_HPARAMS = ("objective.beta", "objective.l1_weight", "objective.kl_weight",
+                     "objective.kl_rho", "objective.noise_level", "objective.commitment",
+                     "objective.output_sigma")
+VMAPPABLE = ("seed", *OPTIM_HPARAMS, *OBJECTIVE_HPARAMS)
+
+
+@dataclasses.dataclass
+class TrialRun:
+  """One trained trial: its overrides, the model as `fit` returns it (None if training
+  stopped on an error), its validation data (already scaled; None without validation)
+  and an error message if it diverged."""
+  overrides: dict
+  trained: Trained | None
+  val: data_lib.ArrayData | None = None
+  error: str | None = None
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.trained.config
+
+  @property
+  def val_loss(self) -> float:
+    """The loss of the last evaluation (NaN without one or for a failed trial)."""
+    if self.trained is None or self.error is not None:
+      return math.nan
+    evals = [r for r in self.trained.history if r["split"] == "eval"]
+    return float(evals[-1]["loss"]) if evals else math.nan
+
+
+def with_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of cfg with dotted-key overrides applied (type checked like the CLI's)."""
+  from ae_jax.cli import set_value
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  for key, value in overrides.items():
+    set_value(out, key, value, "trial overrides")
+  return out
+
+
+def not_vmappable(keys) -> list[str]:
+  """The keys among `keys` that change more than a value (shapes, code paths)."""
+  return sorted(set(keys) - set(VMAPPABLE))
+
+
+def can_vmap(cfg: ml_collections.ConfigDict, keys) -> bool:
+  """Whether trials over these config keys can train together under `vmap`."""
+  return not not_vmappable(keys) and not cfg.train.patience
+
+
+def traced_config(cfg: ml_collections.ConfigDict, hparams: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of cfg, not type safe, whose objective fields hold the (traced) values in
+  hparams {'objective.beta': array, ...}; the families read them like Python floats."""
+  out = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)
+  for key, value in hparams.items():
+    section, field = key.split(".")
+    out[section][field] = value
+  return out
+
+
+def trial_optimizer(cfg: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
+  """cfg's optimizer with the learning rate and weight decay held in the optimizer state.
+
+  The update is `make_optimizer`'s at learning rate 1 (any schedule shaped by it), scaled
+  by the state's learning rate: the same numbers as `make_optimizer(cfg)` since every
+  optimizer there is linear in its learning rate.
+  """
+  if cfg.optim.learning_rate <= 0:
+    raise ConfigError(f"optim.learning_rate must be > 0, got {cfg.optim.learning_rate}")
+
+  def factory(learning_rate, weight_decay):
+    unit = traced_config(cfg, {"optim.learning_rate": 1.0, "optim.weight_decay": weight_decay})
+    return optax.chain(make_optimizer(unit, steps), optax.scale(learning_rate))
+
+  return optax.inject_hyperparams(factory)(learning_rate=cfg.optim.learning_rate,
+                                           weight_decay=cfg.optim.weight_decay)
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def _column(cfgs, key) -> np.ndarray:
+  section, field = key.split(".")
+  return np.asarray([float(c[section][field]) for c in cfgs], np.float32)
+
+
+class _Program:
+  """The model, optimizer and compiled vmapped steps of one base config, kept across calls
+  so that groups of trials of one sweep compile once."""
+
+  def __init__(self, cfg, input_shape, hp_keys, steps):
+    self.model = build_model(cfg, input_shape)
+    self.family = get_family(cfg.model.family)
+    self.tx = trial_optimizer(cfg, steps)
+    model, family = self.model, self.family
+
+    def one_step(state, batch, rng, hp):
+      return train_step(state, batch, rng, model=model, family=family,
+                        config=traced_config(cfg, hp))
+
+    def one_eval(params, batch, rng, hp):
+      return eval_step(params, batch, rng, model=model, family=family,
+                       config=traced_config(cfg, hp))
+
+    self.step = functools.cache(lambda axis: jax.jit(
+        jax.vmap(one_step, in_axes=(0, axis, 0, 0)), donate_argnums=(0,)))
+    self.eval = functools.cache(lambda axis: jax.jit(jax.vmap(one_eval, in_axes=(0, axis, 0, 0))))
+
+
+_PROGRAMS: dict[str, _Program] = {}
+_MAX_PROGRAMS = 8
+
+
+def _program(cfg, input_shape, hp_keys, steps) -> _Program:
+  key = json.dumps([cfg.to_json(), list(input_shape), list(hp_keys), steps])
+  if key not in _PROGRAMS:
+    while len(_PROGRAMS) >= _MAX_PROGRAMS:
+      _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[key] = _Program(cfg, input_shape, hp_keys, steps)
+  return _PROGRAMS[key]
+
+
+def _check(cfg, overrides):
+  if not overrides:
+    raise ConfigError("fit_trials needs at least one trial")
+  keys = set().union(*(o.keys() for o in overrides))
+  bad = not_vmappable(keys)
+  if bad:
+    raise ConfigError(f"trials over {', '.join(bad)} change shapes or code paths and cannot "
+                      f"be vmapped; vmappable fields are: {', '.join(VMAPPABLE)}")
+  if cfg.train.patience:
+    raise ConfigError("train.patience (early stopping) stops each trial at its own step; "
+                      "run such trials one by one, or set train.patience=0")
+  return keys
+
+
+class _Batches:
+  """Training batches of every trial: one grain loader per distinct data seed.
+
+  `next()` gives (batch, batch_axis): one shared batch (axis None) when all trials read
+  the same stream, else a stack (T, B, ...) with each trial's own batch.
+  """
+
+  def __init__(self, trains: list, trial_group: list[int], batch_size: int, seeds: list[int]):
+    self.iters = [iter(data_lib.make_train_loader(t, batch_size=batch_size, seed=s))
+                  for t, s in zip(trains, seeds)]
+    self.trial_group = trial_group
+
+  def next(self):
+    from ae_jax.parallel import host_batch
+    batches = [host_batch(next(it)) for it in self.iters]
+    if len(batches) == 1:
+      return batches[0], None
+    return {k: np.stack([batches[g][k] for g in self.trial_group]) for k in batches[0]}, 0
+
+
+def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, train_data=None,
+               eval_data=None, progress: bool = False) -> list[TrialRun]:
+  """Train one trial per overrides dict, all together in one compiled step.
+
+  Args:
+    cfg: the base config; each trial is `cfg` with its overrides, whose keys must be in
+      `VMAPPABLE`. `train.parallel` is ignored: the trials run under `jit(vmap)` on one
+      device. `train.patience` must be 0.
+    overrides: T dicts {'optim.learning_rate': 3e-3, 'seed': 1, ...}.
+    train_data / eval_data: as for `fit`.
+    progress: show a tqdm bar.
+
+  Returns:
+    T TrialRuns in the order of `overrides`. A trial whose loss or gradient stops being
+    finite (past `train.max_skipped_steps` with train.nonfinite='skip') gets an error
+    message instead of stopping the others.
+  """
+  overrides = [dict(o) for o in overrides]
+  keys = _check(cfg, overrides)
+  cfgs = [with_overrides(cfg, o) for o in overrides]
+  base = cfgs[0]
+  get_family(base.model.family)
+
+  groups: dict[int, int] = {}
+  prepared = []
+  for c in cfgs:
+    if c.seed not in groups:
+      groups[c.seed] = len(prepared)
+      prepared.append(prepare_data(c, train_data, eval_data))
+  trial_group = [groups[c.seed] for c in cfgs]
+  train0, val0, _ = prepared[0]
+  input_shape = tuple(train0.x.shape[1:])
+  validate_train_config(base, len(train0), 1)
+  build_model(base, input_shape)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    for c in cfgs[1:]:
+      validate_config(c, input_shape)
+  steps = total_steps(base, len(train0))
+  num_trials = len(cfgs)
+  hp_keys = tuple(k for k in sorted(keys) if k in OBJECTIVE_HPARAMS)
+  prog = _program(cfg, input_shape, hp_keys, steps)
+  model, family = prog.model, prog.family
+  params = _stack([init_params(model, input_shape, jax.random.key(c.seed),
+                               conditional=bool(model.num_classes)) for c in cfgs])
+  opt_state = jax.vmap(prog.tx.init)(params)
+  opt_state = opt_state._replace(hyperparams={
+      **opt_state.hyperparams, "learning_rate": jnp.asarray(_column(cfgs, "optim.learning_rate")),
+      "weight_decay": jnp.asarray(_column(cfgs, "optim.weight_decay"))})
+  state = TrainState(step=jnp.zeros((num_trials,), jnp.int32), apply_fn=model.apply,
+                     params=jax.tree.map(jnp.asarray, params), tx=prog.tx, opt_state=opt_state)
+  seeds = jnp.asarray([c.seed for c in cfgs])
+  rngs = jax.vmap(jax.random.key)(seeds + 1)
+  hparams = {k: jnp.asarray(_column(cfgs, k)) for k in hp_keys}
+
+  batches = _Batches([p[0] for p in prepared], trial_group, base.train.batch_size, list(groups))
+  vals = [p[1] for p in prepared]
+  eval_rngs = jax.vmap(jax.random.key)(seeds + 1)
+  eval_bs = _eval_batch_size(base, 1)
+
+  histories: list[list[dict]] = [[] for _ in cfgs]
+  errors: list[str | None] = [None] * num_trials
+  skipped = np.zeros(num_trials, int)
+  pending: list[tuple[int, dict]] = []
+
+  def drain():
+    host = [(s, jax.device_get(m)) for s, m in pending]
+    pending.clear()
+    for s, m in host:
+      for t in np.flatnonzero(np.asarray(m["finite"]) < 1):
+        if errors[t] is not None:
+          continue
+        if base.train.nonfinite == "raise":
+          errors[t] = (f"non-finite loss or gradient at step {s} (loss={float(m['loss'][t])}, "
+                       f"grad_norm={float(m['grad_norm'][t])})")
+        else:
+          skipped[t] += 1
+          if skipped[t] > base.train.max_skipped_steps:
+            errors[t] = (f"{skipped[t]} non-finite steps were skipped (the last at step {s}), "
+                         f"more than train.max_skipped_steps={base.train.max_skipped_steps}")
+    return host[-1] if host else None
+
+  def evaluate(state):
+    total, count = None, 0.0
+    streams = [data_lib.eval_batches(v, eval_bs) for v in vals]
+    for group_batches in zip(*streams):
+      group_batches = [{k: v for k, v in b.items() if k != "index"} for b in group_batches]
+      if len(group_batches) == 1:
+        batch, axis = group_batches[0], None
+      else:
+        batch = {k: np.stack([group_batches[g][k] for g in trial_group])
+                 for k in group_batches[0]}
+        axis = 0
+      sums, cnt = jax.device_get(prog.eval(axis)(state.params, batch, eval_rngs, hparams))
+      total = sums if total is None else jax.tree.map(np.add, total, sums)
+      count = count + np.asarray(cnt, np.float64)
+    return [finalize_eval(family, cfgs[t], jax.tree.map(lambda v: v[t], total), count[t])
+            for t in range(num_trials)]
+
+  bar = tqdm.tqdm(total=steps, disable=not progress, desc=f"train x{num_trials}",
+                  dynamic_ncols=True)
+  t0 = time.time()
+  for step in range(1, steps + 1):
+    batch, axis = batches.next()
+    state, metrics = prog.step(axis)(state, batch, rngs, hparams)
+    pending.append((step, metrics))
+    is_log = step % base.train.log_every == 0 or step == steps
+    is_eval = val0 is not None and (step % base.train.eval_every == 0 or step == steps)
+    if is_log or is_eval:
+      s, m = drain()
+      now = round(time.time() - t0, 3)
+      for t in range(num_trials):
+        histories[t].append({"step": s, "split": "train", "time": now,
+                             **{k: float(v[t]) for k, v in m.items()}})
+    if is_eval:
+      now = round(time.time() - t0, 3)
+      for t, ev in enumerate(evaluate(state)):
+        histories[t].append({"step": step, "split": "eval", "time": now, **ev})
+    bar.update(1)
+  bar.close()
+  drain()
+
+  final_params = jax.device_get(state.params)
+  runs = []
+  for t, c in enumerate(cfgs):
+    params = jax.tree.map(lambda p: jnp.asarray(p[t]), final_params)
+    g = trial_group[t]
+    trained = Trained(c, model, params, prepared[g][2], input_shape, steps, history=histories[t])
+    runs.append(TrialRun(overrides[t], trained, vals[g], errors[t]))
+  return runs
+
+
+def fit_seeds(cfg: ml_collections.ConfigDict, num_seeds: int, *, train_data=None,
+              eval_data=None, progress: bool = False) -> list[TrialRun]:
+  """`cfg` trained with seeds cfg.seed, cfg.seed + 1, ..., all at once (see fit_trials)."""
+  if num_seeds < 1:
+    raise ConfigError(f"num_seeds must be >= 1, got {num_seeds}")
+  return fit_trials(cfg, [{"seed": cfg.seed + i} for i in range(num_seeds)],
+                    train_data=train_data, eval_data=eval_data, progress=progress)
+
+
+def reconstruction_errors(runs: Sequence[TrialRun], x, cond=None, chunk: int = 1024) -> np.ndarray:
+  """Per-example mean squared reconstruction error (T, N) of every run on x (N, ...).
+
+  x is in the model's input space (already scaled) and shared by all runs, or a list of
+  T such arrays, one per run; the runs must share one model (as `fit_trials` gives).
+  """
+  model = runs[0].trained.model
+  x_axis = 0 if isinstance(x, (list, tuple)) else None
+  xs = np.stack([np.asarray(v, np.float32) for v in x]) if x_axis == 0 else (
+      np.asarray(x, np.float32))
+  params = jax.tree.map(lambda *p: jnp.stack(p), *[r.trained.params for r in runs])
+  fn = _reconstruct_fn(model, x_axis)
+  n = xs.shape[1] if x_axis == 0 else xs.shape[0]
+  size = min(chunk, n)
+  out = []
+  for start in range(0, n, size):
+    stop = min(start + size, n)
+    idx = np.minimum(np.arange(start, start + size), n - 1)
+    xb = xs[:, idx] if x_axis == 0 else xs[idx]
+    cb = None if cond is None else np.asarray(cond)[idx]
+    out.append(np.asarray(fn(params, xb, cb))[:, :stop - start])
+  return np.concatenate(out, axis=1) if out else np.zeros((len(runs), 0), np.float32)
+
+
+_RECONSTRUCT: dict[tuple, tuple] = {}
+
+
+def _reconstruct_fn(model, x_axis):
+  """jit(vmap) of the per-example squared error over stacked params, one per model."""
+  key = (id(model), x_axis)
+  if key not in _RECONSTRUCT:
+    while len(_RECONSTRUCT) >= 2 * _MAX_PROGRAMS:
+      _RECONSTRUCT.pop(next(iter(_RECONSTRUCT)))
+
+    def one(p, xb, cb):
+      x_hat = model.apply(p, xb, cb, method=model.reconstruct)
+      return jnp.mean(jnp.square(x_hat - xb).reshape(xb.shape[0], -1), axis=-1)
+
+    _RECONSTRUCT[key] = (model, jax.jit(jax.vmap(one, in_axes=(0, x_axis, None))))
+  return _RECONSTRUCT[key][1]
+
+
+def mean_std(values) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for one value) ignoring NaNs."""
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+  if v.size == 0:
+    return math.nan, math.nan
+  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def format_mean_std(values, digits: int = 4) -> str:
+  """'mean ± std' over seeds with `digits` significant digits; one value prints alone."""
+  values = list(values)
+  mean, std = mean_std(values)
+  if len(values) == 1 or math.isnan(std):
+    return f"{mean:.{digits}g}"
+  return f"{mean:.{digits}g} ± {std:.2g}"
