@@ -130,6 +130,16 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--no-progress", action="store_true")
   t.add_argument("--stop-after", type=int, default=None,
                  help="stop after this step (with a checkpoint); for tests")
+  cluster = t.add_argument_group(
+      "multi-process training (see docs/cluster.md); default: the AE_JAX_* environment")
+  cluster.add_argument("--coordinator-address", default=None,
+                       help="host:port of process 0, the same on every process")
+  cluster.add_argument("--num-processes", type=int, default=None,
+                       help="number of processes (one per host, usually)")
+  cluster.add_argument("--process-id", type=int, default=None,
+                       help="this process's id, 0 .. num-processes - 1")
+  cluster.add_argument("--distributed", action="store_true",
+                       help="let JAX detect the cluster (Cloud TPU, Slurm, Open MPI, Kubernetes)")
   w = sub.add_parser("sweep", help="hyperparameter search: grid, random or tpe (docs/sweeps.md)")
   w.add_argument("--config", default="default", help="base config: preset name or config file")
   w.add_argument("--space", default="", help='JSON file {"optim.learning_rate": [1e-3, 3e-3], '
@@ -186,9 +196,16 @@ def run(argv: list[str]) -> int:
   if args.command not in ("train", "sweep") and extra:
     raise ConfigError(f"unrecognised arguments: {' '.join(extra)}")
   if args.command == "train":
-    from ae_jax.fit import fit
+    from ae_jax import distributed
     cfg = apply_overrides(load_config(args.config), extra)
+    distributed.initialize_from_flags_or_env(args.coordinator_address, args.num_processes,
+                                             args.process_id, auto_detect=args.distributed)
+    from ae_jax.fit import fit
     trained = fit(cfg, args.workdir, progress=not args.no_progress, stop_after=args.stop_after)
+    is_main = distributed.is_main_process()
+    distributed.shutdown()
+    if not is_main:
+      return 0
     print(f"trained {cfg.model.family}/{cfg.model.network} on {cfg.data.name} to step "
           f"{trained.step}; workdir: {trained.workdir}")
     evals = [r for r in trained.history if r["split"] == "eval"]

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ae_jax import distributed
 from ae_jax.errors import ConfigError, DataError
 
 AXIS = "data"
@@ -24,6 +25,9 @@ def resolve_devices(num_devices: int = 0) -> list:
   if num_devices < 0 or num_devices > len(devices):
     raise ConfigError(f"train.num_devices={num_devices} but this process has {len(devices)} "
                       "local devices; use 0 for all of them")
+  if jax.process_count() > 1 and num_devices not in (0, len(devices)):
+    raise ConfigError(f"train.num_devices={num_devices}: a multi-process run uses every local "
+                      "device of every process; set train.num_devices=0")
   return devices[:num_devices] if num_devices else devices
 
 
@@ -67,6 +71,9 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
   mode: 'none' (no compilation, one device), 'jit' (one device), 'pmap', 'shard_map'.
   The returned function keeps the same positional signature; argument `batch_argnum`
   is the batch, split along its leading axis; all other arguments are replicated.
+  In a multi-process run (pmap, shard_map) the function spans the devices of every
+  process, takes this process's part of the global batch (`distributed.process_slice`)
+  and `num_devices` of the returned function counts the devices of all processes.
   With `steps_per_call` > 1 the batch is a stack (K, B, ...) of K global batches, split
   along axis 1, and one call runs K steps (`scan_steps`); its other outputs (metrics)
   come back stacked (K, ...).
@@ -85,13 +92,14 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
     return jax.jit(functools.partial(step, axis_name=None), donate_argnums=donate)
   devices = resolve_devices(num_devices)
   n = len(devices)
+  multi = jax.process_count() > 1
   per_device = functools.partial(step, axis_name=AXIS)
 
   if mode == "pmap":
     in_axes = [None, None, None]
     in_axes[batch_argnum] = axis
     fn = jax.pmap(per_device, axis_name=AXIS, in_axes=tuple(in_axes), out_axes=None,
-                  devices=devices)
+                  devices=None if multi else devices)
 
     def run(*args):
       args = list(args)
@@ -102,10 +110,10 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
       return fn(*args)
 
     run.lower = fn.lower
-    run.num_devices = n
+    run.num_devices = jax.device_count() if multi else n
     return run
 
-  mesh = data_mesh(devices)
+  mesh = data_mesh(jax.devices() if multi else devices)
   specs = [P(), P(), P()]
   specs[batch_argnum] = P(*(None,) * axis, AXIS)
   # check_vma=False: with it on, the gradient of the replicated state is already summed
@@ -118,11 +126,17 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
   def run(*args):
     args = list(args)
     _check_divisible(args[batch_argnum], n, axis)
-    args[batch_argnum] = jax.device_put(args[batch_argnum], sharding)
+    if multi:
+      replicated = NamedSharding(mesh, P())
+      args = [jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), a)
+              if i == batch_argnum else distributed.to_global(a, replicated)
+              for i, a in enumerate(args)]
+    else:
+      args[batch_argnum] = jax.device_put(args[batch_argnum], sharding)
     return fn(*args)
 
   run.lower = fn.lower
-  run.num_devices = n
+  run.num_devices = jax.device_count() if multi else n
   return run
 
 

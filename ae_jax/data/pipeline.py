@@ -125,6 +125,71 @@ def shard_for_devices(batch: dict, num_devices: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+class GlobalBatchSlice:
+  """A grain sampler: one process's contiguous slice of every global batch of `base`.
+
+  The stream of `base` is cut into global batches of `global_batch` records; process
+  `process_index` of `process_count` gets rows [i*b, (i+1)*b) of each, b = global_batch /
+  process_count, so the local batches of processes 0..n-1 concatenated are the global
+  batch. The repr leaves out the process index: every process's iterator state is the
+  same and one saved state resumes them all.
+  """
+
+  def __init__(self, base: grain.IndexSampler, global_batch: int, process_index: int,
+               process_count: int):
+    if global_batch % process_count:
+      raise DataError(f"the global batch of {global_batch} cannot be split over "
+                      f"{process_count} processes; choose a multiple of {process_count}")
+    self._base = base
+    self._global = global_batch
+    self._local = global_batch // process_count
+    self._offset = process_index * self._local
+    self._count = process_count
+
+  def __len__(self) -> int:
+    return (len(self._base) // self._global) * self._local
+
+  def __repr__(self) -> str:
+    return (f"GlobalBatchSlice(global_batch={self._global}, process_count={self._count}, "
+            f"base={self._base!r})")
+
+  def __getitem__(self, index: int):
+    batch, row = divmod(index, self._local)
+    meta = self._base[batch * self._global + self._offset + row]
+    return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
+
+
+def make_process_train_loader(data: ArrayData, *, global_batch_size: int, seed: int,
+                              process_index: int | None = None,
+                              process_count: int | None = None,
+                              num_epochs: int | None = None) -> grain.DataLoader:
+  """This process's part of the batches `make_train_loader` gives one process.
+
+  Every process draws the same shuffled stream (grain's shuffle of the whole dataset
+  by `seed`) and reads only its `global_batch_size / process_count` records of each
+  global batch: dicts {'x': (b, ...), 'y': (b,)}. With one process the batches equal
+  those of `make_train_loader(data, batch_size=global_batch_size, seed=seed)`.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size < 1:
+    raise DataError(f"batch_size must be >= 1, got {global_batch_size}")
+  if len(data) < global_batch_size:
+    raise DataError(f"{data.name}: {len(data)} examples cannot fill one global batch of "
+                    f"{global_batch_size}")
+  # The shard options of make_train_loader's single process, so the streams agree.
+  base = grain.IndexSampler(num_records=len(data),
+                            shard_options=grain.ShardOptions(0, 1, drop_remainder=True),
+                            shuffle=True, seed=seed, num_epochs=num_epochs)
+  sampler = GlobalBatchSlice(base, global_batch_size, process_index, process_count)
+  return grain.DataLoader(data_source=ArraySource(data), sampler=sampler,
+                          operations=[grain.Batch(global_batch_size // process_count,
+                                                  drop_remainder=True)],
+                          shard_options=grain.NoSharding(),
+                          read_options=grain.ReadOptions(num_threads=0,
+                                                         prefetch_buffer_size=0))
+
+
 _DONE = object()
 
 
