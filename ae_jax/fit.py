@@ -348,14 +348,16 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
       if is_log or is_eval or is_ckpt:
         rows = drain()
         s, m = rows[-1]
-        row = {"step": s, "split": "train", "time": round(time.time() - t0, 3), **m}
+        row = {"step": s, "split": "train", "time": round(time.time() - t0, 3),
+               "timestamp": time.time(), **m}
         log.write(row)
         bar.set_postfix(loss=f"{m['loss']:.4g}")
       bar.update(1)
       if is_eval:
         ev = _run_eval(eval_fn, family, cfg, state.params, val,
                        _eval_batch_size(cfg, getattr(eval_fn, "num_devices", 1)))
-        log.write({"step": step, "split": "eval", "time": round(time.time() - t0, 3), **ev})
+        log.write({"step": step, "split": "eval", "time": round(time.time() - t0, 3),
+                   "timestamp": time.time(), **ev})
         if ev["loss"] < best:
           best, bad_evals = ev["loss"], 0
           if restore_best:

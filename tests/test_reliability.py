@@ -294,7 +294,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(cfg, tmp_path, how):
 # ---- 4. determinism ----------------------------------------------------------------
 
 def _strip_time(history):
-  return [{k: v for k, v in row.items() if k != "time"} for row in history]
+  return [{k: v for k, v in row.items() if k not in ("time", "timestamp")} for row in history]
 
 
 def test_same_seed_gives_bit_identical_runs(cfg):
@@ -341,3 +341,13 @@ def test_loading_a_checkpoint_runs_no_code_from_it(cfg, tmp_path):
     p.write_text(p.read_text().replace('"version": 1', f'"version": 1, "x": "{payload}"'))
   Trained.load(tmp_path)
   assert not marker.exists()
+
+
+# ---- 6. load (the figures themselves come from the benchmark scripts) ---------------
+
+def test_train_soak_script_runs_in_smoke_mode(tmp_path):
+  from benchmarks import train_soak
+  result = train_soak.main(["--smoke", "--out", str(tmp_path / "soak.json")])
+  assert result["steps"] == 100 and result["compiles_total"] > 0
+  assert result["compiles_after_first_20pct"] == 0
+  assert (tmp_path / "soak.json").exists()
