@@ -1,0 +1,250 @@
+"""What every benchmark shares: command-line flags, timing, environment, FLOPs, output.
+
+Timing follows one recipe: inputs are on the device before the clock starts, the
+function is compiled ahead of time and warmed up, every call is blocked on, and a
+repeat times as many calls as fill `min_repeat_s`, so that the median and spread over
+repeats describe one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def emulate_cpu_devices(count: int) -> None:
+  """Ask XLA for `count` CPU devices; must run before jax is first imported."""
+  if "jax" in sys.modules:
+    raise RuntimeError("emulate_cpu_devices must run before jax is imported")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(CPU_DEVICES_FLAG)]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [f"{CPU_DEVICES_FLAG}={count}"])
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny sizes and 2 repeats: checks that the benchmark runs")
+  parser.add_argument("--out", type=pathlib.Path, default=None, help="write the JSON here")
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed repeats per row (default 15, 2 with --smoke)")
+  parser.add_argument("--budget", type=float, default=None,
+                      help="seconds of timed calls per row before repeats are cut "
+                           "(never below 3 repeats, 2 with --smoke)")
+  return parser
+
+
+def int_list(text: str) -> list[int]:
+  return [int(v) for v in text.split(",") if v]
+
+
+def str_list(text: str) -> list[str]:
+  return [v for v in text.split(",") if v]
+
+
+def package_version(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def environment() -> dict[str, Any]:
+  """Device kind, versions and host facts to store beside every figure."""
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return {
+      "device_kind": devices[0].device_kind,
+      "platform": devices[0].platform,
+      "device_count": len(devices),
+      "jax": jax.__version__,
+      "jaxlib": package_version("jaxlib"),
+      "flax": package_version("flax"),
+      "optax": package_version("optax"),
+      "numpy": package_version("numpy"),
+      "torch": package_version("torch"),
+      "python": platform.python_version(),
+      "machine": platform.machine(),
+      "processor": _cpu_model(),
+      "cpu_count": os.cpu_count(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  }
+
+
+def _cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
+@dataclasses.dataclass
+class Timing:
+  """Seconds per call of each timed repeat."""
+  per_call_s: list[float]
+  calls_per_repeat: int
+
+  def summary(self) -> dict[str, float | int]:
+    s = sorted(self.per_call_s)
+    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
+    return {"median_s": statistics.median(s), "q25_s": q[0], "q75_s": q[2],
+            "min_s": s[0], "max_s": s[-1], "repeats": len(s),
+            "calls_per_repeat": self.calls_per_repeat}
+
+
+def time_calls(call: Callable[[], Any], *, repeats: int, min_repeats: int = 3,
+               budget_s: float = 2.0, min_repeat_s: float = 0.02, warmup: int = 2) -> Timing:
+  """Time `call()` (which must block until its result is ready).
+
+  Each repeat runs enough calls to last `min_repeat_s`; repeats stop early once
+  `budget_s` of timed calls have run, but never before `min_repeats`.
+  """
+  return time_interleaved({"call": call}, repeats=repeats, min_repeats=min_repeats,
+                          budget_s=budget_s, min_repeat_s=min_repeat_s, warmup=warmup)["call"]
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int, min_repeats: int = 3,
+                     budget_s: float = 2.0, min_repeat_s: float = 0.02,
+                     warmup: int = 2) -> dict[str, Timing]:
+  """Time several calls in turns (one repeat of each, round after round), so that a
+  change in the machine's load between rounds falls on all of them alike: their
+  ratios are what a shared machine can measure. `budget_s` is per call."""
+  per_repeat = {}
+  for name, call in calls.items():
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
+      call()
+    one = (time.perf_counter() - start) / max(warmup, 1)
+    per_repeat[name] = max(1, min(10_000, math.ceil(min_repeat_s / max(one, 1e-7))))
+  per_call = {name: [] for name in calls}
+  spent, rounds = 0.0, 0
+  while rounds < repeats and (rounds < min_repeats or spent < budget_s * len(calls)):
+    for name, call in calls.items():
+      n = per_repeat[name]
+      t0 = time.perf_counter()
+      for _ in range(n):
+        call()
+      dt = time.perf_counter() - t0
+      spent += dt
+      per_call[name].append(dt / n)
+    rounds += 1
+  return {name: Timing(per_call[name], per_repeat[name]) for name in calls}
+
+
+def blocking(fn: Callable, *args) -> Callable[[], Any]:
+  """A no-argument call of fn(*args) that waits for its result."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return lambda: jax.block_until_ready(fn(*args))
+
+
+def aot_compile(fn: Callable, *args, **jit_kwargs):
+  """(compiled, lower_s, compile_s): jit(fn) traced and lowered, then compiled, timed apart."""
+  import jax  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  lowered = jax.jit(fn, **jit_kwargs).lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, t1 - t0, time.perf_counter() - t1
+
+
+def xla_flops(compiled) -> float | None:
+  """FLOPs of one call from XLA's cost analysis, or None where the backend gives none."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def jaxpr_flops(fn: Callable, *args) -> float:
+  """FLOPs of one call counted from its jaxpr: 2 * multiply-adds of every dot and
+  convolution (transposed convolutions count only real inputs, not dilation zeros)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return _count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _count(jaxpr) -> float:
+  from jax.extend import core  # pylint: disable=g-import-not-at-top
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+      del rc, lb
+      lhs = eqn.invars[0].aval.shape
+      out = math.prod(eqn.outvars[0].aval.shape)
+      total += 2.0 * out * math.prod(lhs[d] for d in lc)
+    elif name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape
+      spec = eqn.params["dimension_numbers"].rhs_spec
+      window = math.prod(rhs[d] for d in spec[2:])
+      cin = rhs[spec[1]]
+      out = math.prod(eqn.outvars[0].aval.shape)
+      dilation = math.prod(eqn.params["lhs_dilation"])
+      total += 2.0 * out * window * cin / dilation
+    for sub in core.jaxprs_in_params(eqn.params):
+      inner = _count(sub)
+      total += inner * (eqn.params.get("length", 1) if name == "scan" else 1)
+  return total
+
+
+def rows_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+  """A markdown table of `rows` with (header, key) columns; floats printed compactly."""
+  def fmt(v):
+    if v is None:
+      return "—"
+    if isinstance(v, float):
+      if v == 0 or 0.01 <= abs(v) < 1e5:
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+      return f"{v:.3g}"
+    return str(v)
+  lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+           "|" + "|".join("---" for _ in columns) + "|"]
+  for row in rows:
+    lines.append("| " + " | ".join(fmt(row.get(k)) for _, k in columns) + " |")
+  return "\n".join(lines)
+
+
+def write_json(path: pathlib.Path | None, payload: dict) -> None:
+  if path is None:
+    return
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
+  print(f"wrote {path}")
+
+
+def _json_default(value):
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return str(value)
+
+
+def command_line() -> str:
+  return "python -m " + " ".join([_module_name()] + sys.argv[1:])
+
+
+def _module_name() -> str:
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  return spec.name if spec is not None else pathlib.Path(sys.argv[0]).stem

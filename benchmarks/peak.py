@@ -1,0 +1,110 @@
+"""The machine's achievable matmul FLOP/s: a large square product in JAX and in numpy.
+
+`python -m benchmarks.peak [--size 4096] [--smoke] [--out peak.json]`
+
+float32 through JAX (XLA) and numpy (its BLAS), bfloat16 through JAX where the device
+supports it. `measure(...)` is reused by the encode/decode benchmark for the fraction
+of peak that each row reaches; `peak_flops(results, dtype)` picks the best figure.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+
+
+def _jax_matmul(size: int, dtype, repeats: int, budget_s: float, min_repeats: int) -> dict:
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  a = jax.random.uniform(key_a, (size, size), jnp.float32).astype(dtype)
+  b = jax.random.uniform(key_b, (size, size), jnp.float32).astype(dtype)
+  compiled, _, compile_s = common.aot_compile(jnp.matmul, a, b)
+  timing = common.time_calls(common.blocking(compiled, a, b), repeats=repeats,
+                             min_repeats=min_repeats, budget_s=budget_s, warmup=1,
+                             min_repeat_s=0.0)
+  return {"compile_s": compile_s, **timing.summary()}
+
+
+def _numpy_matmul(size: int, repeats: int, budget_s: float, min_repeats: int) -> dict:
+  rng = np.random.default_rng(0)
+  a = rng.random((size, size), dtype=np.float32)
+  b = rng.random((size, size), dtype=np.float32)
+  out = np.empty_like(a)
+  timing = common.time_calls(lambda: np.matmul(a, b, out=out), repeats=repeats,
+                             min_repeats=min_repeats, budget_s=budget_s, warmup=1,
+                             min_repeat_s=0.0)
+  return {"compile_s": None, **timing.summary()}
+
+
+def bf16_native() -> bool:
+  """Whether the device multiplies bfloat16 in hardware. XLA runs bfloat16 everywhere,
+  but a CPU without AVX512-BF16 or AMX emulates it, usually slower than float32."""
+  if jax.devices()[0].platform != "cpu":
+    return True
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      flags = f.read()
+  except OSError:
+    return False
+  return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def measure(size: int = 4096, *, repeats: int = 5, budget_s: float = 6.0, min_repeats: int = 2,
+            dtypes=("float32", "bfloat16"), with_numpy: bool = True) -> list[dict]:
+  """One row per (library, dtype): FLOP/s of a (size x size) @ (size x size) product."""
+  flops = 2.0 * size ** 3
+  rows = []
+  for dtype in dtypes:
+    rows.append({"library": "jax", "dtype": dtype, "size": size,
+                 **_jax_matmul(size, jnp.dtype(dtype), repeats, budget_s, min_repeats)})
+    if dtype == "float32" and with_numpy:
+      rows.append({"library": "numpy", "dtype": dtype, "size": size,
+                   **_numpy_matmul(size, repeats, budget_s, min_repeats)})
+  native = bf16_native()
+  for row in rows:
+    row["hardware_dtype"] = row["dtype"] == "float32" or native
+    row["flops"] = flops
+    row["gflops_per_s"] = flops / row["median_s"] / 1e9
+    row["gflops_per_s_best"] = flops / row["min_s"] / 1e9
+  return rows
+
+
+def peak_flops(rows: list[dict], dtype: str = "float32") -> float:
+  """Achievable FLOP/s for `dtype`: the best median over libraries (float32's if none)."""
+  own = [r["gflops_per_s"] for r in rows if r["dtype"] == dtype]
+  if not own:
+    own = [r["gflops_per_s"] for r in rows if r["dtype"] == "float32"]
+  return max(own) * 1e9
+
+
+COLUMNS = [("library", "library"), ("dtype", "dtype"), ("size", "size"),
+           ("GFLOP/s (median)", "gflops_per_s"), ("GFLOP/s (best)", "gflops_per_s_best"),
+           ("median ms", "median_ms"), ("repeats", "repeats")]
+
+
+def main(argv=None) -> dict:
+  parser = common.base_parser(__doc__.splitlines()[0])
+  parser.add_argument("--size", type=int, default=None, help="matrix size (default 4096)")
+  args = parser.parse_args(argv)
+  size = args.size or (256 if args.smoke else 4096)
+  repeats = args.repeats or (2 if args.smoke else 7)
+  t0 = time.perf_counter()
+  rows = measure(size, repeats=repeats, budget_s=args.budget or (0.5 if args.smoke else 8.0),
+                 min_repeats=2 if args.smoke else 3)
+  for row in rows:
+    row["median_ms"] = row["median_s"] * 1e3
+  payload = {"benchmark": "peak", "command": common.command_line(),
+             "environment": common.environment(), "rows": rows,
+             "peak_gflops_per_s": {d: peak_flops(rows, d) / 1e9 for d in {r["dtype"] for r in rows}},
+             "wall_s": time.perf_counter() - t0}
+  common.write_json(args.out, payload)
+  print(common.rows_table(rows, COLUMNS))
+  return payload
+
+
+if __name__ == "__main__":
+  main()
