@@ -333,15 +333,17 @@ def _seed_overrides(ctx: _Context, point: dict) -> list[dict]:
           for s in range(ctx.seeds)]
 
 
-def _fit_one(ctx: _Context, overrides: dict) -> vmap_trials.TrialRun:
-  from ae_jax.fit import fit, prepare_data
+def run_trial(cfg: ml_collections.ConfigDict, overrides: dict, *, train_data=None,
+              eval_data=None) -> vmap_trials.TrialRun:
+  """One trial on its own through `fit` (the path of trials that cannot be vmapped)."""
   from ae_jax.errors import NonFiniteError
-  cfg = vmap_trials.with_overrides(ctx.cfg, overrides)
+  from ae_jax.fit import fit, prepare_data
+  cfg = vmap_trials.with_overrides(cfg, overrides)
   try:
-    trained = fit(cfg, None, train_data=ctx.train_data, eval_data=ctx.eval_data, progress=False)
+    trained = fit(cfg, None, train_data=train_data, eval_data=eval_data, progress=False)
   except NonFiniteError as e:
     return vmap_trials.TrialRun(overrides, None, None, str(e))
-  _, val, _ = prepare_data(cfg, ctx.train_data, ctx.eval_data)
+  _, val, _ = prepare_data(cfg, train_data, eval_data)
   return vmap_trials.TrialRun(overrides, trained, val)
 
 
@@ -352,7 +354,8 @@ def _run_point_seeds(ctx: _Context, point: dict) -> list[vmap_trials.TrialRun]:
     return vmap_trials.fit_trials(vmap_trials.with_overrides(ctx.cfg, {
         k: v for k, v in point.items() if k != "seed"}), [{"seed": t["seed"]} for t in trials],
         train_data=ctx.train_data, eval_data=ctx.eval_data)
-  return [_fit_one(ctx, t) for t in trials]
+  return [run_trial(ctx.cfg, t, train_data=ctx.train_data, eval_data=ctx.eval_data)
+          for t in trials]
 
 
 def _rows_for(ctx: _Context, points: list[dict], runs: list, wall: float, vectorised: bool,
@@ -445,7 +448,11 @@ def read_rows(out) -> list[dict]:
 
 
 def _append(out: pathlib.Path, rows: list[dict]) -> None:
-  with (out / TRIALS_FILE).open("a") as f:
+  path = out / TRIALS_FILE
+  torn = path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+  with path.open("a") as f:
+    if torn:
+      f.write("\n")
     for row in rows:
       f.write(json.dumps(row) + "\n")
 
@@ -772,9 +779,11 @@ def metric_figure(rows, space, key: str, metric: str, path, second: str | None =
       color = np.asarray([names.index(json.dumps(v)) for v in sv], np.float64)
   if np.any(err > 0):
     ax.errorbar(x, y, yerr=err, fmt="none", ecolor="0.6", capsize=2, zorder=1)
-  sc = ax.scatter(x, y, c=color, cmap="viridis", s=28, zorder=2)
   if color is not None:
+    sc = ax.scatter(x, y, c=color, cmap="viridis", s=28, zorder=2)
     fig.colorbar(sc, ax=ax, label=second)
+  else:
+    ax.scatter(x, y, s=28, zorder=2)
   if len(y):
     best = int(np.argmin(y) if METRICS.get(metric, "min") == "min" else np.argmax(y))
     ax.scatter([x[best]], [y[best]], marker="*", s=260, facecolors="none", edgecolors="red",

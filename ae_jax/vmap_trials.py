@@ -132,7 +132,7 @@ class _Program:
   """The model, optimizer and compiled vmapped steps of one base config, kept across calls
   so that groups of trials of one sweep compile once."""
 
-  def __init__(self, cfg, input_shape, hp_keys, steps):
+  def __init__(self, cfg, input_shape, steps):
     self.model = build_model(cfg, input_shape)
     self.family = get_family(cfg.model.family)
     self.tx = trial_optimizer(cfg, steps)
@@ -155,12 +155,19 @@ _PROGRAMS: dict[str, _Program] = {}
 _MAX_PROGRAMS = 8
 
 
-def _program(cfg, input_shape, hp_keys, steps) -> _Program:
-  key = json.dumps([cfg.to_json(), list(input_shape), list(hp_keys), steps])
+def _program(cfg, input_shape, steps) -> _Program:
+  """The program of cfg's model, objective and optimizer; the data, the seed and the
+  vmappable values (traced per trial) do not enter it."""
+  parts = json.loads(cfg.to_json())
+  for name in VMAPPABLE[1:]:
+    section, field = name.split(".")
+    parts[section].pop(field)
+  key = json.dumps([{k: parts[k] for k in ("model", "objective", "optim")},
+                    parts["train"]["nonfinite"], list(input_shape), steps], sort_keys=True)
   if key not in _PROGRAMS:
     while len(_PROGRAMS) >= _MAX_PROGRAMS:
       _PROGRAMS.pop(next(iter(_PROGRAMS)))
-    _PROGRAMS[key] = _Program(cfg, input_shape, hp_keys, steps)
+    _PROGRAMS[key] = _Program(cfg, input_shape, steps)
   return _PROGRAMS[key]
 
 
@@ -216,7 +223,7 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
     message instead of stopping the others.
   """
   overrides = [dict(o) for o in overrides]
-  keys = _check(cfg, overrides)
+  _check(cfg, overrides)
   cfgs = [with_overrides(cfg, o) for o in overrides]
   base = cfgs[0]
   get_family(base.model.family)
@@ -238,8 +245,7 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
       validate_config(c, input_shape)
   steps = total_steps(base, len(train0))
   num_trials = len(cfgs)
-  hp_keys = tuple(k for k in sorted(keys) if k in OBJECTIVE_HPARAMS)
-  prog = _program(cfg, input_shape, hp_keys, steps)
+  prog = _program(cfg, input_shape, steps)
   model, family = prog.model, prog.family
   params = _stack([init_params(model, input_shape, jax.random.key(c.seed),
                                conditional=bool(model.num_classes)) for c in cfgs])
@@ -251,7 +257,7 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
                      params=jax.tree.map(jnp.asarray, params), tx=prog.tx, opt_state=opt_state)
   seeds = jnp.asarray([c.seed for c in cfgs])
   rngs = jax.vmap(jax.random.key)(seeds + 1)
-  hparams = {k: jnp.asarray(_column(cfgs, k)) for k in hp_keys}
+  hparams = {k: jnp.asarray(_column(cfgs, k)) for k in OBJECTIVE_HPARAMS}
 
   batches = _Batches([p[0] for p in prepared], trial_group, base.train.batch_size, list(groups))
   vals = [p[1] for p in prepared]
