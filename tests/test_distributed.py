@@ -1,7 +1,9 @@
 """Two processes on 127.0.0.1 (2 emulated CPU devices each, gloo collectives) train as one.
 
-The processes are real `ae-jax train` commands on JAX's distributed runtime; the
-reference is one process with 4 devices training the same global batches in pytest.
+The processes are real `ae-jax train` commands on JAX's distributed runtime. One run is
+started, SIGKILLed (both processes) after its first checkpoint, and restarted; the
+reference is one process with 4 devices training the same global batches inside pytest,
+computed while the two processes start up.
 """
 
 import json
@@ -11,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import chex
@@ -18,20 +21,33 @@ import jax
 import numpy as np
 import pytest
 
+from ae_jax import checkpoint as ckpt_lib
 from ae_jax import configs, distributed
 from ae_jax.data import pipeline, sources
 from ae_jax.errors import ConfigError
+from ae_jax.families import build_model
 from ae_jax.fit import Trained, fit
+from ae_jax.train import create_train_state
 
-NUM_STEPS = 24
-CHECKPOINT_EVERY = 4
-LAUNCH_TIMEOUT_S = 240
+NUM_STEPS = 12
+EVERY = 4
+LAUNCH_TIMEOUT_S = 300
+# `ae-jax train` (ae_jax.cli.main) once the file argv[1] exists; the imports, which do not
+# touch the JAX backend, are done while waiting, so a restart can be staged in advance.
+GATED_CLI = """
+import pathlib, sys, time
+import ae_jax.cli, ae_jax.fit
+go = pathlib.Path(sys.argv[1])
+while not go.exists():
+  time.sleep(0.05)
+sys.exit(ae_jax.cli.main(sys.argv[2:]))
+"""
 
 
 def _overrides(data_file, mode):
   return {"data.name": str(data_file), "model.family": "denoising", "train.parallel": mode,
-          "train.num_steps": NUM_STEPS, "train.checkpoint_every": CHECKPOINT_EVERY,
-          "train.log_every": CHECKPOINT_EVERY, "train.eval_every": 1000}
+          "train.num_steps": NUM_STEPS, "train.checkpoint_every": EVERY,
+          "train.log_every": EVERY, "train.eval_every": EVERY}
 
 
 def _config(data_file, mode):
@@ -49,25 +65,35 @@ def _free_port() -> int:
 
 
 class _Launch:
-  """`ae-jax train` as process 0 and 1 of one run, each in its own process group."""
+  """`ae-jax train` as processes 0 and 1 of one run, each in its own process group.
 
-  def __init__(self, workdir, data_file, mode, cache_dir):
+  The processes import everything at once but start only when `go()` is called.
+  """
+
+  def __init__(self, workdir, data_file, mode, cache_dir, name):
     self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.go_file = self.workdir.parent / f"{name}.go"
     port = _free_port()
+    # One compilation cache for all launches: a restarted run compiles nothing.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     overrides = [f"--config.{k}={v}" for k, v in _overrides(data_file, mode).items()]
-    self.logs, self.procs = [], []
-    for i in range(2):
-      log = self.workdir.parent / f"{self.workdir.name}.{len(list(self.workdir.parent.glob(f'{self.workdir.name}.*')))}.log"
-      self.logs.append(log)
-      self.procs.append(subprocess.Popen(
-          [sys.executable, "-m", "ae_jax.cli", "train", "--config", "tiny", "--workdir",
-           str(self.workdir), "--no-progress", "--coordinator-address", f"127.0.0.1:{port}",
-           "--num-processes", "2", "--process-id", str(i), *overrides],
-          stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True))
+    self.logs = [self.workdir.parent / f"{name}.process{i}.log" for i in range(2)]
+    self.procs = [subprocess.Popen(
+        [sys.executable, "-c", GATED_CLI, str(self.go_file), "train", "--config", "tiny",
+         "--workdir",
+         str(self.workdir), "--no-progress", "--coordinator-address", f"127.0.0.1:{port}",
+         "--num-processes", "2", "--process-id", str(i), *overrides],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        for i, log in enumerate(self.logs)]
+
+  def go(self) -> "_Launch":
+    self.go_file.touch()
+    return self
+
+  def failed(self) -> bool:
+    return any(p.poll() not in (None, 0) for p in self.procs)
 
   def kill(self):
     for p in self.procs:
@@ -76,30 +102,42 @@ class _Launch:
     for p in self.procs:
       p.wait()
 
-  def wait(self, timeout=LAUNCH_TIMEOUT_S):
-    """Wait for both; a failure or a time-out stops the other one and fails the test."""
+  def wait(self, timeout=LAUNCH_TIMEOUT_S) -> str | None:
+    """None when both processes exit cleanly, else the end of their logs (both stopped)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-      codes = [p.poll() for p in self.procs]
-      if all(c == 0 for c in codes):
-        return
-      if any(c not in (None, 0) for c in codes):
-        break
-      time.sleep(0.2)
+    while time.time() < deadline and not self.failed():
+      if all(p.poll() == 0 for p in self.procs):
+        return None
+      time.sleep(0.1)
     self.kill()
-    logs = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in self.logs)
-    pytest.fail(f"the two-process run failed (exit codes {[p.returncode for p in self.procs]})"
-                f"\n{logs}")
+    return f"exit codes {[p.returncode for p in self.procs]}\n{self.tail()}"
+
+  def tail(self) -> str:
+    return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in self.logs)
 
 
 def _saved_steps(workdir) -> list[int]:
   folder = pathlib.Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 def _rows(workdir):
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return [json.loads(line) for line in lines if line.strip()]
+
+
+def _params_at(workdir, step):
+  """The parameters of checkpoint `step` in a workdir."""
+  cfg, meta, _ = ckpt_lib.load_config(workdir)
+  shape = tuple(meta["input_shape"])
+  state = create_train_state(cfg, build_model(cfg, shape), shape, jax.random.key(0), 1)
+  manager = ckpt_lib.open_manager(workdir)
+  try:
+    return ckpt_lib.restore(manager, step, state)[0].params
+  finally:
+    manager.close()
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +149,54 @@ def data_file(tmp_path_factory):
   return path
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
+def _scenario(mode, data_file, root):
+  """Start two processes, SIGKILL both after their first checkpoint, start them again.
+
+  Returns (workdir, the steps checkpointed when killed, the rows of metrics.jsonl then,
+  the one-process reference workdir, the reference's Trained).
+  """
+  workdir, cache = root / "two", root / "jax_cache"
+  first = _Launch(workdir, data_file, mode, cache, "first").go()
+  restart = _Launch(workdir, data_file, mode, cache, "resumed")
+  killed, stop = {}, threading.Event()
+
+  def kill_after_first_checkpoint():
+    deadline = time.time() + LAUNCH_TIMEOUT_S
+    while not (_saved_steps(workdir) or first.failed() or stop.is_set() or
+               time.time() > deadline):
+      time.sleep(0.02)
+    first.kill()
+    killed["steps"] = _saved_steps(workdir)
+    killed["rows"] = _rows(workdir) if (workdir / "metrics.jsonl").exists() else []
+
+  watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+  watcher.start()
+  try:
+    cfg = _config(data_file, mode)
+    cfg.train.num_devices = 4
+    reference = fit(cfg, root / "one", progress=False)
+    watcher.join()
+    if not killed["steps"]:
+      pytest.fail(f"the two processes wrote no checkpoint:\n{first.tail()}")
+    error = restart.go().wait()
+    if error:
+      pytest.fail(f"the restarted processes failed: {error}")
+  finally:
+    stop.set()
+    watcher.join()
+    first.kill()
+    restart.kill()
+  return workdir, killed["steps"], killed["rows"], root / "one", reference
 
 
 @pytest.fixture(scope="module")
-def single_process(data_file, tmp_path_factory):
-  """One process, 4 devices, the same global batches: the run both launches must match."""
-  cfg = _config(data_file, "pmap")
-  cfg.train.num_devices = 4
-  return fit(cfg, tmp_path_factory.mktemp("single"), progress=False)
+def pmap_run(data_file, tmp_path_factory):
+  return _scenario("pmap", data_file, tmp_path_factory.mktemp("pmap"))
+
+
+@pytest.fixture(scope="module")
+def shard_map_run(data_file, tmp_path_factory):
+  return _scenario("shard_map", data_file, tmp_path_factory.mktemp("shard_map"))
 
 
 def test_union_of_process_batches_is_the_single_process_batch():
@@ -168,32 +243,45 @@ def test_settings_from_flags_env_and_errors():
   assert jax.process_count() == 1
 
 
-def test_two_processes_train_like_one(single_process, data_file, cache_dir, tmp_path):
-  launch = _Launch(tmp_path / "two", data_file, "pmap", cache_dir)
-  launch.wait()
-  trained = Trained.load(tmp_path / "two")
-  assert trained.step == NUM_STEPS
-  chex.assert_trees_all_close(trained.params, single_process.params, rtol=1e-5, atol=1e-6)
-  rows = _rows(tmp_path / "two")  # written by process 0 only, once
-  ref = [r for r in single_process.history]
-  assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in ref]
-  np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in ref], rtol=1e-5)
-  assert rows[-1]["split"] == "eval"  # evaluation over both processes' slices
+def _check_two_train_like_one(run):
+  workdir, steps, rows, one, reference = run
+  step = steps[-1]
+  # The newest checkpoint written collectively by the two processes before the kill.
+  chex.assert_trees_all_close(_params_at(workdir, step), _params_at(one, step),
+                              rtol=1e-5, atol=1e-6)
+  ref_rows = [r for r in _rows(one) if r["step"] <= step]
+  rows = [r for r in rows if r["step"] <= step]
+  assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in ref_rows]
+  assert any(r["split"] == "eval" for r in rows)  # evaluated over both processes' slices
+  np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in ref_rows],
+                             rtol=1e-5)
 
 
-def test_killed_processes_resume_like_an_uninterrupted_run(single_process, data_file,
-                                                            cache_dir, tmp_path):
-  workdir = tmp_path / "killed"
-  launch = _Launch(workdir, data_file, "pmap", cache_dir)
-  deadline = time.time() + LAUNCH_TIMEOUT_S
-  while not _saved_steps(workdir) and time.time() < deadline:
-    if any(p.poll() not in (None, 0) for p in launch.procs):
-      launch.wait(0)
-    time.sleep(0.05)
-  launch.kill()
-  saved = _saved_steps(workdir)
-  assert saved and saved[-1] < NUM_STEPS, f"not killed mid-run: checkpoints {saved}"
-  _Launch(workdir, data_file, "pmap", cache_dir).wait()
+def _check_resume(run):
+  workdir, steps, _, one, reference = run
+  assert steps[-1] < NUM_STEPS, f"killed too late to test resuming: checkpoints {steps}"
   trained = Trained.load(workdir)
-  assert trained.step == NUM_STEPS
-  chex.assert_trees_all_close(trained.params, single_process.params, rtol=1e-5, atol=1e-6)
+  assert trained.step == reference.step == NUM_STEPS
+  chex.assert_trees_all_close(trained.params, reference.params, rtol=1e-5, atol=1e-6)
+  rows, ref_rows = _rows(workdir), _rows(one)  # process 0 alone wrote each row once
+  assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in ref_rows]
+  np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in ref_rows],
+                             rtol=1e-5)
+
+
+def test_two_processes_train_like_one_pmap(pmap_run):
+  _check_two_train_like_one(pmap_run)
+
+
+def test_killed_processes_resume_like_an_uninterrupted_run_pmap(pmap_run):
+  _check_resume(pmap_run)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_shard_map(shard_map_run):
+  _check_two_train_like_one(shard_map_run)
+
+
+@pytest.mark.slow
+def test_killed_processes_resume_like_an_uninterrupted_run_shard_map(shard_map_run):
+  _check_resume(shard_map_run)
