@@ -11,6 +11,7 @@ import importlib.util
 import json
 import pathlib
 import sys
+import traceback
 import warnings
 
 import ml_collections
@@ -258,7 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
   except AeJaxError as e:
     print(f"ae-jax: error: {e}", file=sys.stderr)
+    _exit_if_distributed(2)
     return 2
+  except Exception:
+    _exit_if_distributed(1, traceback.format_exc())
+    raise
+
+
+def _exit_if_distributed(code: int, message: str = "") -> None:
+  """After an error in a multi-process run, print `message` and end the process now."""
+  distributed = sys.modules.get("ae_jax.distributed")
+  if distributed is not None and distributed.is_running():
+    print(message, file=sys.stderr, end="")
+    distributed.exit_after_error(code)
 
 
 if __name__ == "__main__":

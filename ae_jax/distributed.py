@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -156,6 +157,25 @@ def shutdown() -> None:
   """
   if jax.distributed.is_initialized():
     jax.distributed.shutdown()
+
+
+def is_running() -> bool:
+  """Whether this process is part of a multi-process run (the runtime is started)."""
+  return jax.distributed.is_initialized()
+
+
+def exit_after_error(code: int) -> None:
+  """In a multi-process run, end this process at once with exit status `code`.
+
+  A process leaving on an error cannot join the runtime's orderly shutdown (its peers
+  may be waiting in a collective), and the runtime's client left behind would hang the
+  interpreter's exit. JAX's coordination service tells the peers that it is gone.
+  Does nothing in a single-process run.
+  """
+  if is_running():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def is_main_process() -> bool:

@@ -285,3 +285,17 @@ def test_two_processes_train_like_one_shard_map(shard_map_run):
 @pytest.mark.slow
 def test_killed_processes_resume_like_an_uninterrupted_run_shard_map(shard_map_run):
   _check_resume(shard_map_run)
+
+
+def test_an_error_ends_both_processes_instead_of_hanging(tmp_path):
+  bad = tmp_path / "nan.npy"
+  np.save(bad, np.full((64, 12), np.nan, np.float32))
+  launch = _Launch(tmp_path / "bad", bad, "pmap", tmp_path / "cache", "bad").go()
+  deadline = time.time() + 120
+  while any(p.poll() is None for p in launch.procs) and time.time() < deadline:
+    time.sleep(0.1)
+  hung = [p.poll() is None for p in launch.procs]
+  launch.kill()
+  assert not any(hung), f"a process hung after the error:\n{launch.tail()}"
+  assert all(p.returncode > 0 for p in launch.procs), launch.tail()
+  assert "NaN/inf in the training split" in launch.logs[0].read_text()
