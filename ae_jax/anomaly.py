@@ -1,0 +1,732 @@
+"""Anomaly detection with autoencoders, shaped like a PyOD detector.
+
+`AutoencoderDetector(...).fit(X)` trains an ensemble of autoencoders of any family of
+`ae_jax.families` on (mostly) normal examples; `decision_function(X)` gives one score per
+example (higher = more anomalous), `predict(X)` 0/1 labels by `threshold_`. Scores and
+threshold rules are chosen by name from `SCORES` and `THRESHOLDS`.
+
+Shapes: X is (N, D) vectors, (N, T, C) sequences ((N, T) with network='conv1d') or
+(N, H, W, C) images. Everything is scored in batches of `score_batch_size`, so memory
+does not grow with N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+from typing import Any, Callable
+
+import jax
+import flax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ae_jax import configs
+from ae_jax import data as data_lib
+from ae_jax.errors import CheckpointError, ConfigError, DataError
+from ae_jax.families import build_model, elbo_terms, importance_sampled_nll
+from ae_jax.fit import fit
+from ae_jax.registry import Registry
+from ae_jax.train import init_params
+
+FORMAT_VERSION = 1
+MIN_HELD_OUT = 20
+CONFIG_FILE = "detector.json"
+ARRAYS_FILE = "arrays.npz"
+
+
+# ---- threshold rules -----------------------------------------------------------------
+
+THRESHOLDS: Registry[Callable[..., float]] = Registry("threshold rule")
+
+
+@THRESHOLDS.register("percentile")
+def percentile_threshold(train_scores, *, contamination: float, **_) -> float:
+  """The (1 - contamination) quantile of the training scores (PyOD's rule)."""
+  return float(np.percentile(train_scores, 100.0 * (1.0 - contamination)))
+
+
+@THRESHOLDS.register("mean_std")
+def mean_std_threshold(train_scores, *, k: float = 1.0, **_) -> float:
+  """mean + k * std of the training scores (population std)."""
+  s = np.asarray(train_scores, np.float64)
+  return float(s.mean() + k * s.std())
+
+
+@THRESHOLDS.register("max")
+def max_threshold(train_scores, **_) -> float:
+  """The largest training score: nothing seen in training is flagged."""
+  return float(np.max(train_scores))
+
+
+@THRESHOLDS.register("f1_best")
+def f1_best_threshold(train_scores, *, val_scores=None, val_labels=None, **_) -> float:
+  """The threshold t that maximises F1 of `val_scores > t` against `val_labels` (1 = anomaly).
+
+  Candidates are the distinct validation scores below the largest one; ties in F1 go
+  to the higher threshold.
+  """
+  del train_scores
+  if val_scores is None or val_labels is None:
+    raise ConfigError("threshold 'f1_best' needs labels: pass y to fit (the held-out "
+                      "validation part is used) or X_val and y_val")
+  scores = np.asarray(val_scores, np.float64)
+  labels = np.asarray(val_labels).astype(bool)
+  if labels.shape != scores.shape:
+    raise DataError(f"validation labels have shape {labels.shape}, scores {scores.shape}")
+  if not labels.any():
+    raise DataError("threshold 'f1_best' needs at least one labelled anomaly (y=1) in the "
+                    "validation data")
+  order = np.argsort(-scores, kind="stable")
+  s, l = scores[order], labels[order]
+  tp = np.cumsum(l)
+  flagged = np.arange(1, len(s) + 1)
+  # Flagging the top i examples means threshold s[i]; valid only where s[i] < s[i - 1].
+  cut = np.flatnonzero(s[1:] < s[:-1])
+  if cut.size == 0:
+    return float(s[0])
+  f1 = 2 * tp[cut] / (flagged[cut] + labels.sum())
+  best = cut[np.flatnonzero(f1 == f1.max())[0]]
+  return float(s[best + 1])
+
+
+# ---- scores --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+  """How one trained model scores a batch.
+
+  `per_element(model, params, x)` gives (B, *shape) errors whose mean over features is
+  the score, or None; `per_example(model, params, x, keys, cfg, samples, stats)` gives
+  (B,) scores directly. `stats` are the member's training statistics (`TrainStats`).
+  """
+  name: str
+  per_element: Callable | None
+  per_example: Callable | None = None
+  needs_vae: bool = False
+
+
+@flax.struct.dataclass
+class TrainStats:
+  """One member's statistics on the training part, in scaled units.
+
+  err_scale: mean per-feature error (*shape) of the element score (squared for 'mse'
+  and 'gaussian', absolute for 'mae'); latent_mean (L,) and latent_precision (L, L):
+  the mean and inverse covariance of the codes.
+  """
+  err_scale: jax.Array
+  latent_mean: jax.Array
+  latent_precision: jax.Array
+
+
+SCORES: Registry[Score] = Registry("anomaly score")
+
+
+def _reconstruction(model, params, x):
+  return model.apply(params, x, method=model.reconstruct)
+
+
+def _squared_error(model, params, x):
+  return jnp.square(_reconstruction(model, params, x) - x)
+
+
+def _abs_error(model, params, x):
+  return jnp.abs(_reconstruction(model, params, x) - x)
+
+
+def _latent_distance(model, params, x, stats: TrainStats):
+  """Squared Mahalanobis distance (B,) of the codes of x from the training codes."""
+  z = model.apply(params, x, method=model.encode).reshape(x.shape[0], -1)
+  d = z - stats.latent_mean
+  return jnp.einsum("bi,ij,bj->b", d, stats.latent_precision, d)
+
+
+def _gaussian(model, params, x, keys, cfg, samples, stats: TrainStats):
+  """-log-likelihood (up to constants) of x under Gaussian residuals and codes (B,).
+
+  Residuals get the per-feature variance and codes the mean and covariance seen in
+  training, as in probabilistic PCA: off-manifold and unusual-on-manifold examples
+  both score high.
+  """
+  del keys, cfg, samples
+  err = _squared_error(model, params, x) / stats.err_scale
+  return jnp.sum(err.reshape(x.shape[0], -1), -1) + _latent_distance(model, params, x, stats)
+
+
+def _neg_elbo(model, params, x, keys, cfg, samples, stats):
+  del stats
+  one = lambda xi, k: elbo_terms(model, params, xi[None], None, k, cfg, samples)["elbo"][0]
+  return -jax.vmap(one)(x, keys)
+
+
+def _nll(model, params, x, keys, cfg, samples, stats):
+  del stats
+  chunk = min(samples, 100)
+  one = lambda xi, k: importance_sampled_nll(model, params, xi[None], k, cfg, samples,
+                                             chunk)[0]
+  return jax.vmap(one)(x, keys)
+
+
+SCORES.register("mse")(Score("mse", _squared_error))
+SCORES.register("mae")(Score("mae", _abs_error))
+SCORES.register("gaussian")(Score("gaussian", _squared_error, _gaussian))
+SCORES.register("elbo")(Score("elbo", _squared_error, _neg_elbo, needs_vae=True))
+SCORES.register("nll")(Score("nll", _squared_error, _nll, needs_vae=True))
+
+
+# ---- scaling -------------------------------------------------------------------------
+
+SCALINGS = ("standard", "robust", "minmax", "none")
+ERROR_WEIGHTS = ("none", "train")
+
+
+def fit_scaler(method: str, x: np.ndarray) -> data_lib.Scaler:
+  """A fitted per-feature `Scaler` (offset and scale of shape x.shape[1:]).
+
+  'robust' centres on the median and divides by IQR / 1.349 (the std of a normal with
+  that IQR), falling back to the std and then to 1 for (near-)constant features, so
+  anomalies in the training data do not inflate the scale.
+  """
+  if method not in SCALINGS:
+    raise ConfigError(f"scaling must be one of {SCALINGS}, got {method!r}")
+  if method != "robust":
+    return data_lib.Scaler(method).fit(x)
+  x = np.asarray(x, np.float64)
+  q25, median, q75 = np.percentile(x, [25, 50, 75], axis=0)
+  spread = (q75 - q25) / 1.349
+  spread = np.where(spread < data_lib.preprocess.MIN_SCALE, x.std(axis=0), spread)
+  return data_lib.Scaler.from_state({"method": "standard", "offset": median,
+                                     "scale": np.where(spread < data_lib.preprocess.MIN_SCALE,
+                                                       1.0, spread)})
+
+
+# ---- training batches ----------------------------------------------------------------
+
+class ArrayBatches:
+  """Shuffled training batches {'x': (B, ...)} of in-memory data, one gather per batch.
+
+  Each epoch is a fresh permutation drawn from (seed, epoch); the incomplete last batch
+  of an epoch is dropped. Iterators have `get_state()` / `set_state()` (JSON bytes), as
+  `ae_jax.fit.fit` expects of a loader; per-record pipelines cost far more than the
+  step of a small tabular model.
+  """
+
+  def __init__(self, data: data_lib.ArrayData, *, batch_size: int, seed: int):
+    if not 1 <= batch_size <= len(data):
+      raise DataError(f"{data.name}: batch_size={batch_size} for {len(data)} examples")
+    self.x, self.batch_size, self.seed = data.x, batch_size, seed
+
+  def __iter__(self) -> "_BatchIterator":
+    return _BatchIterator(self)
+
+
+class _BatchIterator:
+
+  def __init__(self, source: ArrayBatches):
+    self._src = source
+    self._epoch, self._pos = 0, 0
+    self._perm = self._permutation(0)
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self._src.seed, epoch]).permutation(len(self._src.x))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    bs = self._src.batch_size
+    if self._pos + bs > len(self._perm):
+      self._epoch, self._pos = self._epoch + 1, 0
+      self._perm = self._permutation(self._epoch)
+    idx = np.sort(self._perm[self._pos:self._pos + bs])
+    self._pos += bs
+    return {"x": self._src.x[idx]}
+
+  def get_state(self) -> bytes:
+    return json.dumps({"epoch": self._epoch, "pos": self._pos}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    got = json.loads(state)
+    self._epoch, self._pos = int(got["epoch"]), int(got["pos"])
+    self._perm = self._permutation(self._epoch)
+
+
+# ---- configuration -------------------------------------------------------------------
+
+def default_sizes(input_shape: tuple) -> tuple[tuple[int, ...], int]:
+  """(MLP hidden widths, latent size) for examples of `input_shape`.
+
+  The bottleneck is kept well below the input size so that the network cannot learn the
+  identity on low-dimensional tabular data.
+  """
+  d = math.prod(input_shape)
+  latent = int(min(32, max(2, math.ceil(d / 4))))
+  hidden = int(min(256, max(32, 2 * d)))
+  return (hidden, max(hidden // 2, latent)), latent
+
+
+def _set_dotted(cfg: ml_collections.ConfigDict, key: str, value) -> None:
+  node = cfg
+  *parents, leaf = key.split(".")
+  for p in parents:
+    if p not in node:
+      raise ConfigError(f"unknown config section {p!r} in override {key!r}")
+    node = node[p]
+  if leaf not in node:
+    raise ConfigError(f"unknown config field {key!r}; valid fields of this section: "
+                      f"{', '.join(sorted(node.keys()))}")
+  node[leaf] = tuple(value) if isinstance(value, list) else value
+
+
+# ---- the detector --------------------------------------------------------------------
+
+class AutoencoderDetector:
+  """A PyOD-style anomaly detector backed by an ensemble of autoencoders.
+
+  Attributes after `fit`: `threshold_` (float), `decision_scores_` (N,) scores of the
+  training examples, `labels_` (N,) their 0/1 labels, `reference_scores_` the scores the
+  threshold rule read, `models_` one `ae_jax.fit.Trained` per ensemble member,
+  `history_` their training logs, `stats_` the members' `TrainStats`.
+
+  The rules 'percentile', 'mean_std' and 'max' read the scores of the held-out
+  validation part when it has at least MIN_HELD_OUT examples: the networks never trained
+  on them, whereas scores of training examples are biased low. Otherwise they read the
+  scores of every training example, as PyOD does.
+  """
+
+  def __init__(self, family: str = "ae", network: str = "mlp", *,
+               contamination: float = 0.1, threshold: str = "percentile",
+               score: str = "gaussian", k: float = 1.0, scaling: str = "standard",
+               error_weights: str = "none",
+               ensemble: int = 3, latent_dim: int | None = None,
+               widths: tuple[int, ...] | None = None,
+               channels: tuple[int, ...] = (32, 64), dropout: float = 0.2,
+               epochs: int = 100, max_steps: int = 1000, batch_size: int = 64,
+               learning_rate: float = 1e-3,
+               val_fraction: float = 0.1, max_val: int = 8192, patience: int = 5,
+               eval_every: int | None = None, seed: int = 0,
+               score_batch_size: int = 4096, score_samples: int = 64,
+               overrides: dict[str, Any] | None = None,
+               config: ml_collections.ConfigDict | None = None):
+    """Sets up a detector; nothing is trained until `fit`.
+
+    Args:
+      family / network: the autoencoder family and network (see `ae_jax.families`).
+      contamination: the expected share of anomalies in the training data, in (0, 0.5].
+      threshold: a name in `THRESHOLDS` (percentile, mean_std, max, f1_best).
+      score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae;
+        elbo, nll for the VAE.
+      k: the k of the 'mean_std' rule.
+      scaling: 'standard', 'robust', 'minmax' or 'none', fitted on the training part of X.
+      error_weights: 'none', or 'train' to divide each feature's error by its mean over
+        the training part (features that are always reconstructed well then count more).
+      ensemble: number of members (seeds seed, seed + 1000, ...); their scores are averaged.
+      latent_dim / widths: None picks them from the input size (`default_sizes`).
+      channels: conv channels for network conv1d / conv2d.
+      dropout: dropout rate of the MLP's hidden layers while training.
+      epochs / max_steps: train for min(epochs * batches per epoch, max_steps) steps.
+      batch_size, learning_rate: training batch size (capped at the training size), Adam.
+      val_fraction / max_val: held-out share of X (at most max_val examples) for early
+        stopping; 0 turns validation and early stopping off.
+      patience: evaluations without improvement before stopping; the best parameters
+        are kept. 0 trains for all steps.
+      eval_every: steps between evaluations; None = about once per epoch.
+      seed: makes the split, the initialisation and the batch order reproducible.
+      score_batch_size: examples per scoring batch.
+      score_samples: Monte Carlo samples of the 'elbo' and 'nll' scores.
+      overrides: extra config fields as {'model.dropout': 0.1, ...}.
+      config: a full `ml_collections` config to start from instead of the default preset.
+    """
+    self.family = family
+    self.network = network
+    self.contamination = contamination
+    self.threshold = threshold
+    self.score = score
+    self.k = k
+    self.scaling = scaling
+    self.error_weights = error_weights
+    self.ensemble = ensemble
+    self.latent_dim = latent_dim
+    self.widths = None if widths is None else tuple(widths)
+    self.channels = tuple(channels)
+    self.dropout = dropout
+    self.epochs = epochs
+    self.max_steps = max_steps
+    self.batch_size = batch_size
+    self.learning_rate = learning_rate
+    self.val_fraction = val_fraction
+    self.max_val = max_val
+    self.patience = patience
+    self.eval_every = eval_every
+    self.seed = seed
+    self.score_batch_size = score_batch_size
+    self.score_samples = score_samples
+    self.overrides = dict(overrides or {})
+    self.config = config
+    self._validate()
+    self.threshold_: float | None = None
+    self.decision_scores_: np.ndarray | None = None
+    self.labels_: np.ndarray | None = None
+    self.models_: list = []
+    self.history_: list[list[dict]] = []
+
+  # -- setup --
+
+  def get_params(self) -> dict[str, Any]:
+    """The constructor arguments (JSON-serialisable except `config`)."""
+    names = ("family", "network", "contamination", "threshold", "score", "k", "scaling",
+             "error_weights",
+             "ensemble", "latent_dim", "widths", "channels", "dropout", "epochs", "max_steps",
+             "batch_size", "learning_rate", "val_fraction", "max_val", "patience",
+             "eval_every", "seed", "score_batch_size", "score_samples", "overrides")
+    return {n: getattr(self, n) for n in names}
+
+  def _validate(self) -> None:
+    THRESHOLDS.get(self.threshold)
+    score = SCORES.get(self.score)
+    if self.family == "cvae":
+      raise ConfigError("family 'cvae' conditions on class labels, which anomaly detection "
+                        "does not have at scoring time; use family='vae'")
+    if score.needs_vae and self.family != "vae":
+      raise ConfigError(f"score {self.score!r} needs family='vae', got {self.family!r}; "
+                        "use score='mse' or 'mae' for other families")
+    if not 0.0 < self.contamination <= 0.5:
+      raise ConfigError(f"contamination must be in (0, 0.5], got {self.contamination}")
+    if self.scaling not in SCALINGS:
+      raise ConfigError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
+    if self.error_weights not in ERROR_WEIGHTS:
+      raise ConfigError(f"error_weights must be one of {ERROR_WEIGHTS}, got "
+                        f"{self.error_weights!r}")
+    for name in ("ensemble", "epochs", "max_steps", "batch_size", "score_batch_size",
+                 "score_samples"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= self.val_fraction < 1.0:
+      raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+  def _build_config(self, input_shape: tuple, num_train: int) -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict(self.config.to_dict()) if self.config is not None \
+        else configs.get_preset("default")
+    widths, latent = default_sizes(input_shape)
+    m = cfg.model
+    m.family, m.network = self.family, self.network
+    m.latent_dim = self.latent_dim or latent
+    m.widths = self.widths or widths
+    m.channels = self.channels
+    m.dropout = self.dropout
+    if self.family == "vae" and m.recon_loss not in ("bce", "gaussian"):
+      m.recon_loss = "gaussian"
+    if self.scaling in ("standard", "robust"):
+      cfg.objective.noise_clip = False
+    cfg.data.scaling = "none"
+    cfg.data.val_fraction = 0.0
+    cfg.data.labels = False
+    cfg.optim.learning_rate = self.learning_rate
+    t = cfg.train
+    t.batch_size = min(self.batch_size, num_train)
+    per_epoch = max(1, num_train // t.batch_size)
+    t.num_epochs = 0
+    t.num_steps = int(min(self.max_steps, self.epochs * per_epoch))
+    t.eval_every = int(self.eval_every or min(per_epoch, max(1, t.num_steps // 20)))
+    t.log_every = t.eval_every
+    t.checkpoint_every = t.num_steps
+    t.patience = self.patience
+    t.parallel = "jit"
+    t.figures = False
+    cfg.seed = self.seed
+    for key, value in self.overrides.items():
+      _set_dotted(cfg, key, value)
+    return cfg
+
+  def _prepare(self, X) -> np.ndarray:
+    """X as float32 of the detector's example shape, checked for NaN/inf."""
+    x = np.asarray(X, np.float32)
+    if self.network == "conv1d" and x.ndim == 2:
+      x = x[..., None]
+    if x.ndim < 2:
+      raise DataError(f"expected a batch of examples (N, ...), got an array of shape {x.shape}")
+    if getattr(self, "input_shape_", None) is not None and x.shape[1:] != self.input_shape_:
+      raise DataError(f"the detector was fitted on examples of shape {self.input_shape_}, "
+                      f"got {x.shape[1:]}")
+    if not np.all(np.isfinite(x)):
+      bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))
+      raise DataError(f"NaN/inf in X: {bad.size} examples, the first at index {bad[0]}; "
+                      "impute or drop them first (ae_jax.data.check_finite)")
+    return x
+
+  # -- training --
+
+  def fit(self, X, y=None, *, X_val=None, y_val=None) -> "AutoencoderDetector":
+    """Trains on X (N, ...) and sets `threshold_`; returns self.
+
+    Args:
+      X: training examples, normal or mostly normal (`contamination`).
+      y: optional 0/1 labels of X (1 = anomaly). Training never uses them; the
+        'f1_best' rule reads the labels of the held-out validation part.
+      X_val, y_val: a labelled validation set for the 'f1_best' rule instead.
+    """
+    x = self._prepare(X)
+    n = len(x)
+    self.input_shape_ = tuple(x.shape[1:])
+    n_val = min(self.max_val, int(round(n * self.val_fraction))) if self.val_fraction else 0
+    if n_val and n - n_val < 2:
+      raise DataError(f"{n} examples are too few to hold out {n_val} for validation; "
+                      "give more data or set val_fraction=0")
+    order = np.random.default_rng(self.seed).permutation(n)
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    self.scaler_ = fit_scaler(self.scaling, x[train_idx])
+    x_scaled = self.scaler_.transform(x)
+    make = data_lib.sources.make_array_data
+    train = make(x_scaled[train_idx], None, "anomaly:train")
+    val = make(x_scaled[val_idx], None, "anomaly:val") if n_val else None
+    base = self._build_config(self.input_shape_, len(train))
+    self.models_, self.history_ = [], []
+    for member in range(self.ensemble):
+      cfg = ml_collections.ConfigDict(base.to_dict())
+      cfg.seed = self.seed + 1000 * member
+      trained = fit(cfg, None, train_data=train, eval_data=val, progress=False,
+                    restore_best=val is not None, make_loader=ArrayBatches)
+      self.models_.append(trained)
+      self.history_.append(trained.history)
+    self.config_ = base
+    self._finish_setup()
+    self.stats_ = self._train_stats(x[train_idx])
+    self.decision_scores_ = self.decision_function(x)
+    val_scores = val_labels = None
+    if X_val is not None:
+      if y_val is None:
+        raise ConfigError("X_val was given without y_val")
+      val_scores, val_labels = self.decision_function(X_val), np.asarray(y_val)
+    elif y is not None and n_val:
+      val_scores, val_labels = self.decision_scores_[val_idx], np.asarray(y)[val_idx]
+    reference = self.decision_scores_[val_idx] if n_val >= MIN_HELD_OUT else \
+        self.decision_scores_
+    self.threshold_ = THRESHOLDS.get(self.threshold)(
+        reference, contamination=self.contamination, k=self.k,
+        val_scores=val_scores, val_labels=val_labels)
+    self.reference_scores_ = reference
+    self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+    return self
+
+  def _finish_setup(self) -> None:
+    """Stacks the members' parameters for one vmapped, compiled scoring call."""
+    for name in ("_element_fn", "_example_fn", "_reconstruct_fn", "_stats_fn"):
+      self.__dict__.pop(name, None)
+    self.model_ = self.models_[0].model
+    self.params_ = jax.tree.map(lambda *p: jnp.asarray(np.stack([np.asarray(a) for a in p])),
+                                *[t.params for t in self.models_])
+
+  # -- scoring --
+
+  def _check_fitted(self) -> None:
+    if getattr(self, "params_", None) is None:
+      raise DataError("the detector is not fitted: call fit(X) first")
+
+  def _weights(self, stats: TrainStats):
+    return stats.err_scale if self.error_weights == "train" else jnp.ones_like(stats.err_scale)
+
+  @functools.cached_property
+  def _stats_fn(self):
+    """jit(params, x, mask) -> per-member masked sums of errors, codes and code products."""
+    element, model = SCORES.get(self.score).per_element, self.model_
+
+    def sums(p, x, mask):
+      err = element(model, p, x)
+      z = model.apply(p, x, method=model.encode).reshape(x.shape[0], -1)
+      return (jnp.tensordot(mask, err, 1), mask @ z, jnp.einsum("b,bi,bj->ij", mask, z, z))
+
+    return jax.jit(lambda params, x, mask: jax.vmap(lambda p: sums(p, x, mask))(params))
+
+  def _train_stats(self, x: np.ndarray) -> TrainStats:
+    """Per-member `TrainStats` (leading axis = member) over the training examples x."""
+    total = None
+    for start, stop, batch in self._batches(x):
+      mask = (np.arange(len(batch)) < stop - start).astype(np.float32)
+      got = jax.tree.map(np.asarray, self._stats_fn(self.params_, batch, mask))
+      total = got if total is None else jax.tree.map(np.add, total, got)
+    n = float(len(x))
+    err, z_sum, zz_sum = (t.astype(np.float64) / n for t in total)
+    floor = 1e-3 * err.reshape(len(err), -1).mean(-1) + 1e-12
+    err = np.maximum(err, floor.reshape((-1,) + (1,) * (err.ndim - 1)))
+    cov = zz_sum - z_sum[:, :, None] * z_sum[:, None, :]
+    evals, evecs = np.linalg.eigh(cov)
+    evals = np.maximum(evals, 1e-6 * evals.max(-1, keepdims=True) + 1e-12)
+    precision = np.einsum("mij,mj,mkj->mik", evecs, 1.0 / evals, evecs)
+    return TrainStats(jnp.asarray(err, jnp.float32), jnp.asarray(z_sum, jnp.float32),
+                      jnp.asarray(precision, jnp.float32))
+
+  @functools.cached_property
+  def _element_fn(self):
+    """jit(params, stats, x) -> (B, *shape) errors / weights, averaged over members."""
+    element, model = SCORES.get(self.score).per_element, self.model_
+    return jax.jit(lambda params, stats, x: jnp.mean(jax.vmap(
+        lambda p, st: element(model, p, x) / self._weights(st))(params, stats), axis=0))
+
+  @functools.cached_property
+  def _example_fn(self):
+    """jit(params, stats, x (B, ...), start) -> (B,) scores, averaged over members."""
+    score = SCORES.get(self.score)
+    model, cfg, samples, seed = self.model_, self.config_, self.score_samples, self.seed
+
+    def one(p, st, x, keys):
+      if score.per_example is not None:
+        return score.per_example(model, p, x, keys, cfg, samples, st)
+      err = score.per_element(model, p, x) / self._weights(st)
+      return jnp.mean(err.reshape(x.shape[0], -1), -1)
+
+    def scores(params, stats, x, start):
+      base = jax.random.key(seed + 7)
+      keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(start + jnp.arange(x.shape[0]))
+      return jnp.mean(jax.vmap(lambda p, st: one(p, st, x, keys))(params, stats), axis=0)
+
+    return jax.jit(scores)
+
+  @functools.cached_property
+  def _reconstruct_fn(self):
+    model = self.model_
+    return jax.jit(lambda params, x: jnp.mean(
+        jax.vmap(lambda p: _reconstruction(model, p, x))(params), axis=0))
+
+  def _batches(self, x: np.ndarray):
+    """(start, stop, padded scaled batch) over x in batches of score_batch_size.
+
+    Smaller inputs get one batch padded to a power of two, so that a few compiled
+    shapes serve every call.
+    """
+    bs = min(self.score_batch_size, 2 ** max(6, math.ceil(math.log2(max(len(x), 1)))))
+    for start in range(0, len(x), bs):
+      chunk = self.scaler_.transform(x[start:start + bs])
+      stop = start + len(chunk)
+      if len(chunk) < bs:
+        chunk = np.concatenate([chunk, np.zeros((bs - len(chunk),) + chunk.shape[1:],
+                                                np.float32)])
+      yield start, stop, chunk
+
+  def decision_function(self, X) -> np.ndarray:
+    """Anomaly scores (N,) of examples X (N, ...); higher means more anomalous."""
+    self._check_fitted()
+    x = self._prepare(X)
+    out = np.empty((len(x),), np.float32)
+    for start, stop, batch in self._batches(x):
+      got = self._example_fn(self.params_, self.stats_, batch, start)
+      out[start:stop] = np.asarray(got)[:stop - start]
+    return out
+
+  def predict(self, X) -> np.ndarray:
+    """0/1 labels (N,): 1 where decision_function(X) > threshold_."""
+    if self.threshold_ is None:
+      raise DataError("the detector has no threshold: call fit(X) first")
+    return (self.decision_function(X) > self.threshold_).astype(np.int64)
+
+  def feature_scores(self, X) -> np.ndarray:
+    """Per-feature errors (N, *example_shape) in scaled units, averaged over members.
+
+    Squared errors (absolute for score 'mae'), divided by the training mean of each
+    feature's error when error_weights='train'; their mean over features is the
+    'mse' / 'mae' score.
+    """
+    self._check_fitted()
+    x = self._prepare(X)
+    out = np.empty(x.shape, np.float32)
+    for start, stop, batch in self._batches(x):
+      got = self._element_fn(self.params_, self.stats_, batch)
+      out[start:stop] = np.asarray(got)[:stop - start]
+    return out
+
+  def timestep_scores(self, X) -> np.ndarray:
+    """Per-timestep errors (N, T) of sequences (N, T, C), averaged over channels."""
+    x = self._prepare(X)
+    if x.ndim != 3:
+      raise DataError(f"timestep_scores needs sequences (N, T, C), got shape {x.shape}")
+    return self.feature_scores(x).mean(axis=-1)
+
+  def reconstruct(self, X) -> np.ndarray:
+    """Reconstructions (N, *example_shape) in data units, averaged over members."""
+    self._check_fitted()
+    x = self._prepare(X)
+    out = np.empty(x.shape, np.float32)
+    for start, stop, batch in self._batches(x):
+      out[start:stop] = np.asarray(self._reconstruct_fn(self.params_, batch))[:stop - start]
+    return self.scaler_.inverse_transform(out)
+
+  # -- persistence --
+
+  def save(self, path) -> pathlib.Path:
+    """Writes detector.json and arrays.npz into the folder `path` (no pickle)."""
+    self._check_fitted()
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    params = self.get_params()
+    params["widths"] = None if params["widths"] is None else list(params["widths"])
+    params["channels"] = list(params["channels"])
+    meta = {"version": FORMAT_VERSION, "params": params, "config": self.config_.to_json(),
+            "input_shape": list(self.input_shape_), "threshold_": self.threshold_}
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    arrays = {f"params/{k}": np.asarray(v) for k, v in _flatten(self.params_).items()}
+    arrays.update({"scaler/offset": self.scaler_.offset, "scaler/scale": self.scaler_.scale,
+                   "decision_scores": self.decision_scores_,
+                   "reference_scores": self.reference_scores_})
+    arrays.update({f"stats/{f.name}": np.asarray(getattr(self.stats_, f.name))
+                   for f in dataclasses.fields(TrainStats)})
+    np.savez(path / ARRAYS_FILE, **arrays)
+    return path
+
+  @classmethod
+  def load(cls, path) -> "AutoencoderDetector":
+    """Rebuilds a detector written by `save`; reads only JSON and numeric arrays."""
+    path = pathlib.Path(path)
+    if not (path / CONFIG_FILE).exists() or not (path / ARRAYS_FILE).exists():
+      raise CheckpointError(f"{path} holds no saved detector (expected {CONFIG_FILE} and "
+                            f"{ARRAYS_FILE})")
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    if meta.get("version") != FORMAT_VERSION:
+      raise CheckpointError(f"{path}: detector format {meta.get('version')}, this version "
+                            f"reads {FORMAT_VERSION}")
+    det = cls(**meta["params"])
+    det.config_ = ml_collections.ConfigDict(json.loads(meta["config"]))
+    det.input_shape_ = tuple(meta["input_shape"])
+    det.threshold_ = meta["threshold_"]
+    model = build_model(det.config_, det.input_shape_)
+    template = init_params(model, det.input_shape_, jax.random.key(0))
+    with np.load(path / ARRAYS_FILE, allow_pickle=False) as arrays:
+      stored = {k[len("params/"):]: arrays[k] for k in arrays.files if k.startswith("params/")}
+      det.params_ = _unflatten(template, stored, det.ensemble, path)
+      det.scaler_ = data_lib.Scaler.from_state({
+          "method": det.scaling, "offset": arrays["scaler/offset"],
+          "scale": arrays["scaler/scale"]})
+      det.decision_scores_ = arrays["decision_scores"]
+      det.reference_scores_ = arrays["reference_scores"]
+      det.stats_ = TrainStats(**{f.name: jnp.asarray(arrays[f"stats/{f.name}"])
+                                  for f in dataclasses.fields(TrainStats)})
+    det.model_ = model
+    det.labels_ = (det.decision_scores_ > det.threshold_).astype(np.int64)
+    return det
+
+
+def _flatten(tree) -> dict[str, Any]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): v for p, v in leaves}
+
+
+def _unflatten(template, stored: dict[str, np.ndarray], members: int, where) -> Any:
+  """Fills the structure of `template` (one member) with stacked arrays from `stored`."""
+  paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+  leaves = []
+  for p, leaf in paths:
+    key = jax.tree_util.keystr(p, simple=True, separator="/")
+    if key not in stored:
+      raise CheckpointError(f"{where}: parameter {key!r} is missing; the saved arrays do not "
+                            "match the saved config")
+    value = stored.pop(key)
+    if value.shape != (members, *leaf.shape):
+      raise CheckpointError(f"{where}: parameter {key!r} has shape {value.shape}, expected "
+                            f"{(members, *leaf.shape)}")
+    leaves.append(jnp.asarray(value, leaf.dtype))
+  if stored:
+    raise CheckpointError(f"{where}: unexpected parameters {sorted(stored)[:5]}")
+  return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -1,0 +1,118 @@
+"""Helpers of the anomaly-detection experiments: metrics, the PyOD anchors, figures.
+
+API:
+  enable_compile_cache(path): JAX's persistent compilation cache in `path`, so that the
+    ensemble members and seeds of one input shape compile once.
+  ranking_metrics(y, scores) -> {'roc_auc', 'pr_auc'} (y: 1 = anomaly).
+  label_metrics(y, pred) -> {'accuracy', 'precision', 'recall', 'f1'}.
+  pyod_missing() -> None, or why the PyOD anchors cannot run here.
+  anchor(name, seed) -> an unfitted PyOD detector ('IForest', 'ECOD', 'PyOD-AE', 'KNN', 'PCA').
+  fit_anchor(name, seed, x_fit, *x_score) -> (training scores, [scores of each x_score],
+    seconds).
+  roc_figure(path, curves, title): ROC curves {label: (y, scores)}.
+  mean_std(values) -> (mean, std) with std over seeds (population std, 0 for one value).
+"""
+
+import pathlib
+import time
+
+import numpy as np
+
+ANCHORS = ("IForest", "ECOD", "PyOD-AE", "KNN", "PCA")
+
+
+def enable_compile_cache(path) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def ranking_metrics(y, scores) -> dict[str, float]:
+  from sklearn.metrics import average_precision_score, roc_auc_score
+  y = np.asarray(y).astype(int)
+  return {"roc_auc": float(roc_auc_score(y, scores)),
+          "pr_auc": float(average_precision_score(y, scores))}
+
+
+def label_metrics(y, pred) -> dict[str, float]:
+  y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
+  tp = float(np.sum(y & pred))
+  precision = tp / max(float(pred.sum()), 1.0)
+  recall = tp / max(float(y.sum()), 1.0)
+  f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+  return {"accuracy": float(np.mean(y == pred)), "precision": precision, "recall": recall,
+          "f1": f1}
+
+
+def pyod_missing() -> str | None:
+  try:
+    import pyod  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    return (f"PyOD anchors skipped ({e}); install them with "
+            "pip install -e '.[compare]'")
+  return None
+
+
+def anchor(name: str, seed: int):
+  """An unfitted PyOD detector with PyOD's defaults (one CPU thread for torch)."""
+  if name == "IForest":
+    from pyod.models.iforest import IForest
+    return IForest(random_state=seed)
+  if name == "ECOD":
+    from pyod.models.ecod import ECOD
+    return ECOD()
+  if name == "PyOD-AE":
+    import torch
+    from pyod.models.auto_encoder import AutoEncoder
+    torch.set_num_threads(1)
+    return AutoEncoder(random_state=seed, verbose=0, device="cpu")
+  if name == "KNN":
+    from pyod.models.knn import KNN
+    return KNN()
+  if name == "PCA":
+    from pyod.models.pca import PCA
+    return PCA(random_state=seed)
+  raise ValueError(f"unknown anchor {name!r}; valid: {', '.join(ANCHORS)}")
+
+
+def fit_anchor(name: str, seed: int, x_fit, *x_score):
+  """Fit `name` on x_fit (N, ...) flattened; returns (training scores (N,), [scores of each
+  x_score], seconds for fitting and scoring)."""
+  flat = lambda a: np.asarray(a, np.float64).reshape(len(a), -1)
+  start = time.perf_counter()
+  model = anchor(name, seed).fit(flat(x_fit))
+  scores = [model.decision_function(flat(x)) for x in x_score]
+  return model.decision_scores_, scores, time.perf_counter() - start
+
+
+def mean_std(values) -> tuple[float, float]:
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+  if v.size == 0:
+    return float("nan"), float("nan")
+  return float(v.mean()), float(v.std())
+
+
+def roc_figure(path, curves: dict, title: str = "") -> pathlib.Path:
+  """ROC curves of several detectors on one labelled set: {label: (y, scores)}."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from sklearn.metrics import roc_auc_score, roc_curve
+  fig, ax = plt.subplots(figsize=(4.8, 4.4))
+  for label, (y, s) in curves.items():
+    fpr, tpr, _ = roc_curve(y, s)
+    ax.plot(fpr, tpr, lw=1.3, label=f"{label} (AUC {roc_auc_score(y, s):.3f})")
+  ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+  ax.set_xlabel("false positive rate")
+  ax.set_ylabel("true positive rate")
+  if title:
+    ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, loc="lower right")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return pathlib.Path(path)

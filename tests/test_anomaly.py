@@ -1,0 +1,232 @@
+"""Tests of the autoencoder anomaly detector: threshold rules, scores, persistence."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ae_jax import anomaly
+from ae_jax.anomaly import THRESHOLDS, AutoencoderDetector
+from ae_jax.errors import CheckpointError, ConfigError, DataError
+
+
+# ---- threshold rules against hand-computed values ----------------------------------
+
+def test_percentile_threshold():
+  scores = np.arange(1.0, 11.0)
+  # 80th percentile of 1..10: position 0.8 * 9 = 7.2 between 8 and 9.
+  assert THRESHOLDS.get("percentile")(scores, contamination=0.2) == pytest.approx(8.2)
+
+
+def test_mean_std_threshold():
+  scores = np.array([1.0, 2.0, 3.0, 4.0])  # mean 2.5, population std sqrt(1.25)
+  assert THRESHOLDS.get("mean_std")(scores, k=1.0) == pytest.approx(2.5 + 1.118034, abs=1e-6)
+  assert THRESHOLDS.get("mean_std")(scores, k=2.0) == pytest.approx(2.5 + 2.236068, abs=1e-6)
+
+
+def test_max_threshold():
+  assert THRESHOLDS.get("max")(np.array([0.3, 7.5, 2.0])) == 7.5
+
+
+def test_f1_best_threshold():
+  # Ranked: 0.9 (1), 0.8 (1), 0.4 (0), 0.35 (1), 0.1 (0). Flagging the top 4 gives
+  # precision 3/4, recall 1, F1 6/7, the best; so flag scores > 0.1.
+  val_scores = np.array([0.1, 0.4, 0.35, 0.8, 0.9])
+  val_labels = np.array([0, 0, 1, 1, 1])
+  t = THRESHOLDS.get("f1_best")(None, val_scores=val_scores, val_labels=val_labels)
+  assert t == pytest.approx(0.1)
+  # Separable labels: the best threshold flags exactly the anomalies.
+  t = THRESHOLDS.get("f1_best")(None, val_scores=np.array([1.0, 2.0, 5.0, 6.0]),
+                                val_labels=np.array([0, 0, 1, 1]))
+  assert t == pytest.approx(2.0)
+
+
+def test_threshold_errors():
+  with pytest.raises(ConfigError, match="valid threshold rule names are: f1_best, max, "
+                                        "mean_std, percentile"):
+    AutoencoderDetector(threshold="otsu")
+  with pytest.raises(ConfigError, match="needs labels"):
+    THRESHOLDS.get("f1_best")(np.ones(3))
+  with pytest.raises(ConfigError, match="valid anomaly score names"):
+    AutoencoderDetector(score="psnr")
+  with pytest.raises(ConfigError, match="needs family='vae'"):
+    AutoencoderDetector(score="elbo")
+  with pytest.raises(ConfigError, match="contamination"):
+    AutoencoderDetector(contamination=0.7)
+  with pytest.raises(ConfigError, match="cvae"):
+    AutoencoderDetector(family="cvae")
+
+
+# ---- a detector on two clusters with planted outliers -------------------------------
+
+def two_clusters(seed=0, n=400, outliers=12):
+  """(x (n + outliers, 6), y): two Gaussian clusters, a constant column, planted outliers."""
+  rng = np.random.default_rng(seed)
+  centers = np.array([[3.0, 3.0, 0.0, 0.0, 1.0], [-3.0, -3.0, 0.0, 0.0, -1.0]])
+  normal = centers[rng.integers(0, 2, n)] + 0.5 * rng.normal(size=(n, 5))
+  planted = rng.uniform(-6, 6, size=(outliers, 5))
+  planted[:, 2:4] = rng.choice([-5.0, 5.0], size=(outliers, 2))
+  x = np.concatenate([normal, planted])
+  x = np.concatenate([x, np.full((len(x), 1), 7.0)], axis=1)  # a constant column
+  y = np.r_[np.zeros(n, int), np.ones(outliers, int)]
+  return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def fitted():
+  x, y = two_clusters()
+  det = AutoencoderDetector(ensemble=2, max_steps=200, epochs=200, contamination=0.05,
+                            widths=(32, 16), latent_dim=2, batch_size=64, seed=0)
+  return det.fit(x), x, y
+
+
+def test_flags_planted_outliers(fitted):
+  det, x, y = fitted
+  from sklearn.metrics import roc_auc_score
+  scores = det.decision_function(x)
+  assert np.all(np.isfinite(scores))
+  assert roc_auc_score(y, scores) > 0.97
+  pred = det.predict(x)
+  assert pred[y == 1].mean() >= 0.9
+  assert pred[y == 0].mean() <= 0.15
+  x_new, y_new = two_clusters(seed=1)
+  assert roc_auc_score(y_new, det.decision_function(x_new)) > 0.97
+
+
+def test_predict_agrees_with_scores_and_threshold(fitted):
+  det, x, _ = fitted
+  scores = det.decision_function(x)
+  np.testing.assert_array_equal(det.predict(x), (scores > det.threshold_).astype(int))
+  np.testing.assert_allclose(det.decision_scores_, scores, rtol=1e-6)
+  np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_))
+  assert det.threshold_ == pytest.approx(
+      np.percentile(det.reference_scores_, 95.0), rel=1e-6)
+
+
+def test_batched_scoring_equals_unbatched(fitted):
+  det, x, _ = fitted
+  whole = det.decision_function(x)
+  features = det.feature_scores(x)
+  det.score_batch_size = 7
+  try:
+    np.testing.assert_allclose(det.decision_function(x), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(det.feature_scores(x), features, rtol=1e-5, atol=1e-7)
+  finally:
+    det.score_batch_size = 4096
+  assert features.shape == x.shape
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+  det, x, _ = fitted
+  path = det.save(tmp_path / "det")
+  assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "detector.json"]
+  json.loads((path / "detector.json").read_text())
+  with np.load(path / "arrays.npz", allow_pickle=False) as arrays:
+    assert all(arrays[k].dtype != object for k in arrays.files)
+  back = AutoencoderDetector.load(path)
+  assert back.threshold_ == det.threshold_
+  np.testing.assert_allclose(back.decision_function(x), det.decision_function(x), rtol=1e-6)
+  np.testing.assert_array_equal(back.predict(x), det.predict(x))
+  np.testing.assert_allclose(back.feature_scores(x[:5]), det.feature_scores(x[:5]), rtol=1e-6)
+
+
+def test_load_rejects_mismatched_arrays(fitted, tmp_path):
+  det, _, _ = fitted
+  path = det.save(tmp_path / "det")
+  meta = json.loads((path / "detector.json").read_text())
+  meta["params"]["ensemble"] = 3
+  (path / "detector.json").write_text(json.dumps(meta))
+  with pytest.raises(CheckpointError, match="has shape"):
+    AutoencoderDetector.load(path)
+  with pytest.raises(CheckpointError, match="no saved detector"):
+    AutoencoderDetector.load(tmp_path / "nothing")
+
+
+def test_input_checks(fitted):
+  det, x, _ = fitted
+  with pytest.raises(DataError, match="shape"):
+    det.decision_function(x[:, :3])
+  bad = x[:4].copy()
+  bad[2, 1] = np.nan
+  with pytest.raises(DataError, match="NaN"):
+    det.decision_function(bad)
+  with pytest.raises(DataError, match="not fitted"):
+    AutoencoderDetector().decision_function(x)
+
+
+def test_same_seed_same_scores_and_early_stopping():
+  x, _ = two_clusters(n=200, outliers=4)
+  kw = dict(ensemble=1, max_steps=1000, epochs=1000, widths=(16,), latent_dim=2,
+            batch_size=32, learning_rate=0.05, patience=1, eval_every=10, seed=3)
+  a = AutoencoderDetector(**kw).fit(x)
+  b = AutoencoderDetector(**kw).fit(x)
+  np.testing.assert_array_equal(a.decision_scores_, b.decision_scores_)
+  evals = [r["loss"] for r in a.history_[0] if r["split"] == "eval"]
+  assert a.history_[0][-1]["step"] < 1000, "patience=1 stops at the first evaluation " \
+      "without improvement"
+  assert evals[-1] >= min(evals[:-1])
+
+
+def test_f1_best_uses_labels_of_the_validation_part():
+  x, y = two_clusters(n=300, outliers=30)
+  det = AutoencoderDetector(threshold="f1_best", ensemble=1, max_steps=60, widths=(16,),
+                            latent_dim=2, val_fraction=0.3, seed=0).fit(x, y)
+  _, val_idx = _split(len(x), 0.3, 0)
+  expected = THRESHOLDS.get("f1_best")(None, val_scores=det.decision_scores_[val_idx],
+                                       val_labels=y[val_idx])
+  assert det.threshold_ == pytest.approx(expected)
+  with pytest.raises(ConfigError, match="needs labels"):
+    AutoencoderDetector(threshold="f1_best", ensemble=1, max_steps=5).fit(x)
+
+
+def _split(n, fraction, seed):
+  order = np.random.default_rng(seed).permutation(n)
+  n_val = int(round(n * fraction))
+  return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def test_sequences_per_timestep_scores_and_vae_elbo():
+  rng = np.random.default_rng(0)
+  t = np.linspace(0, 2 * np.pi, 16)
+  x = (np.sin(t)[None, :] * rng.uniform(0.8, 1.2, (96, 1))
+       + 0.05 * rng.normal(size=(96, 16))).astype(np.float32)
+  det = AutoencoderDetector(family="vae", network="conv1d", score="elbo", channels=(4,),
+                            latent_dim=2, ensemble=1, max_steps=10, score_samples=2,
+                            val_fraction=0.0).fit(x)
+  spiked = x[:2].copy()
+  spiked[:, 5] += 6.0
+  per_step = det.timestep_scores(spiked)
+  assert per_step.shape == (2, 16)
+  assert np.all(per_step.argmax(axis=1) == 5)
+  whole = det.decision_function(x)
+  det.score_batch_size = 5
+  np.testing.assert_allclose(det.decision_function(x), whole, rtol=1e-5)
+  assert det.reconstruct(x[:3]).shape == (3, 16, 1)
+
+
+def test_scaler_handles_constant_columns():
+  x = np.zeros((50, 3), np.float32)
+  x[:, 0] = np.arange(50)
+  for method in anomaly.SCALINGS:
+    scaler = anomaly.fit_scaler(method, x)
+    z = scaler.transform(x)
+    assert np.all(np.isfinite(z)), method
+    np.testing.assert_allclose(scaler.inverse_transform(z), x, atol=1e-4)
+
+
+def test_adbench_script_smoke_on_any_folder(tmp_path):
+  from experiments import anomaly_adbench
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "sets"
+  folder.mkdir()
+  for name, d in (("1_toy", 4), ("2_other", 7)):
+    x = rng.normal(size=(150, d))
+    y = np.zeros(150, int)
+    y[:8] = 1
+    x[:8] += 4.0
+    np.savez(folder / f"{name}.npz", X=x, y=y)
+  result = anomaly_adbench.main(["--smoke", "--data-dir", str(folder), "--out",
+                                 str(tmp_path / "out"), "--cache", ""])
+  assert {r["set"] for r in result["rows"]} == {"1_toy", "2_other"}
+  assert (tmp_path / "out" / "table.md").exists()
+  assert (tmp_path / "out" / "roc_auc_per_set.png").exists()
