@@ -8,6 +8,7 @@ interpolations, fine-tuning from digits 0-4 to 5-9, and classifier data augmenta
 """
 
 import time
+import warnings
 
 import numpy as np
 
@@ -25,7 +26,7 @@ def parse(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--data", default="mnist_t10k",
                  help="a source with 'train' and 'test' splits: mnist_t10k or tfds:mnist")
-  p.add_argument("--epochs", type=int, default=10, help="VAE and PyTorch VAE epochs")
+  p.add_argument("--epochs", type=int, default=5, help="VAE and PyTorch VAE epochs")
   p.add_argument("--iwae-epochs", type=int, default=None, help="IWAE epochs (default --epochs)")
   p.add_argument("--widths", type=int, nargs="+", default=[500, 500],
                  help="hidden widths of the encoder (the decoder mirrors them)")
@@ -33,24 +34,26 @@ def parse(argv=None):
   p.add_argument("--batch-size", type=int, default=100)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--nll-samples", type=int, default=5000, help="importance samples k")
-  p.add_argument("--nll-examples", type=int, default=200,
+  p.add_argument("--nll-examples", type=int, default=100,
                  help="test images scored by importance sampling (the ELBO uses all)")
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   p.add_argument("--ft-labelled", type=int, default=200, help="images of 5-9 to fine-tune on")
   p.add_argument("--ft-epochs", type=int, default=50)
   p.add_argument("--ft-lr", type=float, default=3e-4)
   p.add_argument("--ft-nll-samples", type=int, default=1000)
-  p.add_argument("--ft-nll-examples", type=int, default=100)
+  p.add_argument("--ft-nll-examples", type=int, default=50)
   p.add_argument("--aug-labelled", type=int, default=100, help="labelled digits (10 per class)")
   p.add_argument("--aug-per-class", type=int, default=100, help="generated extras per class")
-  p.add_argument("--aug-seeds", type=int, default=3)
-  p.add_argument("--cvae-epochs", type=int, default=300)
+  p.add_argument("--aug-seeds", type=int, default=2)
+  p.add_argument("--cvae-epochs", type=int, default=200)
+  p.add_argument("--clf-max-iter", type=int, default=2000,
+                 help="L-BFGS iterations of the logistic regression")
   args = p.parse_args(argv)
   if args.smoke:
     args.epochs, args.iwae_epochs, args.nll_samples, args.nll_examples = 1, 1, 20, 20
     args.ft_labelled, args.ft_epochs, args.ft_nll_samples, args.ft_nll_examples = 50, 2, 20, 20
     args.aug_per_class, args.aug_seeds, args.cvae_epochs = 5, 1, 2
-    args.widths = [32]
+    args.widths, args.clf_max_iter = [32], 50
   args.iwae_epochs = args.epochs if args.iwae_epochs is None else args.iwae_epochs
   return args
 
@@ -142,10 +145,13 @@ def finetune_study(args, train, test):
   return rows
 
 
-def _classifier_accuracy(x, y, test, seed):
+def _classifier_accuracy(x, y, test, seed, max_iter):
+  from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
   from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
-  clf = LogisticRegression(max_iter=2000, random_state=seed)
-  clf.fit(x.reshape(len(x), -1), y)
+  clf = LogisticRegression(max_iter=max_iter, random_state=seed)
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)  # --smoke stops early
+    clf.fit(x.reshape(len(x), -1), y)
   return float(clf.score(test.x.reshape(len(test), -1), test.y))
 
 
@@ -164,19 +170,21 @@ def augmentation_study(args, train, test, vae):
   per_class = max(1, args.aug_labelled // 10)
   for seed in range(args.aug_seeds):
     lab = labelled_subset(train, per_class, args.seed + seed)
-    results["none"].append(_classifier_accuracy(lab.x, lab.y, test, seed))
+    results["none"].append(_classifier_accuracy(lab.x, lab.y, test, seed, args.clf_max_iter))
     cfg = vae_config(args, family="cvae", epochs=args.cvae_epochs,
                      batch_size=min(50, len(lab)), seed=args.seed + seed)
     cvae = fit(cfg, train_data=lab, progress=False)
     y_gen = np.repeat(np.arange(10), args.aug_per_class).astype(np.int32)
     x_gen = cvae.sample(len(y_gen), seed=seed, cond=y_gen)
     results["cvae"].append(_classifier_accuracy(
-        np.concatenate([lab.x, x_gen]), np.concatenate([lab.y, y_gen]), test, seed))
+        np.concatenate([lab.x, x_gen]), np.concatenate([lab.y, y_gen]), test, seed,
+        args.clf_max_iter))
     copies = max(1, args.aug_per_class // per_class)
     x_per = generate.perturb_latents(vae, lab.x, copies, seed=seed)
     y_per = np.repeat(lab.y, copies)
     results["perturb"].append(_classifier_accuracy(
-        np.concatenate([lab.x, x_per]), np.concatenate([lab.y, y_per]), test, seed))
+        np.concatenate([lab.x, x_per]), np.concatenate([lab.y, y_per]), test, seed,
+        args.clf_max_iter))
     if seed == 0:
       examples = {"labelled": lab.x, "cvae": x_gen, "perturb": x_per, "copies": copies}
     print(f"augmentation seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}"
@@ -208,6 +216,13 @@ def draw_figures(out, models, test, examples, seed):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if models:
+    _model_figures(out, models, test, seed, plt)
+  if examples:
+    _augmentation_figure(out, examples, plt)
+
+
+def _model_figures(out, models, test, seed, plt):
   names = list(models)
   fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.6))
   for ax, name in zip(np.atleast_1d(axes), names):
@@ -238,59 +253,70 @@ def draw_figures(out, models, test, examples, seed):
   fig.savefig(out / "interpolation.png", dpi=110)
   plt.close(fig)
 
-  if examples:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
-    per = examples["copies"]
-    panels = [("the labelled digits", examples["labelled"], 10),
-              ("CVAE samples (one class per row)",
-               examples["cvae"].reshape(10, -1, 28, 28)[:, :10].reshape(-1, 28, 28), 10),
-              (f"latent perturbations ({per} per labelled digit)", examples["perturb"][:100],
-               min(per, 10) if per >= 5 else 10)]
-    for ax, (title, ims, cols) in zip(axes, panels):
-      ax.imshow(tile(ims[:100], cols), cmap="gray", vmin=0, vmax=1)
-      ax.set_title(title)
-      ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "augmentation.png", dpi=110)
-    plt.close(fig)
+
+def _augmentation_figure(out, examples, plt):
+  fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
+  copies, shape = examples["copies"], examples["labelled"].shape[1:3]
+  cvae = examples["cvae"].reshape(10, -1, *shape)[:, :10]
+  per_class = len(examples["labelled"]) // 10
+  perturb = examples["perturb"].reshape(-1, copies, *shape)[::per_class, :10]
+  panels = [("the labelled digits", examples["labelled"], per_class),
+            ("CVAE samples (one class per row)", cvae.reshape(-1, *shape), cvae.shape[1]),
+            (f"latent perturbations of one labelled digit per class ({copies} each)",
+             perturb.reshape(-1, *shape), perturb.shape[1])]
+  for ax, (title, ims, cols) in zip(axes, panels):
+    ax.imshow(tile(ims[:100], cols), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title)
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(out / "augmentation.png", dpi=110)
+  plt.close(fig)
 
 
 def main(argv=None):
+  """Runs the sections in order, rewriting result.json and table.md after each one."""
   args = parse(argv)
   out = _io.out_dir(args, NAME)
   t_start = time.time()
   train, test = load_splits(args)
   test_bin = generate.binarize_fixed(test.x, args.seed)
-  timings = {}
-  t0 = time.time()
-  models, nll_rows, n_nll = train_models(args, train, test_bin)
-  timings["models"] = time.time() - t0
-  t0 = time.time()
-  ft_rows = finetune_study(args, train, test)
-  timings["finetune"] = time.time() - t0
-  print("fine-tuning done", flush=True)
-  t0 = time.time()
-  aug_rows, aug_raw, examples = augmentation_study(args, train, test, models["VAE"])
-  timings["augmentation"] = time.time() - t0
-  draw_figures(out, models, test, examples, args.seed)
-  timings["total"] = time.time() - t_start
   settings = {k: v for k, v in vars(args).items() if k != "out"}
-  settings.update(train_examples=len(train), test_examples=len(test), nll_examples=n_nll,
+  settings.update(train_examples=len(train), test_examples=len(test),
                   architecture=f"{'-'.join(map(str, [784, *args.widths, args.latent_dim]))} "
                   "(ReLU), Bernoulli decoder, Adam")
-  result = {"settings": settings, "nll": nll_rows, "finetune": ft_rows,
-            "augmentation": aug_rows, "augmentation_accuracies": aug_raw,
-            "anchors": ANCHORS, "timings_s": timings}
-  tables = {
-      f"Test NLL on binarised {args.data} (IS k={args.nll_samples} on the first {n_nll} test "
-      f"images; ELBO on all {len(test)})": nll_rows,
-      f"Fine-tuning 0-4 → 5-9 (IS k={args.ft_nll_samples}, {args.ft_nll_examples} test "
-      "images of each half)": ft_rows,
-      "Data augmentation: logistic regression on pixels, test accuracy": aug_rows,
-  }
-  _io.write_results(out, result, tables, title="Generation")
+  result = {"settings": settings, "anchors": ANCHORS, "timings_s": {}}
+  tables = {}
+
+  def save(section, t0):
+    result["timings_s"][section] = time.time() - t0
+    result["timings_s"]["total"] = time.time() - t_start
+    result["timings_s"]["total_cpu"] = time.process_time()
+    _io.write_results(out, result, tables, title="Generation")
+
+  t0 = time.time()
+  models, result["nll"], n_nll = train_models(args, train, test_bin)
+  settings["nll_examples"] = n_nll
+  tables[f"Test NLL on binarised {args.data} (IS k={args.nll_samples} on the first {n_nll} "
+         f"test images; ELBO on all {len(test)})"] = result["nll"]
+  draw_figures(out, models, test, {}, args.seed)
+  save("models", t0)
+
+  t0 = time.time()
+  result["finetune"] = finetune_study(args, train, test)
+  tables[f"Fine-tuning 0-4 → 5-9 (IS k={args.ft_nll_samples}, {args.ft_nll_examples} test "
+         "images of each half)"] = result["finetune"]
+  save("finetune", t0)
+
+  t0 = time.time()
+  result["augmentation"], result["augmentation_accuracies"], examples = augmentation_study(
+      args, train, test, models["VAE"])
+  tables["Data augmentation: logistic regression on pixels, test accuracy"] = (
+      result["augmentation"])
+  draw_figures(out, {}, test, examples, args.seed)
+  save("augmentation", t0)
   print((out / "table.md").read_text())
-  print(f"total {timings['total']:.0f}s; wrote {out}")
+  print(f"total {result['timings_s']['total']:.0f}s wall, "
+        f"{result['timings_s']['total_cpu']:.0f}s CPU; wrote {out}")
   return result
 
 
