@@ -20,13 +20,16 @@ processes together train on exactly the batches one process would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
-from typing import Any, Mapping
+import traceback
+from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ae_jax.errors import ConfigError, DataError
@@ -125,9 +128,10 @@ def initialize_from_flags_or_env(coordinator_address: str | None = None,
                                  auto_detect: bool = False) -> bool:
   """Start JAX's distributed runtime when the settings ask for several processes.
 
-  Call it first, before any JAX computation or `jax.devices()`. Returns True when the
-  runtime is running (started now or before), False for an ordinary single-process run.
-  On CPU the cross-process collectives use gloo unless another implementation is set.
+  Call it first, before any JAX computation or `jax.devices()`; it starts the backend.
+  Returns True when the runtime is running (started now or before), False for an
+  ordinary single-process run. On CPU the cross-process collectives use gloo unless
+  another implementation is set.
   """
   if jax.distributed.is_initialized():
     return True
@@ -147,7 +151,50 @@ def initialize_from_flags_or_env(coordinator_address: str | None = None,
                         "started; call ae_jax.distributed.initialize_from_flags_or_env() "
                         "first in the program") from None
     raise
+  if jax.default_backend() == "cpu":
+    _open_gloo_groups()
   return True
+
+
+def _open_gloo_groups() -> None:
+  """Run a collective over all devices and one over the first device of each process.
+
+  Gloo sets up a group of devices at its first collective and waits only 30 s for all
+  processes to join; later collectives of the group wait as long as needed. Right
+  after start-up the processes are in step, so the groups that training (all devices)
+  and Orbax (one device per process) use are set up here, before uneven start-up work
+  on a busy host can put the processes further apart than that.
+  """
+  multihost_utils.sync_global_devices("ae_jax.distributed: started")
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("all",))
+  ones = jax.make_array_from_process_local_data(NamedSharding(mesh, P("all")),
+                                                np.ones(jax.local_device_count(), np.int32))
+  total = jax.jit(jax.shard_map(lambda v: jax.lax.psum(v, "all"), mesh=mesh,
+                                in_specs=P("all"), out_specs=P()))(ones)
+  if int(total.addressable_data(0)[0]) != jax.device_count():
+    raise RuntimeError(f"a test sum over {jax.device_count()} devices gave "
+                       f"{total.addressable_data(0)}; the processes do not agree on the devices")
+
+
+@contextlib.contextmanager
+def run_context(coordinator_address: str | None = None, num_processes: int | None = None,
+                process_id: int | None = None, *, auto_detect: bool = False) -> Iterator[bool]:
+  """`with run_context(): ...` around a multi-process program, from Python.
+
+  Starts the runtime as `initialize_from_flags_or_env` does (yields whether it runs),
+  leaves it with `shutdown` at the end, and on an exception prints the traceback and
+  ends the process at once (`exit_after_error`), so no process is left hanging.
+  """
+  running = initialize_from_flags_or_env(coordinator_address, num_processes, process_id,
+                                         auto_detect=auto_detect)
+  try:
+    yield running
+  except BaseException:
+    if is_running():
+      traceback.print_exc()
+      exit_after_error(1)
+    raise
+  shutdown()
 
 
 def shutdown() -> None:

@@ -201,7 +201,10 @@ def _run_eval(fn, family, cfg, params, data, batch_size) -> dict[str, float]:
   rng = jax.random.key(cfg.seed + 1)
   total_sums, total_count = None, 0.0
   for batch in data_lib.eval_batches(data, batch_size):
-    sums, count = fn(params, distributed.process_slice(parallel.host_batch(batch)), rng)
+    batch = parallel.host_batch(batch)
+    if getattr(fn, "process_local", False):
+      batch = distributed.process_slice(batch)
+    sums, count = fn(params, batch, rng)
     sums = jax.tree.map(np.asarray, sums)
     total_sums = sums if total_sums is None else jax.tree.map(np.add, total_sums, sums)
     total_count += float(count)

@@ -72,8 +72,9 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
   The returned function keeps the same positional signature; argument `batch_argnum`
   is the batch, split along its leading axis; all other arguments are replicated.
   In a multi-process run (pmap, shard_map) the function spans the devices of every
-  process, takes this process's part of the global batch (`distributed.process_slice`)
-  and `num_devices` of the returned function counts the devices of all processes.
+  process and takes this process's part of the global batch (`distributed.process_slice`);
+  its attribute `process_local` is then True and `num_devices` counts the devices of
+  all processes.
   With `steps_per_call` > 1 the batch is a stack (K, B, ...) of K global batches, split
   along axis 1, and one call runs K steps (`scan_steps`); its other outputs (metrics)
   come back stacked (K, ...).
@@ -111,6 +112,7 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
 
     run.lower = fn.lower
     run.num_devices = jax.device_count() if multi else n
+    run.process_local = multi
     return run
 
   mesh = data_mesh(jax.devices() if multi else devices)
@@ -137,6 +139,7 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
 
   run.lower = fn.lower
   run.num_devices = jax.device_count() if multi else n
+  run.process_local = multi
   return run
 
 

@@ -32,15 +32,29 @@ from ae_jax.train import create_train_state
 NUM_STEPS = 12
 EVERY = 4
 LAUNCH_TIMEOUT_S = 300
-# `ae-jax train` (ae_jax.cli.main) once the file argv[1] exists; the imports, which do not
-# touch the JAX backend, are done while waiting, so a restart can be staged in advance.
-GATED_CLI = """
-import pathlib, sys, time
+# Run once the file argv[1] exists. The imports, which do not touch the JAX backend, are
+# done while waiting, so a restart can be staged in advance.
+GATE = """
+import json, pathlib, sys, time
 import ae_jax.cli, ae_jax.fit
 go = pathlib.Path(sys.argv[1])
 while not go.exists():
   time.sleep(0.05)
-sys.exit(ae_jax.cli.main(sys.argv[2:]))
+"""
+# `ae-jax train ARGS`.
+GATED_CLI = GATE + "sys.exit(ae_jax.cli.main(sys.argv[2:]))\n"
+# The Python API, started from the AE_JAX_* environment: fit(config, workdir) with
+# overrides (JSON), then Trained.evaluate on the data file, written as JSON.
+GATED_API = GATE + """
+from ae_jax import configs, data, distributed
+with distributed.run_context():
+  workdir, overrides, out = sys.argv[2:]
+  cfg = configs.get_preset("tiny")
+  for key, value in json.loads(overrides).items():
+    ae_jax.cli.set_value(cfg, key, value)
+  trained = ae_jax.fit.fit(cfg, workdir, progress=False)
+  metrics = trained.evaluate(data.load(cfg.data.name))
+  pathlib.Path(out).write_text(json.dumps({"step": trained.step, "evaluate": metrics}))
 """
 
 
@@ -65,28 +79,41 @@ def _free_port() -> int:
 
 
 class _Launch:
-  """`ae-jax train` as processes 0 and 1 of one run, each in its own process group.
+  """Processes 0 and 1 of one run, each in its own process group.
 
-  The processes import everything at once but start only when `go()` is called.
+  `api=False`: `ae-jax train` with the --coordinator-address/--num-processes/--process-id
+  flags; `api=True`: `fit` from Python, settings in AE_JAX_* variables, and
+  `Trained.evaluate` written to `name.process<i>.json`. The processes import everything
+  at once but start only when `go()` is called.
   """
 
-  def __init__(self, workdir, data_file, mode, cache_dir, name):
+  def __init__(self, workdir, data_file, mode, cache_dir, name, api=False):
     self.workdir = pathlib.Path(workdir)
-    self.go_file = self.workdir.parent / f"{name}.go"
-    port = _free_port()
+    root = self.workdir.parent
+    self.go_file = root / f"{name}.go"
+    self.logs = [root / f"{name}.process{i}.log" for i in range(2)]
+    self.outputs = [root / f"{name}.process{i}.json" for i in range(2)]
+    address = f"127.0.0.1:{_free_port()}"
     # One compilation cache for all launches: a restarted run compiles nothing.
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    overrides = [f"--config.{k}={v}" for k, v in _overrides(data_file, mode).items()]
-    self.logs = [self.workdir.parent / f"{name}.process{i}.log" for i in range(2)]
-    self.procs = [subprocess.Popen(
-        [sys.executable, "-c", GATED_CLI, str(self.go_file), "train", "--config", "tiny",
-         "--workdir",
-         str(self.workdir), "--no-progress", "--coordinator-address", f"127.0.0.1:{port}",
-         "--num-processes", "2", "--process-id", str(i), *overrides],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        for i, log in enumerate(self.logs)]
+    overrides = _overrides(data_file, mode)
+    self.procs = []
+    for i, log in enumerate(self.logs):
+      if api:
+        command = [GATED_API, str(self.go_file), str(self.workdir), json.dumps(overrides),
+                   str(self.outputs[i])]
+        env = dict(env, AE_JAX_COORDINATOR_ADDRESS=address, AE_JAX_NUM_PROCESSES="2",
+                   AE_JAX_PROCESS_ID=str(i))
+      else:
+        command = [GATED_CLI, str(self.go_file), "train", "--config", "tiny", "--workdir",
+                   str(self.workdir), "--no-progress", "--coordinator-address", address,
+                   "--num-processes", "2", "--process-id", str(i),
+                   *(f"--config.{k}={v}" for k, v in overrides.items())]
+      self.procs.append(subprocess.Popen(
+          [sys.executable, "-c", *command], stdout=log.open("w"), stderr=subprocess.STDOUT,
+          env=env, start_new_session=True))
 
   def go(self) -> "_Launch":
     self.go_file.touch()
@@ -152,12 +179,14 @@ def data_file(tmp_path_factory):
 def _scenario(mode, data_file, root):
   """Start two processes, SIGKILL both after their first checkpoint, start them again.
 
-  Returns (workdir, the steps checkpointed when killed, the rows of metrics.jsonl then,
-  the one-process reference workdir, the reference's Trained).
+  The first start is `ae-jax train`, the second the Python API (see `_Launch`).
+  Returns a dict: workdir, steps (checkpointed when killed), rows (of metrics.jsonl
+  then), evaluations (Trained.evaluate of each restarted process), one (the
+  one-process reference's workdir), reference (its Trained).
   """
   workdir, cache = root / "two", root / "jax_cache"
   first = _Launch(workdir, data_file, mode, cache, "first").go()
-  restart = _Launch(workdir, data_file, mode, cache, "resumed")
+  restart = _Launch(workdir, data_file, mode, cache, "resumed", api=True)
   killed, stop = {}, threading.Event()
 
   def kill_after_first_checkpoint():
@@ -186,7 +215,9 @@ def _scenario(mode, data_file, root):
     watcher.join()
     first.kill()
     restart.kill()
-  return workdir, killed["steps"], killed["rows"], root / "one", reference
+  evaluations = [json.loads(out.read_text()) for out in restart.outputs]
+  return dict(workdir=workdir, steps=killed["steps"], rows=killed["rows"],
+              evaluations=evaluations, one=root / "one", reference=reference)
 
 
 @pytest.fixture(scope="module")
@@ -244,37 +275,41 @@ def test_settings_from_flags_env_and_errors():
 
 
 def _check_two_train_like_one(run):
-  workdir, steps, rows, one, reference = run
-  step = steps[-1]
+  step = run["steps"][-1]
   # The newest checkpoint written collectively by the two processes before the kill.
-  chex.assert_trees_all_close(_params_at(workdir, step), _params_at(one, step),
+  chex.assert_trees_all_close(_params_at(run["workdir"], step), _params_at(run["one"], step),
                               rtol=1e-5, atol=1e-6)
-  ref_rows = [r for r in _rows(one) if r["step"] <= step]
-  rows = [r for r in rows if r["step"] <= step]
+  rows = [r for r in run["rows"] if r["step"] <= step]
+  ref_rows = [r for r in _rows(run["one"]) if r["step"] <= step]
   assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in ref_rows]
   assert any(r["split"] == "eval" for r in rows)  # evaluated over both processes' slices
   np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in ref_rows],
                              rtol=1e-5)
 
 
-def _check_resume(run):
-  workdir, steps, _, one, reference = run
+def _check_resume(run, data_file):
+  steps, reference = run["steps"], run["reference"]
   assert steps[-1] < NUM_STEPS, f"killed too late to test resuming: checkpoints {steps}"
-  trained = Trained.load(workdir)
+  trained = Trained.load(run["workdir"])
   assert trained.step == reference.step == NUM_STEPS
   chex.assert_trees_all_close(trained.params, reference.params, rtol=1e-5, atol=1e-6)
-  rows, ref_rows = _rows(workdir), _rows(one)  # process 0 alone wrote each row once
+  rows, ref_rows = _rows(run["workdir"]), _rows(run["one"])  # process 0 wrote each row once
   assert [(r["step"], r["split"]) for r in rows] == [(r["step"], r["split"]) for r in ref_rows]
   np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in ref_rows],
                              rtol=1e-5)
+  expected = reference.evaluate(sources.load(str(data_file)))
+  for got in run["evaluations"]:  # every process's Trained evaluates all of the data
+    assert got["step"] == NUM_STEPS
+    for name, value in expected.items():
+      np.testing.assert_allclose(got["evaluate"][name], value, rtol=1e-5)
 
 
 def test_two_processes_train_like_one_pmap(pmap_run):
   _check_two_train_like_one(pmap_run)
 
 
-def test_killed_processes_resume_like_an_uninterrupted_run_pmap(pmap_run):
-  _check_resume(pmap_run)
+def test_killed_processes_resume_like_an_uninterrupted_run_pmap(pmap_run, data_file):
+  _check_resume(pmap_run, data_file)
 
 
 @pytest.mark.slow
@@ -283,8 +318,9 @@ def test_two_processes_train_like_one_shard_map(shard_map_run):
 
 
 @pytest.mark.slow
-def test_killed_processes_resume_like_an_uninterrupted_run_shard_map(shard_map_run):
-  _check_resume(shard_map_run)
+def test_killed_processes_resume_like_an_uninterrupted_run_shard_map(shard_map_run,
+                                                                     data_file):
+  _check_resume(shard_map_run, data_file)
 
 
 def test_an_error_ends_both_processes_instead_of_hanging(tmp_path):
