@@ -32,6 +32,33 @@ def emulate_cpu_devices(count: int) -> None:
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"{CPU_DEVICES_FLAG}={count}"])
 
 
+# XLA:CPU's library for dots. 'ynn' is XLA's default here (YNNPACK fusions); the others
+# turn those off: 'eigen' leaves dots to XLA's runtime matmul, 'xnn' and 'onednn' fuse
+# them through XNNPACK or oneDNN. CPU only; set before the backend starts.
+CPU_DOT_FLAGS = {
+    "ynn": [],
+    "eigen": ["--xla_cpu_experimental_ynn_fusion_type="],
+    "xnn": ["--xla_cpu_experimental_ynn_fusion_type=",
+            "--xla_cpu_experimental_xnn_fusion_type=dot"],
+    "onednn": ["--xla_cpu_experimental_ynn_fusion_type=",
+               "--xla_cpu_experimental_onednn_fusion_type=dot"],
+}
+
+
+def use_cpu_dot_library(name: str) -> None:
+  """Add the XLA flags of `CPU_DOT_FLAGS[name]`; they take effect only if no JAX backend
+  has started in this process yet (a warning says so otherwise)."""
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  flags = CPU_DOT_FLAGS[name]
+  if not flags:
+    return
+  if xla_bridge.backends_are_initialized():
+    print(f"warning: --xla-cpu-dot {name} ignored: the JAX backend has already started")
+    return
+  current = os.environ.get("XLA_FLAGS", "").split()
+  os.environ["XLA_FLAGS"] = " ".join(current + [f for f in flags if f not in current])
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--smoke", action="store_true",
@@ -42,7 +69,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
   parser.add_argument("--budget", type=float, default=None,
                       help="seconds of timed calls per row before repeats are cut "
                            "(never below 3 repeats, 2 with --smoke)")
+  parser.add_argument("--xla-cpu-dot", choices=sorted(CPU_DOT_FLAGS), default="ynn",
+                      help="XLA:CPU dot library (default: XLA's own choice, YNNPACK)")
   return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+  """Parse the flags and apply --xla-cpu-dot before JAX starts its backend."""
+  args = parser.parse_args(argv)
+  use_cpu_dot_library(args.xla_cpu_dot)
+  return args
 
 
 def int_list(text: str) -> list[int]:
@@ -120,11 +156,21 @@ def time_calls(call: Callable[[], Any], *, repeats: int, min_repeats: int = 3,
 
 
 def time_interleaved(calls: dict[str, Callable[[], Any]], *, repeats: int, min_repeats: int = 3,
-                     budget_s: float = 2.0, min_repeat_s: float = 0.02,
-                     warmup: int = 2) -> dict[str, Timing]:
+                     budget_s: float = 2.0, min_repeat_s: float = 0.02, warmup: int = 2,
+                     blocks: bool = False) -> dict[str, Timing]:
   """Time several calls in turns (one repeat of each, round after round), so that a
   change in the machine's load between rounds falls on all of them alike: their
-  ratios are what a shared machine can measure. `budget_s` is per call."""
+  ratios are what a shared machine can measure. `budget_s` is per call.
+
+  With `blocks`, each call instead runs all its repeats (after its own warm-up) before
+  the next starts: threads that one framework leaves spinning (PyTorch's OpenMP pool)
+  then do not slow the next call of another framework in the same process.
+  """
+  if blocks:
+    return {name: time_interleaved({name: call}, repeats=repeats, min_repeats=min_repeats,
+                                   budget_s=budget_s, min_repeat_s=min_repeat_s,
+                                   warmup=warmup)[name]
+            for name, call in calls.items()}
   per_repeat = {}
   for name, call in calls.items():
     start = time.perf_counter()

@@ -18,23 +18,34 @@ import numpy as np
 from benchmarks import common
 
 
-def _jax_matmul(size: int, dtype, repeats: int, budget_s: float, min_repeats: int) -> dict:
+def jax_matmul_call(size: int, dtype=jnp.float32):
+  """(blocking call of a compiled (size x size) @ (size x size) product, compile seconds)."""
   key_a, key_b = jax.random.split(jax.random.key(0))
   a = jax.random.uniform(key_a, (size, size), jnp.float32).astype(dtype)
   b = jax.random.uniform(key_b, (size, size), jnp.float32).astype(dtype)
   compiled, _, compile_s = common.aot_compile(jnp.matmul, a, b)
-  timing = common.time_calls(common.blocking(compiled, a, b), repeats=repeats,
+  return common.blocking(compiled, a, b), compile_s
+
+
+def numpy_matmul_call(size: int):
+  """A call of numpy's float32 (size x size) product (its BLAS), into a preallocated output."""
+  rng = np.random.default_rng(0)
+  a = rng.random((size, size), dtype=np.float32)
+  b = rng.random((size, size), dtype=np.float32)
+  out = np.empty_like(a)
+  return lambda: np.matmul(a, b, out=out)
+
+
+def _jax_matmul(size: int, dtype, repeats: int, budget_s: float, min_repeats: int) -> dict:
+  call, compile_s = jax_matmul_call(size, dtype)
+  timing = common.time_calls(call, repeats=repeats,
                              min_repeats=min_repeats, budget_s=budget_s, warmup=1,
                              min_repeat_s=0.0)
   return {"compile_s": compile_s, **timing.summary()}
 
 
 def _numpy_matmul(size: int, repeats: int, budget_s: float, min_repeats: int) -> dict:
-  rng = np.random.default_rng(0)
-  a = rng.random((size, size), dtype=np.float32)
-  b = rng.random((size, size), dtype=np.float32)
-  out = np.empty_like(a)
-  timing = common.time_calls(lambda: np.matmul(a, b, out=out), repeats=repeats,
+  timing = common.time_calls(numpy_matmul_call(size), repeats=repeats,
                              min_repeats=min_repeats, budget_s=budget_s, warmup=1,
                              min_repeat_s=0.0)
   return {"compile_s": None, **timing.summary()}
@@ -89,7 +100,7 @@ COLUMNS = [("library", "library"), ("dtype", "dtype"), ("size", "size"),
 def main(argv=None) -> dict:
   parser = common.base_parser(__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=None, help="matrix size (default 4096)")
-  args = parser.parse_args(argv)
+  args = common.parse(parser, argv)
   size = args.size or (256 if args.smoke else 4096)
   repeats = args.repeats or (2 if args.smoke else 7)
   t0 = time.perf_counter()

@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--max-epochs", type=int, default=None)
   parser.add_argument("--sides", type=common.str_list, default=["jax", "torch"])
   parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+  args = common.parse(parser, argv)
   smoke = args.smoke
   target = args.target if args.target is not None else (-450.0 if smoke else -125.0)
   batch = args.batch or (32 if smoke else 100)

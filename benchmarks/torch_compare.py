@@ -13,7 +13,8 @@ with `--scan-steps` steps per call (`lax.scan`). PyTorch: the twins in
 `torch.compile` (inductor; `--compile-backend eager` only checks that it traces), with
 `torch.optim.Adam`. Without torch installed, prints why and exits 0.
 All variants of one row are timed in turns, so a change in the machine's load falls on
-all of them alike.
+all of them alike; `--order blocks` times each variant in one block instead, which keeps
+PyTorch's spinning OpenMP threads from slowing the JAX calls that follow them.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def _torch_train(torch, torch_models, network, batch, variant, backend, device):
 
 
 def bench_row(torch, torch_models, network, task, batch, variants, scan_steps, *, repeats,
-              min_repeats, budget_s, backend="inductor", device="cpu", log=print) -> dict:
+              min_repeats, budget_s, backend="inductor", device="cpu", blocks=False,
+              log=print) -> dict:
   builders = {}
   if task == "forward":
     builders["jax"] = functools.partial(_jax_forward, network, batch)
@@ -128,7 +130,7 @@ def bench_row(torch, torch_models, network, task, batch, variants, scan_steps, *
   for name, build in builders.items():
     calls[name], compile_s[name], per_call[name] = build()
   timings = common.time_interleaved(calls, repeats=repeats, min_repeats=min_repeats,
-                                    budget_s=budget_s)
+                                    budget_s=budget_s, blocks=blocks)
   row = {"network": network, "task": task, "batch": batch, "variants": {}}
   for name, timing in timings.items():
     s = timing.summary()
@@ -178,9 +180,11 @@ def main(argv=None) -> dict | None:
   parser.add_argument("--compile-backend", default="inductor",
                       help="torch.compile backend ('eager' only checks that tracing works)")
   parser.add_argument("--torch-device", default="cpu", help="cpu, or cuda on a GPU machine")
+  parser.add_argument("--order", choices=("turns", "blocks"), default="turns",
+                      help="time the variants in turns (default) or each in one block")
   parser.add_argument("--scan-steps", type=int, default=None,
                       help="steps per call of the scanned JAX train step (default 8; 1 = off)")
-  args = parser.parse_args(argv)
+  args = common.parse(parser, argv)
   try:
     import torch  # pylint: disable=g-import-not-at-top
     from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
@@ -208,13 +212,13 @@ def main(argv=None) -> dict | None:
         rows.append(bench_row(torch, torch_models, network, task, batch, args.variants,
                               scan_steps, repeats=repeats, min_repeats=min_repeats,
                               budget_s=budget_s, backend=args.compile_backend,
-                              device=args.torch_device))
+                              device=args.torch_device, blocks=args.order == "blocks"))
   env = common.environment()
   env["torch_threads"] = torch.get_num_threads()
   env["torch_device"] = args.torch_device
   payload = {"benchmark": "torch_compare", "command": common.command_line(),
              "environment": env, "smoke": smoke, "dtype": "float32",
-             "compile_backend": args.compile_backend, "rows": rows,
+             "compile_backend": args.compile_backend, "order": args.order, "rows": rows,
              "wall_s": time.perf_counter() - t0}
   common.write_json(args.out, payload)
   print(common.rows_table(rows, _columns(rows)))

@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps-per-call", type=common.int_list, default=[1])
   parser.add_argument("--donate", type=common.int_list, default=[1])
   parser.add_argument("--inputs", type=common.str_list, default=["device"])
-  args = parser.parse_args(argv)
+  args = common.parse(parser, argv)
   smoke = args.smoke
   families = args.families or (["ae"] if smoke else list(architectures.FAMILIES))
   networks = args.networks or (["mlp"] if smoke else list(architectures.NETWORKS))
