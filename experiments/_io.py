@@ -1,11 +1,15 @@
 """Shared helpers for experiment scripts: arguments, output folder, JSON and markdown tables.
 
 API:
-  parser(name, description) -> argparse.ArgumentParser with --smoke, --out, --data, --seed.
+  parser(name, description) -> argparse.ArgumentParser with --smoke, --out, --seed.
+  load_splits(spec) -> (train, test) ArrayData: 'mnist_t10k' (the fixed 8,000 / 2,000
+    split) or 'tfds:<name>' (its train and test splits).
+  smoke_subset(data, n) -> ArrayData: the first n examples.
   out_dir(args, name) -> pathlib.Path: args.out or results/<name>/, created.
   command(argv=None) -> str: the command line that reproduces this run.
   environment() -> dict: versions, backend and device kind, CPU count.
-  markdown_table(rows, columns=None, digits=4) -> str: rows (list of dicts) as a table.
+  markdown_table(rows, columns=None, digits=4) -> str: rows (list of dicts) as a table,
+    floats with `digits` significant digits.
   write_json(path, obj) -> Path: JSON with numpy scalars/arrays converted.
   write_results(out, result, tables, title="") -> (json_path, md_path): writes
     out/result.json (result plus environment and command) and out/table.md (one section
@@ -32,6 +36,19 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
   p.add_argument("--out", default=None, help=f"output folder (default results/{name}/)")
   p.add_argument("--seed", type=int, default=0)
   return p
+
+
+def load_splits(spec: str):
+  """(train, test) ArrayData of a dataset with a fixed test split."""
+  from ae_jax import data  # pylint: disable=g-import-not-at-top
+  if spec.startswith("tfds:"):
+    name = spec.split(":")[1]
+    return data.load(f"tfds:{name}:train"), data.load(f"tfds:{name}:test")
+  return data.load(spec, "train"), data.load(spec, "test")
+
+
+def smoke_subset(data, n: int):
+  return data.take(np.arange(min(n, len(data))))
 
 
 def out_dir(args: argparse.Namespace, name: str) -> pathlib.Path:
@@ -84,9 +101,7 @@ def _cell(value, digits: int) -> str:
   if isinstance(value, (bool, np.bool_)):
     return "yes" if value else "no"
   if isinstance(value, (float, np.floating)):
-    if not np.isfinite(value):
-      return "–"
-    return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+    return f"{value:.{digits}g}" if np.isfinite(value) else "–"
   return str(value)
 
 
