@@ -351,3 +351,10 @@ def test_train_soak_script_runs_in_smoke_mode(tmp_path):
   assert result["steps"] == 100 and result["compiles_total"] > 0
   assert result["compiles_after_first_20pct"] == 0
   assert (tmp_path / "soak.json").exists()
+
+
+def test_detector_load_script_runs_in_smoke_mode(tmp_path):
+  from benchmarks import detector_load
+  result = detector_load.main(["--smoke", "--out", str(tmp_path / "load.json")])
+  assert result["rows"] == 20_000 and result["all_finite"]
+  assert 0.0 < result["share_flagged"] < 0.5
