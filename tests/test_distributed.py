@@ -1,9 +1,10 @@
 """Two processes on 127.0.0.1 (2 emulated CPU devices each, gloo collectives) train as one.
 
-The processes are real `ae-jax train` commands on JAX's distributed runtime. One run is
-started, SIGKILLed (both processes) after its first checkpoint, and restarted; the
-reference is one process with 4 devices training the same global batches inside pytest,
-computed while the two processes start up.
+One run on JAX's distributed runtime is started with `ae-jax train`, SIGKILLed (both
+processes) after its first checkpoint, and restarted from Python (`fit` in
+`distributed.run_context`, settings in AE_JAX_* variables). The reference is one process
+with 4 devices training the same global batches inside pytest, computed while the two
+processes start up. The pmap run always runs; the shard_map run with AE_JAX_SLOW_TESTS=1.
 """
 
 import json
@@ -271,6 +272,8 @@ def test_settings_from_flags_env_and_errors():
   with pytest.raises(ConfigError, match="must be an integer"):
     distributed.resolve_settings(environ={"AE_JAX_NUM_PROCESSES": "two"})
   assert not distributed.initialize_from_flags_or_env(num_processes=1)
+  with distributed.run_context(num_processes=1) as running:
+    assert not running
   assert jax.process_count() == 1
 
 
@@ -312,12 +315,20 @@ def test_killed_processes_resume_like_an_uninterrupted_run_pmap(pmap_run, data_f
   _check_resume(pmap_run, data_file)
 
 
+SLOW = pytest.mark.skipif(
+    os.environ.get("AE_JAX_SLOW_TESTS") != "1",
+    reason="a second two-process run (shard_map) doubles this file's time; "
+           "set AE_JAX_SLOW_TESTS=1 to run it")
+
+
 @pytest.mark.slow
+@SLOW
 def test_two_processes_train_like_one_shard_map(shard_map_run):
   _check_two_train_like_one(shard_map_run)
 
 
 @pytest.mark.slow
+@SLOW
 def test_killed_processes_resume_like_an_uninterrupted_run_shard_map(shard_map_run,
                                                                      data_file):
   _check_resume(shard_map_run, data_file)
