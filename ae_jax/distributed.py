@@ -76,11 +76,16 @@ def _int_setting(value, name: str) -> int | None:
 
 
 def detect_cluster(environ: Mapping[str, str] = os.environ) -> str | None:
-  """'slurm' or 'openmpi' inside a job of more than one task, else None."""
+  """'slurm' or 'openmpi' inside a job step of more than one task, else None.
+
+  For Slurm the step's task count (`SLURM_STEP_NUM_TASKS`, set by `srun`) decides when
+  it is there, so a batch script's own single process is not taken for a cluster.
+  """
   slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID")
-  if all(k in environ for k in slurm) and _int_setting(environ["SLURM_NTASKS"],
-                                                        "SLURM_NTASKS") > 1:
-    return "slurm"
+  if all(k in environ for k in slurm):
+    tasks = environ.get("SLURM_STEP_NUM_TASKS", environ["SLURM_NTASKS"])
+    if _int_setting(tasks, "SLURM_STEP_NUM_TASKS / SLURM_NTASKS") > 1:
+      return "slurm"
   if ("OMPI_MCA_orte_hnp_uri" in environ and
       _int_setting(environ.get("OMPI_COMM_WORLD_SIZE", "1"), "OMPI_COMM_WORLD_SIZE") > 1):
     return "openmpi"

@@ -265,6 +265,8 @@ def test_settings_from_flags_env_and_errors():
   slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2",
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
   assert distributed.resolve_settings(environ=slurm).cluster == "slurm"
+  batch_step = dict(slurm, SLURM_STEP_NUM_TASKS="1")  # a batch script, not an srun step
+  assert not distributed.resolve_settings(environ=batch_step).wanted
   with pytest.raises(ConfigError, match="missing: --coordinator-address"):
     distributed.resolve_settings(num_processes=2, process_id=0, environ={})
   with pytest.raises(ConfigError, match=r"in \[0, 2\)"):
