@@ -394,28 +394,35 @@ def _run_group(ctx: _Context, points: list[dict], vectorised: bool) -> list[dict
     try:
       runs = vmap_trials.fit_trials(ctx.cfg, trials, train_data=ctx.train_data,
                                     eval_data=ctx.eval_data)
-      return _rows_for(ctx, points, runs, time.time() - t0, True)
-    except ConfigError:
+    except (ConfigError, DataError):
       if len(points) == 1:
         raise
       # An invalid value in one point must not sink the others: run them apart.
-      return [row for p in points for row in _run_group(ctx, [p], True)]
+      return [row for p in points for row in _run_point_safe(ctx, p, True)]
+    return _rows_for(ctx, points, runs, time.time() - t0, True)
   rows = []
   for point in points:
     t1 = time.time()
     try:
       runs = _run_point_seeds(ctx, point)
-      rows += _rows_for(ctx, [point], runs, time.time() - t1, False)
     except (ConfigError, DataError) as e:
       rows += _rows_for(ctx, [point], [], time.time() - t1, False, errors=[str(e)])
+      continue
+    rows += _rows_for(ctx, [point], runs, time.time() - t1, False)
   return rows
 
 
 def _run_point_safe(ctx, point, vectorised):
+  """One point; a value its config rejects becomes a failed row, not a stopped sweep."""
+  if not vectorised:
+    return _run_group(ctx, [point], False)
+  t0 = time.time()
   try:
-    return _run_group(ctx, [point], vectorised)
+    runs = vmap_trials.fit_trials(ctx.cfg, _seed_overrides(ctx, point),
+                                  train_data=ctx.train_data, eval_data=ctx.eval_data)
   except (ConfigError, DataError) as e:
-    return _rows_for(ctx, [point], [], 0.0, vectorised, errors=[str(e)])
+    return _rows_for(ctx, [point], [], time.time() - t0, True, errors=[str(e)])
+  return _rows_for(ctx, [point], runs, time.time() - t0, True)
 
 
 # ---- the sweep ---------------------------------------------------------------------------
@@ -515,6 +522,10 @@ def sweep(cfg: ml_collections.ConfigDict, space: Space | dict, *, out, metric: s
       cfg.data.val_fraction > 0):
     raise ConfigError("metric 'val_loss' needs validation data: set data.val_fraction > 0, "
                       "data.eval_name or pass eval_data")
+  if metric == "roc_auc" and metric_data is not None:
+    if len(np.unique(anomaly_labels(metric_data.y, normal_class))) < 2:
+      raise DataError("metric 'roc_auc' needs both normal and anomalous examples in the "
+                      "evaluation data")
   optuna = _optuna() if mode == "tpe" else None
   log = log or (lambda _: None)
   out = pathlib.Path(out)

@@ -105,8 +105,8 @@ def trial_optimizer(cfg: ml_collections.ConfigDict, steps: int) -> optax.Gradien
   """cfg's optimizer with the learning rate and weight decay held in the optimizer state.
 
   The update is `make_optimizer`'s at learning rate 1 (any schedule shaped by it), scaled
-  by the state's learning rate: the same numbers as `make_optimizer(cfg)` since every
-  optimizer there is linear in its learning rate.
+  by the state's learning rate: `make_optimizer(cfg)`'s update up to float rounding, since
+  every optimizer there is linear in its learning rate.
   """
   if cfg.optim.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate must be > 0, got {cfg.optim.learning_rate}")
@@ -185,24 +185,113 @@ def _check(cfg, overrides):
   return keys
 
 
+def _index_shuffle():
+  try:
+    from grain._src.python.experimental.index_shuffle.python import (  # pylint: disable=g-import-not-at-top
+        index_shuffle_module)
+  except ImportError:
+    return None
+  return index_shuffle_module.index_shuffle
+
+
+class _Stream:
+  """The example indices of `make_train_loader(data, batch_size, seed)`'s batches on one
+  process, computed an epoch at a time with grain's own index shuffle (per epoch seed
+  seed + epoch), so no record passes through the loader. `ok` is False where this
+  cannot be had or does not match the loader's sampler."""
+
+  def __init__(self, num: int, batch_size: int, seed: int):
+    self.num, self.batch_size, self.seed = num, batch_size, seed
+    self.shuffle = _index_shuffle()
+    self.position, self.epoch, self.order = 0, -1, np.zeros((0,), np.int64)
+    self.ok = self.shuffle is not None and jax.process_count() == 1 and self._matches_sampler()
+
+  def _epoch(self, epoch: int) -> np.ndarray:
+    s = (self.seed + epoch) % 2**32
+    return np.fromiter((self.shuffle(i, max_index=self.num - 1, seed=s, rounds=4)
+                        for i in range(self.num)), np.int64, self.num)
+
+  def _matches_sampler(self) -> bool:
+    import grain.python as grain  # pylint: disable=g-import-not-at-top
+    sampler = grain.IndexSampler(num_records=self.num, shard_options=grain.NoSharding(),
+                                 shuffle=True, seed=self.seed, num_epochs=None)
+    probe = list(range(min(self.num, 8))) + [self.num + i for i in range(min(self.num, 8))]
+    want = [sampler[p].record_key for p in probe]
+    got = [int(self._epoch(p // self.num)[p % self.num]) for p in probe]
+    return want == got
+
+  def next(self) -> np.ndarray:
+    """The indices (batch_size,) of the next batch."""
+    out = []
+    while len(out) < self.batch_size:
+      epoch, offset = divmod(self.position, self.num)
+      if epoch != self.epoch:
+        self.epoch, self.order = epoch, self._epoch(epoch)
+      take = min(self.batch_size - len(out), self.num - offset)
+      out.extend(self.order[offset:offset + take])
+      self.position += take
+    return np.asarray(out, np.int64)
+
+
 class _Batches:
-  """Training batches of every trial: one grain loader per distinct data seed.
+  """Training batches of every trial: one stream per distinct data seed.
 
   `next()` gives (batch, batch_axis): one shared batch (axis None) when all trials read
-  the same stream, else a stack (T, B, ...) with each trial's own batch.
+  the same stream, else a stack (T, B, ...) with each trial's own batch. Batches are
+  gathered from the arrays by `_Stream` indices, or read from grain loaders where the
+  indices cannot be computed.
   """
 
   def __init__(self, trains: list, trial_group: list[int], batch_size: int, seeds: list[int]):
-    self.iters = [iter(data_lib.make_train_loader(t, batch_size=batch_size, seed=s))
-                  for t, s in zip(trains, seeds)]
+    self.trains = trains
     self.trial_group = trial_group
+    self.streams = [_Stream(len(t), batch_size, s) for t, s in zip(trains, seeds)]
+    if not all(st.ok for st in self.streams):
+      self.streams = None
+      self.iters = [iter(data_lib.make_train_loader(t, batch_size=batch_size, seed=s))
+                    for t, s in zip(trains, seeds)]
+
+  def _batch(self, g: int) -> dict:
+    from ae_jax.parallel import host_batch
+    if self.streams is None:
+      return host_batch(next(self.iters[g]))
+    idx = self.streams[g].next()
+    data = self.trains[g]
+    batch = {"x": data.x[idx]}
+    if data.y is not None:
+      batch["y"] = data.y[idx]
+    return batch
 
   def next(self):
-    from ae_jax.parallel import host_batch
-    batches = [host_batch(next(it)) for it in self.iters]
+    batches = [self._batch(g) for g in range(len(self.trains))]
     if len(batches) == 1:
       return batches[0], None
     return {k: np.stack([batches[g][k] for g in self.trial_group]) for k in batches[0]}, 0
+
+
+def trial_state(cfg: ml_collections.ConfigDict, cfgs: Sequence[ml_collections.ConfigDict],
+                input_shape: tuple, steps: int):
+  """(program, state, rngs, hparams) of T trial configs that differ from cfg in values only.
+
+  `program.step(batch_axis)(state, batch, rngs, hparams)` advances every trial by one
+  step (batch shared with batch_axis=None, or (T, B, ...) with 0); `state` is a
+  TrainState whose leaves have a leading trial axis T, each trial's parameters
+  initialised as `fit` does from its seed; `rngs` (T,) step keys; `hparams` the
+  objective values {'objective.beta': (T,), ...}.
+  """
+  prog = _program(cfg, input_shape, steps)
+  model = prog.model
+  params = _stack([init_params(model, input_shape, jax.random.key(c.seed),
+                               conditional=bool(model.num_classes)) for c in cfgs])
+  opt_state = jax.vmap(prog.tx.init)(params)
+  opt_state = opt_state._replace(hyperparams={
+      **opt_state.hyperparams, "learning_rate": jnp.asarray(_column(cfgs, "optim.learning_rate")),
+      "weight_decay": jnp.asarray(_column(cfgs, "optim.weight_decay"))})
+  state = TrainState(step=jnp.zeros((len(cfgs),), jnp.int32), apply_fn=model.apply,
+                     params=jax.tree.map(jnp.asarray, params), tx=prog.tx, opt_state=opt_state)
+  rngs = jax.vmap(jax.random.key)(jnp.asarray([c.seed for c in cfgs]) + 1)
+  hparams = {k: jnp.asarray(_column(cfgs, k)) for k in OBJECTIVE_HPARAMS}
+  return prog, state, rngs, hparams
 
 
 def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, train_data=None,
@@ -243,21 +332,14 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
     warnings.simplefilter("ignore")
     for c in cfgs[1:]:
       validate_config(c, input_shape)
+  for c in cfgs:
+    if c.optim.learning_rate <= 0:
+      raise ConfigError(f"optim.learning_rate must be > 0, got {c.optim.learning_rate}")
   steps = total_steps(base, len(train0))
   num_trials = len(cfgs)
-  prog = _program(cfg, input_shape, steps)
+  prog, state, rngs, hparams = trial_state(cfg, cfgs, input_shape, steps)
   model, family = prog.model, prog.family
-  params = _stack([init_params(model, input_shape, jax.random.key(c.seed),
-                               conditional=bool(model.num_classes)) for c in cfgs])
-  opt_state = jax.vmap(prog.tx.init)(params)
-  opt_state = opt_state._replace(hyperparams={
-      **opt_state.hyperparams, "learning_rate": jnp.asarray(_column(cfgs, "optim.learning_rate")),
-      "weight_decay": jnp.asarray(_column(cfgs, "optim.weight_decay"))})
-  state = TrainState(step=jnp.zeros((num_trials,), jnp.int32), apply_fn=model.apply,
-                     params=jax.tree.map(jnp.asarray, params), tx=prog.tx, opt_state=opt_state)
   seeds = jnp.asarray([c.seed for c in cfgs])
-  rngs = jax.vmap(jax.random.key)(seeds + 1)
-  hparams = {k: jnp.asarray(_column(cfgs, k)) for k in OBJECTIVE_HPARAMS}
 
   batches = _Batches([p[0] for p in prepared], trial_group, base.train.batch_size, list(groups))
   vals = [p[1] for p in prepared]
