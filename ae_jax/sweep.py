@@ -769,7 +769,7 @@ def metric_figure(rows, space, key: str, metric: str, path, second: str | None =
   if numeric:
     x = np.asarray(raw, np.float64)
     positive = bool(np.all(x > 0))
-    if isinstance(space[key], LogUniform) or (positive and x.max() / max(x.min(), 1e-300) >= 20):
+    if isinstance(space[key], LogUniform) or (positive and x.max() / max(x.min(), 1e-300) >= 10):
       ax.set_xscale("log")
   else:
     labels = sorted({json.dumps(v) for v in raw})
@@ -782,7 +782,7 @@ def metric_figure(rows, space, key: str, metric: str, path, second: str | None =
     sv = [r["overrides"].get(second) for r in ok]
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sv):
       color = np.asarray(sv, np.float64)
-      if np.all(color > 0) and color.max() / color.min() >= 20:
+      if np.all(color > 0) and color.max() / color.min() >= 10:
         color = np.log10(color)
         second = f"log10 {second}"
     else:
