@@ -132,11 +132,17 @@ def test_without_optuna_grid_and_random_work_and_tpe_says_how_to_install(
   with pytest.raises(ConfigError, match=r'pip install -e "\.\[sweep\]"'):
     sweep.sweep(_base(), space, out=tmp_path / "tpe", mode="tpe", trials=2, train_data=data,
                 log=None)
+  rng = np.random.default_rng(1)
+  outliers = rng.uniform(0.0, 1.0, size=(40, data.x.shape[1])).astype(np.float32)
+  labelled = sources.make_array_data(np.concatenate([data.x[:80], outliers]),
+                                     np.repeat([0, 1], [80, 40]), "labelled")
   result = sweep.sweep(_base(), space, out=tmp_path / "random", mode="random", trials=4,
-                       train_data=data, log=None)
+                       metric="roc_auc", metric_data=labelled, train_data=data, log=None)
   assert len(result.rows) == 4 and result.best is not None
   lrs = [r["overrides"]["optim.learning_rate"] for r in result.rows]
   assert all(1e-4 <= lr <= 3e-2 for lr in lrs) and len(set(lrs)) == 4
+  aucs = [r["value"] for r in result.rows]
+  assert aucs == sorted(aucs, reverse=True) and aucs[0] > 0.7
 
 
 def test_tpe_with_optuna(tmp_path, data):
