@@ -124,17 +124,20 @@ def compile_step(step: Callable, mode: str = "pmap", *, num_devices: int = 0,
                              check_vma=False),
                donate_argnums=donate)
   sharding = NamedSharding(mesh, specs[batch_argnum])
+  replicated = NamedSharding(mesh, P())
 
   def run(*args):
     args = list(args)
     _check_divisible(args[batch_argnum], n, axis)
     if multi:
-      replicated = NamedSharding(mesh, P())
       args = [jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, v), a)
               if i == batch_argnum else distributed.to_global(a, replicated)
               for i, a in enumerate(args)]
     else:
-      args[batch_argnum] = jax.device_put(args[batch_argnum], sharding)
+      # Replicated inputs go onto the whole mesh (a no-op for the state a previous call
+      # returned), so the first call and later calls see one sharding and trace once.
+      args = [jax.device_put(a, sharding if i == batch_argnum else replicated)
+              for i, a in enumerate(args)]
     return fn(*args)
 
   run.lower = fn.lower

@@ -477,10 +477,7 @@ def test_training_reduces_loss(cfg, variant, digits, digits_labels, trained_vae)
 
 @pytest.mark.parametrize("mode", [
     "jit",
-    pytest.param("shard_map", marks=pytest.mark.xfail(
-        strict=True, reason="compile_step leaves the replicated state where it is: the first "
-        "call gets it on one device, later calls get the mesh-replicated output, so step 2 "
-        "traces again; remove this mark once the replicated args are device_put")),
+    "shard_map",
 ])
 def test_no_retracing_across_steps(cfg, mode, digits):
   chex.clear_trace_counter()
