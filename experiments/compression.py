@@ -213,10 +213,11 @@ def draw_figures(out, points, recons, test, budgets):
       continue
     key = _recon_key(best)
     if key in recons:
-      chosen.append((f"{method}\n{best['setting']}, {best['bytes/image']:.0f} B, "
+      setting = best["setting"].split(" (")[0]
+      chosen.append((f"{method}\n{setting}, {best['bytes/image']:.0f} B, "
                      f"{best['PSNR (dB)']:.1f} dB", recons[key], best))
   cols = 10
-  fig, axes = plt.subplots(len(chosen), 1, figsize=(cols * 0.9 + 2.5, 1.1 * len(chosen)))
+  fig, axes = plt.subplots(len(chosen), 1, figsize=(cols * 0.9 + 3.5, 1.1 * len(chosen)))
   for ax, (title, images, _) in zip(np.atleast_1d(axes), chosen):
     strip = np.concatenate([np.clip(images[i, ..., 0], 0, 1) for i in range(cols)], axis=1)
     ax.imshow(strip, cmap="gray", vmin=0, vmax=1)

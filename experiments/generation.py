@@ -262,7 +262,7 @@ def _augmentation_figure(out, examples, plt):
   perturb = examples["perturb"].reshape(-1, copies, *shape)[::per_class, :10]
   panels = [("the labelled digits", examples["labelled"], per_class),
             ("CVAE samples (one class per row)", cvae.reshape(-1, *shape), cvae.shape[1]),
-            (f"latent perturbations of one labelled digit per class ({copies} each)",
+            (f"latent perturbations ({copies} of one digit per class)",
              perturb.reshape(-1, *shape), perturb.shape[1])]
   for ax, (title, ims, cols) in zip(axes, panels):
     ax.imshow(tile(ims[:100], cols), cmap="gray", vmin=0, vmax=1)

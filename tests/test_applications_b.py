@@ -2,6 +2,7 @@
 (exact byte counts, JPEG scan data), plus smoke runs of both experiment scripts."""
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -175,8 +176,14 @@ needs_mnist = pytest.mark.skipif(
     reason="the shared MNIST files (../shared/data/mnist_t10k) are not here")
 
 
+@pytest.fixture
+def experiments_importable(monkeypatch):
+  """The repo root on sys.path, so `experiments` imports under plain `pytest` too."""
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+
+
 @needs_mnist
-def test_generation_smoke(tmp_path):
+def test_generation_smoke(tmp_path, experiments_importable):
   from experiments import generation
   result = generation.main(["--smoke", "--out", str(tmp_path)])
   for name in ("result.json", "table.md", "samples.png", "interpolation.png",
@@ -186,7 +193,7 @@ def test_generation_smoke(tmp_path):
 
 
 @needs_mnist
-def test_compression_smoke(tmp_path):
+def test_compression_smoke(tmp_path, experiments_importable):
   from experiments import compression
   result = compression.main(["--smoke", "--out", str(tmp_path)])
   for name in ("result.json", "table.md", "rate_distortion.png", "reconstructions.png"):
