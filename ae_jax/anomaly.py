@@ -19,8 +19,8 @@ import math
 import pathlib
 from typing import Any, Callable
 
-import jax
 import flax
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -477,6 +477,11 @@ class AutoencoderDetector:
     if n_val and n - n_val < 2:
       raise DataError(f"{n} examples are too few to hold out {n_val} for validation; "
                       "give more data or set val_fraction=0")
+    if self.threshold == "f1_best" and X_val is None and (y is None or not n_val):
+      raise ConfigError("threshold 'f1_best' needs labels: pass y to fit (with "
+                        "val_fraction > 0, the held-out part is used) or X_val and y_val")
+    if X_val is not None and y_val is None:
+      raise ConfigError("X_val was given without y_val")
     order = np.random.default_rng(self.seed).permutation(n)
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     self.scaler_ = fit_scaler(self.scaling, x[train_idx])
@@ -499,8 +504,6 @@ class AutoencoderDetector:
     self.decision_scores_ = self.decision_function(x)
     val_scores = val_labels = None
     if X_val is not None:
-      if y_val is None:
-        raise ConfigError("X_val was given without y_val")
       val_scores, val_labels = self.decision_function(X_val), np.asarray(y_val)
     elif y is not None and n_val:
       val_scores, val_labels = self.decision_scores_[val_idx], np.asarray(y)[val_idx]
