@@ -509,8 +509,10 @@ def test_unknown_names_list_valid_ones(cfg):
     assert name in str(err.value)
   with pytest.raises(ConfigError, match="conv1d, conv2d, mlp"):
     NETWORKS.get("resnet")
-  with pytest.raises(ConfigError, match="block, gaussian, masking, salt_pepper"):
+  with pytest.raises(ConfigError, match="valid corruption names are: block") as err:
     corruption.CORRUPTIONS.get("dropout")
+  for name in ("gaussian", "masking", "salt_pepper"):  # applications register more
+    assert name in str(err.value)
   cfg.model.family = "gan"
   with pytest.raises(ConfigError, match="valid family names"):
     families.build_model(cfg, (8, 8, 1))
