@@ -108,8 +108,11 @@ def draw(shown_by_noise: dict, path):
   for c, (title, shown) in enumerate(shown_by_noise.items()):
     for r, method in enumerate(methods):
       ax = axes[r, c]
-      strip = np.concatenate(list(shown.get(method, np.zeros_like(shown["clean"]))[..., 0]), 1)
-      ax.imshow(strip, cmap="gray", vmin=0, vmax=1)
+      if method in shown:
+        ax.imshow(np.concatenate(list(shown[method][..., 0]), 1), cmap="gray", vmin=0, vmax=1)
+      else:
+        ax.text(0.5, 0.5, "not run for this noise", ha="center", va="center", fontsize=8,
+                transform=ax.transAxes)
       ax.set_xticks([])
       ax.set_yticks([])
       if c == 0:

@@ -71,7 +71,7 @@ def main(argv=None):
   if args.smoke:
     train, test = _io.smoke_subset(train, 256), _io.smoke_subset(test, 64)
     settings.update(channels=(4, 8), widths=(32,), epochs=1, sparse_epochs=1, sparse_latent=16)
-    latents = (2, 32)
+    latents = (2,)
   t_start = time.time()
   ytr, yte = train.y, test.y
   recon_rows, probe_rows, codes, recons = [], [], {}, {}
@@ -95,7 +95,7 @@ def main(argv=None):
   probe_rows.append({"features": "raw pixels",
                      "accuracy": features.linear_probe(train.x, ytr, test.x, yte)})
   sparse_rows = []
-  for name, kw in SPARSE:
+  for name, kw in SPARSE[:1] if args.smoke else SPARSE:
     trained, seconds = train_ae(
         train, {**settings, "epochs": settings["sparse_epochs"]}, args.seed, family="sparse",
         network="mlp", latent_dim=settings["sparse_latent"], **kw)

@@ -151,17 +151,17 @@ def test_filters_and_setting_choice():
 def test_spatial_family_and_subpixel_network_shapes():
   cfg = denoise.denoiser_config("gaussian", 0.3, channels=(4, 8), latent_dim=7 * 7 * 2)
   model = build_model(cfg, (28, 28, 1))
-  params = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
-  z = model.apply(params, jnp.zeros((3, 28, 28, 1)), method=model.encode)
-  assert z.shape == (3, 98)
-  assert model.apply(params, z, method=model.decode).shape == (3, 28, 28, 1)
+  res = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0],
+                       jnp.zeros((3, 28, 28, 1)))
+  assert res["z"].shape == (3, 98) and res["out"].shape == (3, 28, 28, 1)
   cfg.model.latent_dim = 50
   with pytest.raises(ConfigError, match="multiple"):
     build_model(cfg, (28, 28, 1))
   cfg = features.ae_config(3, channels=(4, 8))
   model = build_model(cfg, (140, 1))
-  params = model.init(jax.random.key(0), jnp.zeros((2, 140, 1)))
-  assert model.apply(params, jnp.zeros((2, 140, 1)))["out"].shape == (2, 140, 1)
+  res = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0],
+                       jnp.zeros((2, 140, 1)))
+  assert res["z"].shape == (2, 3) and res["out"].shape == (2, 140, 1)
   with pytest.raises(ConfigError, match="divisible"):
     build_model(cfg, (30, 30, 1))
 

@@ -78,9 +78,11 @@ def sparse_metrics(z, x, x_hat, threshold: float = 0.0) -> dict[str, float]:
 
 
 def tsne(z, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-  """A 2-D t-SNE map (N, 2) of latents (N, L), PCA-initialised."""
+  """A 2-D t-SNE map (N, 2) of latents (N, L), PCA-initialised; exact below 500 points."""
   from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
-  return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(flat(z))
+  method = "exact" if len(z) < 500 else "barnes_hut"
+  return TSNE(2, perplexity=perplexity, init="pca", method=method,
+              random_state=seed).fit_transform(flat(z))
 
 
 def ae_config(latent_dim: int, *, family: str = "ae", network: str = "subpixel",
