@@ -231,19 +231,8 @@ def denoiser_config(noise: str, level: float, *, latent_dim: int = 784,
   c.objective.noise_level = level
   for name, value in objective.items():
     c.objective[name] = value
-  c.optim.learning_rate = learning_rate
-  c.optim.schedule = "cosine"
-  c.train.batch_size = batch_size
-  c.train.num_epochs = epochs
-  c.train.parallel = "jit"
-  c.train.num_devices = 1
-  c.train.eval_every = 10 ** 9
-  c.train.log_every = 100
-  c.train.checkpoint_every = 10 ** 9
-  c.train.figures = False
-  c.data.val_fraction = 0.0
-  c.data.labels = False
-  return c
+  return configs.set_offline_training(c, learning_rate=learning_rate, batch_size=batch_size,
+                                      epochs=epochs)
 
 
 # ---- classical baselines -----------------------------------------------------------------

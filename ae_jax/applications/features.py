@@ -101,16 +101,5 @@ def ae_config(latent_dim: int, *, family: str = "ae", network: str = "subpixel",
   c.model.sparsity = sparsity
   c.model.k = k
   c.objective.l1_weight = l1_weight
-  c.optim.learning_rate = learning_rate
-  c.optim.schedule = "cosine"
-  c.train.batch_size = batch_size
-  c.train.num_epochs = epochs
-  c.train.parallel = "jit"
-  c.train.num_devices = 1
-  c.train.eval_every = 10 ** 9
-  c.train.log_every = 100
-  c.train.checkpoint_every = 10 ** 9
-  c.train.figures = False
-  c.data.val_fraction = 0.0
-  c.data.labels = False
-  return c
+  return configs.set_offline_training(c, learning_rate=learning_rate, batch_size=batch_size,
+                                      epochs=epochs)
