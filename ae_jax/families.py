@@ -35,6 +35,10 @@ class Family:
   terms: Callable[..., Terms]
   finalize: Callable[[dict, ml_collections.ConfigDict], dict] = lambda means, cfg: means
   conditional: bool = False
+  # Properties that code outside asks for instead of a family's name.
+  can_sample: bool = False      # has a prior to sample latents from (`Trained.sample`)
+  # Dotted config fields of the objective that may be traced (vmapped across trials).
+  hparams: tuple[str, ...] = ()
 
 
 FAMILIES: Registry[Family] = Registry("family")
@@ -206,7 +210,9 @@ def _sparse_finalize(means, cfg):
   return means
 
 
-FAMILIES.register("sparse")(Family("sparse", _build_sparse, _sparse_terms, _sparse_finalize))
+FAMILIES.register("sparse")(Family("sparse", _build_sparse, _sparse_terms, _sparse_finalize,
+                                   hparams=("objective.l1_weight", "objective.kl_weight",
+                                            "objective.kl_rho")))
 
 
 # ---- denoising ---------------------------------------------------------------------
@@ -225,7 +231,8 @@ def _denoising_terms(model, params, batch, keys, step, cfg, dropout_rng) -> Term
   return recon_terms(cfg, out, x)
 
 
-FAMILIES.register("denoising")(Family("denoising", _build_ae, _denoising_terms))
+FAMILIES.register("denoising")(Family("denoising", _build_ae, _denoising_terms,
+                                      hparams=("objective.noise_level",)))
 
 
 # ---- vae / cvae --------------------------------------------------------------------
@@ -291,8 +298,11 @@ def _vae_terms(model, params, batch, keys, step, cfg, dropout_rng) -> Terms:
   return {"loss": -bound, "iw_bound": bound, "kl": kl}
 
 
-FAMILIES.register("vae")(Family("vae", _build_vae, _vae_terms))
-FAMILIES.register("cvae")(Family("cvae", _build_vae, _vae_terms, conditional=True))
+_VAE_HPARAMS = ("objective.beta", "objective.output_sigma")
+FAMILIES.register("vae")(Family("vae", _build_vae, _vae_terms, can_sample=True,
+                                hparams=_VAE_HPARAMS))
+FAMILIES.register("cvae")(Family("cvae", _build_vae, _vae_terms, conditional=True,
+                                 can_sample=True, hparams=_VAE_HPARAMS))
 
 
 def elbo_terms(model, params, x, cond, key, cfg, num_samples: int = 1):
@@ -360,7 +370,8 @@ def _vqvae_finalize(means, cfg):
   return means
 
 
-FAMILIES.register("vqvae")(Family("vqvae", _build_vqvae, _vqvae_terms, _vqvae_finalize))
+FAMILIES.register("vqvae")(Family("vqvae", _build_vqvae, _vqvae_terms, _vqvae_finalize,
+                                  hparams=("objective.commitment",)))
 
 
 def scalar_metrics(means: dict[str, Any]) -> dict[str, jax.Array]:
