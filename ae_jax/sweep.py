@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from ae_jax import vmap_trials
+from ae_jax.configs.overrides import get_value, has_key, with_overrides
 from ae_jax.errors import ConfigError, DataError
 
 TRIALS_FILE = "trials.jsonl"
@@ -169,16 +170,9 @@ def space_to_json(space: Space) -> dict:
   return {k: (v if isinstance(v, list) else v.to_json()) for k, v in space.items()}
 
 
-def _field(cfg, key):
-  node = cfg
-  for part in key.split("."):
-    node = node[part]
-  return node
-
-
 def _cast(cfg, key: str, value):
   """A sampled value in the type of the config field: ints are rounded."""
-  current = _field(cfg, key)
+  current = get_value(cfg, key)
   if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
     return int(round(value))
   return value
@@ -234,20 +228,12 @@ def check_space(cfg, space: Space) -> None:
   for key, dim in space.items():
     if isinstance(dim, (list, Choice)):
       values = list(dim) if isinstance(dim, list) else list(dim.values)
-    elif _known(cfg, key):
+    elif has_key(cfg, key):
       values = [_cast(cfg, key, dim.low), _cast(cfg, key, dim.high)]
     else:
       values = [dim.low]
     for value in values:
-      vmap_trials.with_overrides(cfg, {key: value})
-
-
-def _known(cfg, key) -> bool:
-  try:
-    _field(cfg, key)
-    return True
-  except (KeyError, AttributeError):
-    return False
+      with_overrides(cfg, {key: value})
 
 
 # ---- metrics ---------------------------------------------------------------------------
@@ -338,7 +324,7 @@ def run_trial(cfg: ml_collections.ConfigDict, overrides: dict, *, train_data=Non
   """One trial on its own through `fit` (the path of trials that cannot be vmapped)."""
   from ae_jax.errors import NonFiniteError
   from ae_jax.fit import fit, prepare_data
-  cfg = vmap_trials.with_overrides(cfg, overrides)
+  cfg = with_overrides(cfg, overrides)
   try:
     trained = fit(cfg, None, train_data=train_data, eval_data=eval_data, progress=False)
   except NonFiniteError as e:
@@ -351,7 +337,7 @@ def _run_point_seeds(ctx: _Context, point: dict) -> list[vmap_trials.TrialRun]:
   """One point over its seeds, one by one (seeds vmapped together where they can be)."""
   trials = _seed_overrides(ctx, point)
   if ctx.seeds > 1 and ctx.vectorise is not False and not ctx.cfg.train.patience:
-    return vmap_trials.fit_trials(vmap_trials.with_overrides(ctx.cfg, {
+    return vmap_trials.fit_trials(with_overrides(ctx.cfg, {
         k: v for k, v in point.items() if k != "seed"}), [{"seed": t["seed"]} for t in trials],
         train_data=ctx.train_data, eval_data=ctx.eval_data)
   return [run_trial(ctx.cfg, t, train_data=ctx.train_data, eval_data=ctx.eval_data)
@@ -632,7 +618,7 @@ def _optuna():
 
 
 def _int_field(cfg, key) -> bool:
-  current = _field(cfg, key)
+  current = get_value(cfg, key)
   return isinstance(current, int) and not isinstance(current, bool)
 
 
@@ -825,7 +811,7 @@ def _finish(cfg, space, rows, out, metric, direction, mode, seeds, ran, stopped,
   paths["table"] = table
   best_cfg = None
   if best is not None:
-    best_cfg = vmap_trials.with_overrides(cfg, best["overrides"])
+    best_cfg = with_overrides(cfg, best["overrides"])
     (out / "best_config.json").write_text(best_cfg.to_json(indent=2))
     paths["best_config"] = out / "best_config.json"
     paths["figure"] = metric_figure(rows, space, ranked[0], metric,

@@ -36,6 +36,7 @@ import optax
 import tqdm
 
 from ae_jax import data as data_lib
+from ae_jax.configs.overrides import with_overrides  # noqa: F401  (re-exported)
 from ae_jax.errors import ConfigError
 from ae_jax.families import build_model, get_family, validate_config
 from ae_jax.fit import (Trained, _eval_batch_size, prepare_data, total_steps,
@@ -70,15 +71,6 @@ class TrialRun:
       return math.nan
     evals = [r for r in self.trained.history if r["split"] == "eval"]
     return float(evals[-1]["loss"]) if evals else math.nan
-
-
-def with_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  """A copy of cfg with dotted-key overrides applied (type checked like the CLI's)."""
-  from ae_jax.cli import set_value
-  out = ml_collections.ConfigDict(cfg.to_dict())
-  for key, value in overrides.items():
-    set_value(out, key, value, "trial overrides")
-  return out
 
 
 def not_vmappable(keys) -> list[str]:
