@@ -138,7 +138,8 @@ def with_overrides(cfg: ml_collections.ConfigDict, overrides: dict,
   return out
 
 
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+def apply_overrides(cfg: ml_collections.ConfigDict,
+                    overrides: list[str]) -> ml_collections.ConfigDict:
   """Apply `--config.a.b=VALUE` arguments to cfg in place (values parsed by type)."""
   for item in overrides:
     if not item.startswith("--config."):
