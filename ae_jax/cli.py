@@ -137,12 +137,12 @@ def run(argv: list[str]) -> int:
     print(json.dumps(metrics, indent=2))
     print(f"wrote {out}")
   elif args.command == "encode":
-    z = trained.encode(data.x, data.y if trained.config.model.family == "cvae" else None)
+    z = trained.encode(data.x, data.y if trained.conditional else None)
     out = _out(args, trained, "latents.npy")
     np.save(out, z)
     print(f"wrote latents {z.shape} to {out}")
   elif args.command == "reconstruct":
-    cond = data.y if trained.config.model.family == "cvae" else None
+    cond = data.y if trained.conditional else None
     x_hat = trained.reconstruct(data.x, cond)
     out = _out(args, trained, "reconstructions.npy")
     np.save(out, x_hat)

@@ -98,7 +98,7 @@ def sweep(cfg: ml_collections.ConfigDict, space: Space | dict, *, out, metric: s
   if vectorised and not can:
     raise ConfigError(f"cannot vectorise trials over {', '.join(space)}: "
                       f"{', '.join(vmap_trials.not_vmappable(space)) or 'train.patience > 0'}; "
-                      f"vmappable fields are: {', '.join(vmap_trials.VMAPPABLE)}")
+                      f"vmappable fields are: {', '.join(vmap_trials.vmappable())}")
   ctx = _Context(cfg, metric, seeds, vectorised, train_data, eval_data, metric_data,
                  normal_class)
   done = {r["key"]: r for r in read_rows(out)}
