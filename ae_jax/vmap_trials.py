@@ -36,6 +36,7 @@ import optax
 import tqdm
 
 from ae_jax import data as data_lib
+from ae_jax import results
 from ae_jax.configs.overrides import with_overrides  # noqa: F401  (re-exported)
 from ae_jax.errors import ConfigError
 from ae_jax.families import FAMILIES, build_model, get_family, validate_config
@@ -484,17 +485,12 @@ def _reconstruct_fn(model, x_axis):
 
 
 def mean_std(values) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for one value) ignoring NaNs."""
-  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-  if v.size == 0:
-    return math.nan, math.nan
-  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+  """Mean and sample standard deviation over seeds (`results.mean_std` with ddof=1; 0 for
+  one value) ignoring NaNs."""
+  return results.mean_std(values, ddof=1)
 
 
 def format_mean_std(values, digits: int = 4) -> str:
-  """'mean ± std' over seeds with `digits` significant digits; one value prints alone."""
-  values = list(values)
-  mean, std = mean_std(values)
-  if len(values) == 1 or math.isnan(std):
-    return f"{mean:.{digits}g}"
-  return f"{mean:.{digits}g} ± {std:.2g}"
+  """'mean ± std' over seeds (sample std, ddof=1) with `digits` significant digits; one
+  value prints alone."""
+  return results.format_mean_std(values, ddof=1, digits=digits)

@@ -13,9 +13,8 @@ import time
 
 import numpy as np
 
-from ae_jax import fit, figures
+from ae_jax import figures, fit, results
 from ae_jax.applications import denoise, inpaint, metrics
-from experiments import _io
 
 NAME = "inpaint"
 BLOCK, REGION = 10, 20
@@ -25,16 +24,11 @@ SHOW = 8
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
-  p.add_argument("--epochs", type=int, default=6)
-  p.add_argument("--batch-size", type=int, default=16)
-  args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
+  args = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=6,
+                        batch_size=16).parse_args(argv)
+  out, train, test = results.setup(args, NAME, smoke=(128, 16))
   channels, epochs, batch_size = (32, 64), args.epochs, args.batch_size
   if args.smoke:
-    train, test = _io.smoke_subset(train, 128), _io.smoke_subset(test, 16)
     channels, epochs, batch_size = (4, 8), 1, 32
   t_start = time.time()
   masks = inpaint.hole_masks(len(test), test.x.shape[1:], BLOCK, REGION, 1000 * args.seed + 7)
@@ -80,10 +74,10 @@ def main(argv=None):
   result = {"data": args.data, "smoke": args.smoke, "epochs": epochs,
             "train_seconds": round(train_seconds, 1), "rows": rows, "goals": goals,
             "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
-  _io.write_results(out, result, {"Test hole PSNR (mean over images)": rows, "Goal": goals},
+  results.write_results(out, result, {"Test hole PSNR (mean over images)": rows, "Goal": goals},
                     title="Inpainting (MNIST)")
-  print(_io.markdown_table(rows))
-  print(_io.markdown_table(goals))
+  print(results.markdown_table(rows))
+  print(results.markdown_table(goals))
   return result
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from ae_jax import vmap_trials
+from ae_jax import results
 from ae_jax.configs.overrides import with_overrides
 from ae_jax.sweep.run import METRICS, _better
 from ae_jax.sweep.space import LogUniform, Choice, Space, space_to_json
@@ -98,18 +98,18 @@ def markdown_table(rows: list[dict], space_keys: Sequence[str], metric: str, see
   others = sorted({k for r in rows for k in r.get("metrics", {})} - {metric})
   head = ["rank", *space_keys, metric + (f" (mean ± std, {seeds} seeds)" if seeds > 1 else ""),
           *others, "steps", "wall s", "status", "trial"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  table = []
   for i, r in enumerate(rows, 1):
     if r["status"] == "ok":
-      value = (vmap_trials.format_mean_std(r["values"]) if seeds > 1 else f"{r['value']:.5g}")
+      value = (results.format_mean_std(r["values"], ddof=1) if seeds > 1 else f"{r['value']:.5g}")
     else:
       value = "failed"
     cells = [str(i), *(_short(r["overrides"].get(k)) for k in space_keys), value,
              *(_fmt(r.get("metrics", {}).get(k)) for k in others), str(r["steps"]),
              f"{r['wall_s']:.2f}" + (" (v)" if r.get("vectorised") else ""), r["status"],
              f"`{r['key']}`"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+    table.append(dict(zip(head, cells)))
+  return results.markdown_table(table, head, fmt=str)
 
 
 def _fmt(v) -> str:

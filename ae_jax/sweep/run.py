@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
-from ae_jax import vmap_trials
+from ae_jax import results, vmap_trials
 from ae_jax.configs.overrides import with_overrides
 from ae_jax.errors import ConfigError, DataError
 from ae_jax.sweep.space import _plain, trial_key
@@ -138,13 +138,13 @@ def _rows_for(ctx: _Context, points: list[dict], runs: list, wall: float, vector
     scores = ([{"val_loss": math.nan, "recon_mse": math.nan}] * ctx.seeds if error and errors
               else score_runs(point_runs, ctx.metric, ctx.metric_data, ctx.normal_class))
     values = [s.get(ctx.metric, math.nan) for s in scores]
-    mean, std = vmap_trials.mean_std(values) if error is None else (math.nan, math.nan)
+    mean, std = results.mean_std(values, ddof=1) if error is None else (math.nan, math.nan)
     names = sorted({k for s in scores for k in s})
     rows.append({
         "key": trial_key(point, ctx.seeds),
         "overrides": {k: _plain(v) for k, v in point.items()},
         "metric": ctx.metric, "value": mean, "std": std, "values": values,
-        "metrics": {n: vmap_trials.mean_std([s.get(n, math.nan) for s in scores])[0]
+        "metrics": {n: results.mean_std([s.get(n, math.nan) for s in scores], ddof=1)[0]
                     for n in names},
         "seeds": [t.get("seed", ctx.cfg.seed) for t in _seed_overrides(ctx, point)],
         "steps": max((r.trained.step for r in point_runs if r.trained), default=0),
