@@ -19,7 +19,8 @@ The experiments' common `main()` preamble:
   setup(args, name, smoke=None, data=None) -> (out folder, train, test): the output
     folder, the dataset's fixed splits, each cut to `smoke` = (n_train, n_test) with --smoke.
   load_splits(spec) -> (train, test); smoke_subset(data, n); out_dir(args, name).
-  write_results(out, result, tables, title="") -> (json_path, md_path).
+  write_results(out, result, tables, title="", echo=False) -> (json_path, md_path).
+  timed(fn, *args, **kwargs) -> (fn's value, seconds).
 """
 
 import argparse
@@ -266,9 +267,11 @@ def setup(args: argparse.Namespace, name: str, smoke: tuple[int, int] | None = N
 
 
 def write_results(out, result: dict, tables: dict[str, list[dict]], title: str = "",
-                  digits: int = 4) -> tuple[pathlib.Path, pathlib.Path]:
+                  digits: int = 4,
+                  echo: bool | Sequence[str] = False) -> tuple[pathlib.Path, pathlib.Path]:
   """Write out/result.json (result, command, environment) and out/table.md (the command,
-  then one section per {heading: rows} of `tables`); returns both paths."""
+  then one section per {heading: rows} of `tables`); returns both paths. `echo` prints
+  the tables (True: all, or the headings named) to stdout as well."""
   out = pathlib.Path(out)
   cmd = command()
   json_path = write_json(out / "result.json",
@@ -279,4 +282,14 @@ def write_results(out, result: dict, tables: dict[str, list[dict]], title: str =
     parts.append(markdown_table(rows, digits=digits))
   md_path = out / "table.md"
   md_path.write_text("".join(parts))
+  for heading, rows in tables.items():
+    if echo is True or (echo and heading in echo):
+      print(markdown_table(rows, digits=digits))
   return json_path, md_path
+
+
+def timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
+  """(fn(*args, **kwargs), its wall time in seconds)."""
+  start = time.time()
+  value = fn(*args, **kwargs)
+  return value, time.time() - start

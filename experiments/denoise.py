@@ -148,8 +148,8 @@ def main(argv=None):
   result = {"data": args.data, "smoke": args.smoke, "settings": settings, "rows": rows,
             "goals": goals, "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
   results.write_results(out, result, {"Test PSNR / SSIM (mean per image)": rows,
-                                  "Goals": goals}, title="Image denoising (MNIST)")
-  print(results.markdown_table(goals))
+                                      "Goals": goals}, title="Image denoising (MNIST)",
+                        echo=["Goals"])
   return result
 
 

@@ -94,9 +94,7 @@ def main(argv=None):
   settings["Savitzky-Golay"] = f"window {sg['window']}, order {sg['order']}"
   cfg = model_config(epochs, channels)
   cfg.seed = args.seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  train_seconds = time.time() - t0
+  trained, train_seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
   outputs["Conv1D DAE"] = trained.reconstruct(noisy)
   settings["Conv1D DAE"] = f"conv1d {channels}, latent 64, {epochs} epochs ({train_seconds:.0f} s)"
   normal = test.y == 1
@@ -115,9 +113,7 @@ def main(argv=None):
             "rows": rows, "goals": goals, "figure": figure.name,
             "seconds": round(time.time() - t_start, 1)}
   results.write_results(out, result, {"Test output SNR (dB), mean over beats": rows,
-                                  "Goal": goals}, title="ECG5000 denoising")
-  print(results.markdown_table(rows))
-  print(results.markdown_table(goals))
+                                      "Goal": goals}, title="ECG5000 denoising", echo=True)
   return result
 
 

@@ -48,9 +48,7 @@ def train_ae(train, settings, seed, **kw):
   cfg = features.ae_config(channels=settings["channels"], widths=settings["widths"],
                            epochs=settings["epochs"], batch_size=settings["batch_size"], **kw)
   cfg.seed = seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  return trained, time.time() - t0
+  return results.timed(fit.fit, cfg, train_data=train, progress=False)
 
 
 def main(argv=None):
@@ -118,12 +116,11 @@ def main(argv=None):
             "goals": goals, "figures": [figure.name, grid.name],
             "seconds": round(time.time() - t_start, 1)}
   results.write_results(out, result, {"Test reconstruction MSE": recon_rows,
-                                  "Linear probe, test accuracy": probe_rows,
-                                  "Sparse autoencoders (test split)": sparse_rows,
-                                  "Probe goal": goals},
-                    title="Dimensionality reduction and feature learning (MNIST)")
-  for rows in (recon_rows, probe_rows, sparse_rows, goals):
-    print(results.markdown_table(rows))
+                                      "Linear probe, test accuracy": probe_rows,
+                                      "Sparse autoencoders (test split)": sparse_rows,
+                                      "Probe goal": goals},
+                        title="Dimensionality reduction and feature learning (MNIST)",
+                        echo=True)
   return result
 
 

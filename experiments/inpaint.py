@@ -27,9 +27,8 @@ def main(argv=None):
   args = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=6,
                         batch_size=16).parse_args(argv)
   out, train, test = results.setup(args, NAME, smoke=(128, 16))
-  channels, epochs, batch_size = (32, 64), args.epochs, args.batch_size
-  if args.smoke:
-    channels, epochs, batch_size = (4, 8), 1, 32
+  channels, epochs, batch_size = ((4, 8), 1, 32) if args.smoke else (
+      (32, 64), args.epochs, args.batch_size)
   t_start = time.time()
   masks = inpaint.hole_masks(len(test), test.x.shape[1:], BLOCK, REGION, 1000 * args.seed + 7)
   x_cut = inpaint.cut(test.x, masks)
@@ -45,9 +44,7 @@ def main(argv=None):
   cfg = denoise.denoiser_config("block", 0.0, channels=channels, epochs=epochs,
                                 batch_size=batch_size, block_size=BLOCK, block_region=REGION)
   cfg.seed = args.seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  train_seconds = time.time() - t0
+  trained, train_seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
   fills["conv DAE"] = (inpaint.model_fill(trained, x_cut, masks),
                        f"spatial_denoising {channels}, {epochs} epochs ({train_seconds:.0f} s)")
   rows = []
@@ -75,9 +72,7 @@ def main(argv=None):
             "train_seconds": round(train_seconds, 1), "rows": rows, "goals": goals,
             "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
   results.write_results(out, result, {"Test hole PSNR (mean over images)": rows, "Goal": goals},
-                    title="Inpainting (MNIST)")
-  print(results.markdown_table(rows))
-  print(results.markdown_table(goals))
+                        title="Inpainting (MNIST)", echo=True)
   return result
 
 
