@@ -117,7 +117,7 @@ def run(argv: list[str]) -> int:
   if args.command == "sweep":
     from ae_jax import sweep
     return sweep.run_cli(args, apply_overrides(load_config(args.config), extra))
-  from ae_jax.fit import Trained
+  from ae_jax.trained import Trained
   trained = Trained.load(args.workdir, best=args.best)
   if args.command == "sample":
     samples = trained.sample(args.num, args.seed)
