@@ -109,7 +109,10 @@ def run(argv: list[str]) -> int:
     print(f"trained {cfg.model.family}/{cfg.model.network} on {cfg.data.name} to step "
           f"{trained.step}; workdir: {trained.workdir}")
     evals = [r for r in trained.history if r["split"] == "eval"]
-    if evals:
+    if evals and cfg.train.patience:
+      print(f"validation loss: {min(r['loss'] for r in evals):.5g} (the best evaluation, "
+            f"kept as the final model; last {evals[-1]['loss']:.5g})")
+    elif evals:
       print(f"validation loss: {evals[-1]['loss']:.5g}")
     for name, path in trained.figure_paths.items():
       print(f"{name}: {path}")
