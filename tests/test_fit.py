@@ -187,6 +187,26 @@ def test_cli_smoke(tmp_path):
   assert config["model"]["family"] == "vae"
 
 
+def test_cli_early_stopping_saves_the_best_model_as_the_final_one(tmp_path):
+  wd = tmp_path / "w"
+  out = _cli("train", "--config", "tiny", "--workdir", str(wd), "--no-progress",
+             "--config.train.parallel=jit", "--config.train.num_steps=400",
+             "--config.train.eval_every=5", "--config.train.checkpoint_every=5",
+             "--config.train.patience=2", "--config.optim.name=sgd",
+             "--config.optim.learning_rate=0.5", cwd=tmp_path)
+  assert out.returncode == 0, out.stderr
+  evals = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  evals = [r["loss"] for r in evals if r["split"] == "eval"]
+  assert min(evals) < evals[-1] and f"{min(evals):.5g} (the best evaluation" in out.stdout
+  for name, extra in (("final", []), ("best", ["--best"])):
+    got = _cli("evaluate", "--workdir", str(wd), "--out", str(tmp_path / f"{name}.json"),
+               *extra, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+  final = json.loads((tmp_path / "final.json").read_text())
+  best = json.loads((tmp_path / "best.json").read_text())
+  assert final == best
+
+
 def test_cli_rejects_bad_overrides_with_a_clear_message(tmp_path):
   out = _cli("train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
              "--config.model.latent_dimm=3", cwd=tmp_path)
