@@ -90,7 +90,9 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     progress: show a tqdm bar.
     stop_after: stop (after checkpointing) once this step is reached; for tests of resume.
     restore_best: return the parameters of the evaluation with the lowest validation
-      loss (kept in host memory) instead of the last ones; needs validation data.
+      loss (kept in host memory) instead of the last ones; needs validation data. With
+      train.patience > 0 this is always so, and the final checkpoint holds them too. A
+      resumed run takes them back from the workdir's best/ checkpoint.
     make_loader: `make_loader(train_data, batch_size=, seed=)` giving an iterable whose
       iterator has get_state() -> bytes and set_state(bytes); default
       `ae_jax.data.make_train_loader` (Grain).
