@@ -11,9 +11,9 @@ import time
 import numpy as np
 
 from ae_jax import configs, data as data_lib
-from ae_jax.applications import compress, metrics
+from ae_jax.applications import compression as compress, metrics
 from ae_jax.fit import fit
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "compression"
 GOALS = {64: 26.0, 128: 29.0}

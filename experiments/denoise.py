@@ -14,9 +14,8 @@ import time
 
 import numpy as np
 
-from ae_jax import fit
+from ae_jax import fit, results
 from ae_jax.applications import denoise, metrics
-from experiments import _io
 
 NAME = "denoise"
 NOISES = (("gaussian", 0.2), ("gaussian", 0.4), ("gaussian", 0.5), ("salt_pepper", 0.2))
@@ -127,17 +126,12 @@ def draw(shown_by_noise: dict, path):
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
-  p.add_argument("--epochs", type=int, default=4)
-  p.add_argument("--batch-size", type=int, default=16)
-  args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
+  args = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=4,
+                        batch_size=16).parse_args(argv)
+  out, train, test = results.setup(args, NAME, smoke=(128, 16))
   settings = {"channels": (32, 64), "latent_dim": 784, "epochs": args.epochs,
               "batch_size": args.batch_size, "tune_images": 100}
   if args.smoke:
-    train, test = _io.smoke_subset(train, 128), _io.smoke_subset(test, 16)
     settings.update(channels=(4, 8), epochs=1, batch_size=32, tune_images=8)
   if not have_skimage():
     print("note: scikit-image is not installed (pip install 'ae_jax[compare]'); "
@@ -149,13 +143,13 @@ def main(argv=None):
                                                       settings)
     rows += noise_rows
     goals.append(goal_row(noise, level, noise_rows))
-    print(_io.markdown_table(noise_rows), flush=True)
+    print(results.markdown_table(noise_rows), flush=True)
   figure = draw(shown, out / "denoise_grid.png")
   result = {"data": args.data, "smoke": args.smoke, "settings": settings, "rows": rows,
             "goals": goals, "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
-  _io.write_results(out, result, {"Test PSNR / SSIM (mean per image)": rows,
-                                  "Goals": goals}, title="Image denoising (MNIST)")
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Test PSNR / SSIM (mean per image)": rows,
+                                      "Goals": goals}, title="Image denoising (MNIST)",
+                        echo=["Goals"])
   return result
 
 

@@ -15,9 +15,8 @@ import time
 
 import numpy as np
 
-from ae_jax import configs, data, fit
+from ae_jax import configs, fit, results
 from ae_jax.applications import denoise, metrics
-from experiments import _io
 
 NAME = "denoise_ecg"
 LEVEL, WANDER = 0.5, 0.3
@@ -38,18 +37,8 @@ def model_config(epochs: int, channels=(32, 64), latent_dim: int = 64, batch_siz
   c.objective.noise_level = LEVEL
   c.objective.wander = WANDER
   c.objective.noise_clip = False
-  c.optim.learning_rate = 2e-3
-  c.optim.schedule = "cosine"
-  c.train.batch_size = batch_size
-  c.train.num_epochs = epochs
-  c.train.parallel = "jit"
-  c.train.num_devices = 1
-  c.train.eval_every = 10 ** 9
+  configs.set_offline_training(c, learning_rate=2e-3, batch_size=batch_size, epochs=epochs)
   c.train.log_every = 200
-  c.train.checkpoint_every = 10 ** 9
-  c.train.figures = False
-  c.data.val_fraction = 0.0
-  c.data.labels = False
   return c
 
 
@@ -83,15 +72,11 @@ def draw(clean, noisy, outputs: dict, labels, path):
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--epochs", type=int, default=300)
-  args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train = data.load("ecg5000", "train+validation")
-  test = data.load("ecg5000", "test")
+  args = results.parser(NAME, __doc__.splitlines()[0], epochs=300).parse_args(argv)
+  out, train, test = results.setup(args, NAME, smoke=(64, 64), data="ecg5000",
+                                   splits=("train+validation", "test"))
   epochs, channels = args.epochs, (32, 64)
   if args.smoke:
-    train, test = _io.smoke_subset(train, 64), _io.smoke_subset(test, 64)
     epochs, channels = 1, (4, 8)
   t_start = time.time()
   noisy = denoise.corrupt_fixed(test.x, "noise_wander", LEVEL, 1000 * args.seed + 1,
@@ -109,9 +94,7 @@ def main(argv=None):
   settings["Savitzky-Golay"] = f"window {sg['window']}, order {sg['order']}"
   cfg = model_config(epochs, channels)
   cfg.seed = args.seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  train_seconds = time.time() - t0
+  trained, train_seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
   outputs["Conv1D DAE"] = trained.reconstruct(noisy)
   settings["Conv1D DAE"] = f"conv1d {channels}, latent 64, {epochs} epochs ({train_seconds:.0f} s)"
   normal = test.y == 1
@@ -129,10 +112,8 @@ def main(argv=None):
   result = {"smoke": args.smoke, "epochs": epochs, "train_seconds": round(train_seconds, 1),
             "rows": rows, "goals": goals, "figure": figure.name,
             "seconds": round(time.time() - t_start, 1)}
-  _io.write_results(out, result, {"Test output SNR (dB), mean over beats": rows,
-                                  "Goal": goals}, title="ECG5000 denoising")
-  print(_io.markdown_table(rows))
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Test output SNR (dB), mean over beats": rows,
+                                      "Goal": goals}, title="ECG5000 denoising", echo=True)
   return result
 
 

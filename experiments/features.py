@@ -13,11 +13,9 @@ and reconstructions.
 
 import time
 
-import numpy as np
 
-from ae_jax import figures, fit
+from ae_jax import figures, fit, results
 from ae_jax.applications import features
-from experiments import _io
 
 NAME = "features"
 LATENTS = (2, 10, 32)
@@ -50,26 +48,19 @@ def train_ae(train, settings, seed, **kw):
   cfg = features.ae_config(channels=settings["channels"], widths=settings["widths"],
                            epochs=settings["epochs"], batch_size=settings["batch_size"], **kw)
   cfg.seed = seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  return trained, time.time() - t0
+  return results.timed(fit.fit, cfg, train_data=train, progress=False)
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
-  p.add_argument("--epochs", type=int, default=3)
+  p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=3, batch_size=32)
   p.add_argument("--sparse-epochs", type=int, default=6)
-  p.add_argument("--batch-size", type=int, default=32)
   args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
+  out, train, test = results.setup(args, NAME, smoke=(256, 64))
   settings = {"channels": (32, 64), "widths": (512, 256), "epochs": args.epochs,
               "batch_size": args.batch_size, "sparse_epochs": args.sparse_epochs,
               "sparse_latent": 128}
   latents = LATENTS
   if args.smoke:
-    train, test = _io.smoke_subset(train, 256), _io.smoke_subset(test, 64)
     settings.update(channels=(4, 8), widths=(32,), epochs=1, sparse_epochs=1, sparse_latent=16)
     latents = (2,)
   t_start = time.time()
@@ -124,13 +115,12 @@ def main(argv=None):
             "reconstruction": recon_rows, "probe": probe_rows, "sparse": sparse_rows,
             "goals": goals, "figures": [figure.name, grid.name],
             "seconds": round(time.time() - t_start, 1)}
-  _io.write_results(out, result, {"Test reconstruction MSE": recon_rows,
-                                  "Linear probe, test accuracy": probe_rows,
-                                  "Sparse autoencoders (test split)": sparse_rows,
-                                  "Probe goal": goals},
-                    title="Dimensionality reduction and feature learning (MNIST)")
-  for rows in (recon_rows, probe_rows, sparse_rows, goals):
-    print(_io.markdown_table(rows))
+  results.write_results(out, result, {"Test reconstruction MSE": recon_rows,
+                                      "Linear probe, test accuracy": probe_rows,
+                                      "Sparse autoencoders (test split)": sparse_rows,
+                                      "Probe goal": goals},
+                        title="Dimensionality reduction and feature learning (MNIST)",
+                        echo=True)
   return result
 
 

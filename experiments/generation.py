@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 
 from ae_jax import data as data_lib
-from ae_jax.applications import generate
+from ae_jax.applications import generation as generate
 from ae_jax.fit import fit
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "generation"
 GOALS = {"VAE": 95.0, "IWAE k=5": 92.0}

@@ -13,9 +13,8 @@ import time
 
 import numpy as np
 
-from ae_jax import fit, figures
+from ae_jax import figures, fit, results
 from ae_jax.applications import denoise, inpaint, metrics
-from experiments import _io
 
 NAME = "inpaint"
 BLOCK, REGION = 10, 20
@@ -25,17 +24,11 @@ SHOW = 8
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
-  p.add_argument("--epochs", type=int, default=6)
-  p.add_argument("--batch-size", type=int, default=16)
-  args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
-  channels, epochs, batch_size = (32, 64), args.epochs, args.batch_size
-  if args.smoke:
-    train, test = _io.smoke_subset(train, 128), _io.smoke_subset(test, 16)
-    channels, epochs, batch_size = (4, 8), 1, 32
+  args = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=6,
+                        batch_size=16).parse_args(argv)
+  out, train, test = results.setup(args, NAME, smoke=(128, 16))
+  channels, epochs, batch_size = ((4, 8), 1, 32) if args.smoke else (
+      (32, 64), args.epochs, args.batch_size)
   t_start = time.time()
   masks = inpaint.hole_masks(len(test), test.x.shape[1:], BLOCK, REGION, 1000 * args.seed + 7)
   x_cut = inpaint.cut(test.x, masks)
@@ -51,9 +44,7 @@ def main(argv=None):
   cfg = denoise.denoiser_config("block", 0.0, channels=channels, epochs=epochs,
                                 batch_size=batch_size, block_size=BLOCK, block_region=REGION)
   cfg.seed = args.seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  train_seconds = time.time() - t0
+  trained, train_seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
   fills["conv DAE"] = (inpaint.model_fill(trained, x_cut, masks),
                        f"spatial_denoising {channels}, {epochs} epochs ({train_seconds:.0f} s)")
   rows = []
@@ -80,10 +71,8 @@ def main(argv=None):
   result = {"data": args.data, "smoke": args.smoke, "epochs": epochs,
             "train_seconds": round(train_seconds, 1), "rows": rows, "goals": goals,
             "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
-  _io.write_results(out, result, {"Test hole PSNR (mean over images)": rows, "Goal": goals},
-                    title="Inpainting (MNIST)")
-  print(_io.markdown_table(rows))
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Test hole PSNR (mean over images)": rows, "Goal": goals},
+                        title="Inpainting (MNIST)", echo=True)
   return result
 
 

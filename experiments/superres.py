@@ -12,9 +12,8 @@ import time
 
 import numpy as np
 
-from ae_jax import figures, fit
+from ae_jax import figures, fit, results
 from ae_jax.applications import denoise, metrics, superres
-from experiments import _io
 
 NAME = "superres"
 FACTOR = 2
@@ -24,17 +23,11 @@ SHOW = 8
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
-  p.add_argument("--epochs", type=int, default=3)
-  p.add_argument("--batch-size", type=int, default=16)
-  args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
-  channels, epochs, batch_size = (32, 64), args.epochs, args.batch_size
-  if args.smoke:
-    train, test = _io.smoke_subset(train, 128), _io.smoke_subset(test, 16)
-    channels, epochs, batch_size = (4, 8), 1, 32
+  args = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=3,
+                        batch_size=16).parse_args(argv)
+  out, train, test = results.setup(args, NAME, smoke=(128, 16))
+  channels, epochs, batch_size = ((4, 8), 1, 32) if args.smoke else (
+      (32, 64), args.epochs, args.batch_size)
   t_start = time.time()
   small = superres.box_downsample(test.x, FACTOR)
   size = test.x.shape[1:3]
@@ -50,9 +43,7 @@ def main(argv=None):
   cfg = denoise.denoiser_config("downsample", 0.0, channels=channels, epochs=epochs,
                                 batch_size=batch_size, factor=FACTOR)
   cfg.seed = args.seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  train_seconds = time.time() - t0
+  trained, train_seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
   outputs["conv autoencoder"] = (
       np.clip(trained.reconstruct(superres.repeat_upsample(small, FACTOR)), 0, 1),
       f"spatial_denoising {channels}, {epochs} epochs ({train_seconds:.0f} s)")
@@ -75,10 +66,8 @@ def main(argv=None):
   result = {"data": args.data, "smoke": args.smoke, "epochs": epochs,
             "train_seconds": round(train_seconds, 1), "rows": rows, "goals": goals,
             "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
-  _io.write_results(out, result, {"Test PSNR / SSIM (mean per image)": rows, "Goal": goals},
-                    title="Super-resolution 14x14 -> 28x28 (MNIST)")
-  print(_io.markdown_table(rows))
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Test PSNR / SSIM (mean per image)": rows, "Goal": goals},
+                        title="Super-resolution 14x14 -> 28x28 (MNIST)", echo=True)
   return result
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ae_jax import configs, data as data_lib, families
-from ae_jax.applications import compress, generate
+from ae_jax.applications import compression as compress, generation as generate
 from ae_jax.errors import ConfigError
 from ae_jax.fit import fit
 
