@@ -156,7 +156,8 @@ class Trained:
     """Decoded draws from the prior (VAE families)."""
     if self.config.model.family not in ("vae", "cvae"):
       raise ConfigError(f"sampling needs a VAE family, this model is {self.config.model.family!r}")
-    z = jax.random.normal(jax.random.key(seed), (num, self.config.model.latent_dim))
+    z = self.model.apply(self.params, jax.random.key(seed), num,
+                         method=self.model.sample_prior)
     return self.decode(np.asarray(z), cond)
 
   @classmethod

@@ -190,3 +190,25 @@ def test_cli_evaluate_writes_nll_over_the_whole_split(tmp_path):
   assert 0 <= got["active_units"] <= 2
   assert cli_main(["evaluate", "--workdir", str(tmp_path / "run"), "--data", str(path),
                    "--nll-samples", "-3", "--out", str(out)]) == 2
+
+
+# ---- the experiment -------------------------------------------------------------------
+
+def test_experiment_smoke(tmp_path, monkeypatch):
+  if data_dir() is None or not (data_dir() / "binarized_mnist").is_dir():
+    pytest.skip("no shared binarized_mnist folder (set AE_JAX_DATA_DIR or add ../shared/data)")
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  result = exp.main(["--smoke", "--out", str(tmp_path), "--models", "vae,iwae5,vamp",
+                     "--peer-models", "vae,vamp", "--epochs", "1"])
+  rows = {(r["model"], r["impl"]): r for r in result["rows"]}
+  expected = {("vae", "ae_jax"), ("iwae5", "ae_jax"), ("vamp", "ae_jax")}
+  if result["pythae_installed"]:
+    expected |= {("vae", "pythae"), ("vamp", "pythae")}
+  assert set(rows) == expected
+  for r in rows.values():
+    assert r["epochs"] == 1 and r["nll_samples"] == 20 and np.isfinite(r["test_nll"])
+    assert r["test_nll"] <= -r["test_elbo"] + 5     # the NLL estimate sits below -ELBO
+  assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
+  assert (tmp_path / "table.md").read_text().count("ae_jax") == 3
