@@ -98,7 +98,8 @@ def _select(run: Run, trained: Trained, valid):
     run.trained = dataclasses.replace(trained, params=jax.tree.map(np.asarray, trained.params))
 
 
-def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, steps_per_call=25):
+def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_every=1,
+              steps_per_call=25):
   """Train the ae_jax model of setting `name` for `epochs` epochs or until `budget_s`
   seconds of training; returns a Run with the parameters of the best validation epoch."""
   s = SETTINGS[name]
@@ -125,7 +126,9 @@ def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, steps_per_
     run.epochs += 1
     trained = Trained(cfg, model, state.params, scaler, SHAPE, int(state.step))
     _select(run, trained, valid)
-    _curve_point(run, trained, curve_x, seed)
+    last = run.epochs >= epochs or run.train_seconds >= budget_s
+    if run.epochs % curve_every == 0 or last:
+      _curve_point(run, trained, curve_x, seed)
   return run
 
 
@@ -216,7 +219,7 @@ def pythae_to_trained(net, name: str, epochs: int) -> Trained:
   return Trained(cfg, model, new, data_lib.Scaler("none").fit(np.zeros((1, *SHAPE))), SHAPE)
 
 
-def train_pythae(name, train, valid, curve_x, *, epochs, seed):
+def train_pythae(name, train, valid, curve_x, *, epochs, seed, curve_every=1):
   """pythae's model of setting `name`, trained with Adam for `epochs` epochs in a plain
   loop (the model's own forward and loss; pythae's trainer adds logging and saving)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -243,7 +246,8 @@ def train_pythae(name, train, valid, curve_x, *, epochs, seed):
     net.eval()
     trained = pythae_to_trained(net, name, epochs)
     _select(run, trained, valid)
-    _curve_point(run, trained, curve_x, seed)
+    if run.epochs % curve_every == 0 or run.epochs == epochs:
+      _curve_point(run, trained, curve_x, seed)
   return run
 
 
@@ -297,6 +301,7 @@ def main(argv=None):
                  help="> 0: stop each ae_jax run after this much training time; the peer "
                  "then trains for the same number of epochs")
   p.add_argument("--nll-samples", type=int, default=5000)
+  p.add_argument("--curve-every", type=int, default=1, help="epochs between curve points")
   args = p.parse_args(argv)
   out = _io.out_dir(args, NAME)
   models = [m for m in args.models.split(",") if m]
@@ -318,12 +323,14 @@ def main(argv=None):
   peer_ok = pythae_available()
   for name in models:
     epochs = args.epochs or SETTINGS[name]["epochs"]
-    run = train_jax(name, train, valid, curve_x, epochs=epochs, budget_s=budget, seed=args.seed)
+    run = train_jax(name, train, valid, curve_x, epochs=epochs, budget_s=budget, seed=args.seed,
+                    curve_every=args.curve_every)
     runs.append(run)
     rows.append(score(run, test, nll_samples, args.seed))
     print(rows[-1], flush=True)
     if name in peers and peer_ok:
-      peer = train_pythae(name, train, valid, curve_x, epochs=run.epochs, seed=args.seed)
+      peer = train_pythae(name, train, valid, curve_x, epochs=run.epochs, seed=args.seed,
+                          curve_every=args.curve_every)
       runs.append(peer)
       rows.append(score(peer, test, nll_samples, args.seed))
       print(rows[-1], flush=True)
