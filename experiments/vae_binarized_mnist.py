@@ -120,7 +120,7 @@ def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_ever
     order = order_rng.permutation(len(x))[:n].reshape(-1, k, s["batch"])
     start = time.perf_counter()
     for idx in order:
-      state, _ = step(state, {"x": x[idx]}, rng)
+      state, _ = step(state, {"x": x[idx] if k > 1 else x[idx[0]]}, rng)
     jax.block_until_ready(state.params)
     run.train_seconds += time.perf_counter() - start
     run.epochs += 1

@@ -211,4 +211,4 @@ def test_experiment_smoke(tmp_path, monkeypatch):
     assert r["epochs"] == 1 and r["nll_samples"] == 20 and np.isfinite(r["test_nll"])
     assert r["test_nll"] <= -r["test_elbo"] + 5     # the NLL estimate sits below -ELBO
   assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
-  assert (tmp_path / "table.md").read_text().count("ae_jax") == 3
+  assert (tmp_path / "table.md").read_text().count("| ae_jax |") == 3
