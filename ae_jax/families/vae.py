@@ -84,8 +84,7 @@ class VAE(Autoencoder):
     if self.prior != "vamp":
       return losses.diag_gaussian_log_density(z, 0.0, jnp.zeros_like(z))
     means, logvars = self.prior_components(train)
-    per = losses.diag_gaussian_log_density(z[..., None, :], means, logvars)   # (..., K)
-    return jax.nn.logsumexp(per, axis=-1) - math.log(self.vamp_components)
+    return mixture_log_density(z, means, logvars)
 
   def sample_prior(self, key, num: int):
     """`num` draws (num, latent_dim) from the prior."""
@@ -130,6 +129,15 @@ def _build(conditional: bool):
                prior=prior, vamp_components=cfg.model.vamp_components if prior == "vamp" else 0,
                **common)
   return build
+
+
+def mixture_log_density(z, means, logvars):
+  """log (1/K sum_k N(z; means[k], diag(exp(logvars[k])))) for z (..., L); means and
+  logvars (K, L). Written with matrix products, so memory is (..., K), not (..., K, L)."""
+  inv = jnp.exp(-logvars)                                                # (K, L)
+  const = jnp.sum(jnp.square(means) * inv + logvars + losses.LOG_2PI, axis=-1)  # (K,)
+  quad = jnp.square(z) @ inv.T - 2.0 * z @ (means * inv).T               # (..., K)
+  return jax.nn.logsumexp(-0.5 * (quad + const), axis=-1) - math.log(means.shape[0])
 
 
 def log_likelihood(cfg, res, x):
