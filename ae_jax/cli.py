@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
       s.add_argument("--data", default="", help="dataset spec; default: the run's own data")
       s.add_argument("--split", default="", help="split of --data")
     s.add_argument("--out", default="", help="output file (default: in the workdir)")
+    if name == "evaluate":
+      s.add_argument("--nll-samples", type=int, default=0, metavar="K",
+                     help="VAE families: add the importance-sampled NLL (K samples), the "
+                     "ELBO and active units over the whole split, with standard errors")
     if name == "sample":
       s.add_argument("--num", type=int, default=16)
       s.add_argument("--seed", type=int, default=0)
@@ -135,6 +139,10 @@ def run(argv: list[str]) -> int:
   data = _data_for(trained, args)
   if args.command == "evaluate":
     metrics = trained.evaluate(data)
+    if args.nll_samples:
+      from ae_jax import likelihood
+      metrics.update(likelihood.likelihood_metrics(trained, data.x, num_samples=args.nll_samples,
+                                                   cond=data.y))
     out = _out(args, trained, "evaluate.json")
     out.write_text(json.dumps({"data": data.name, **metrics}, indent=2))
     print(json.dumps(metrics, indent=2))

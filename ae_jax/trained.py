@@ -86,7 +86,8 @@ class Trained:
     if not get_family(self.config.model.family).can_sample:
       raise ConfigError(f"sampling needs a family with a prior (vae, cvae), this model is "
                         f"{self.config.model.family!r}")
-    z = jax.random.normal(jax.random.key(seed), (num, self.config.model.latent_dim))
+    z = self.model.apply(self.params, jax.random.key(seed), num,
+                         method=self.model.sample_prior)
     return self.decode(np.asarray(z), cond)
 
   @classmethod

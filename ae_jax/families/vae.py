@@ -6,6 +6,12 @@ optional warm-up during training; evaluation uses the target beta and also repor
 ELBO, beta = 1). With `objective.iw_samples = k > 1` the loss is the importance-weighted
 bound of Burda et al. (IWAE). `cvae` conditions encoder and decoder on one-hot labels.
 
+The prior is `model.prior`: 'standard' (N(0, I)) or 'vamp', the VampPrior of Tomczak and
+Welling: p(z) = 1/K sum_k q(z | u_k), the mixture of the posteriors of K =
+`model.vamp_components` learned pseudo-inputs u_k (clipped to the data range [0, 1]).
+With the VampPrior the KL has no closed form and is the one-sample estimate
+log q(z|x) - log p(z); importance weights and the NLL use the chosen prior.
+
 A learned Gaussian scale (`model.learn_sigma`) is bounded below by
 `model.min_log_sigma` (default -6, sigma >= 0.0025): without a floor the likelihood of
 constant pixels is unbounded and an NLL in nats means nothing.
@@ -31,7 +37,12 @@ FIELDS = {
     "objective.iw_samples": 1,      # > 1: importance-weighted bound (IWAE)
     "objective.binarize": False,    # train on x ~ Bernoulli(x), a fresh draw per step
     "objective.output_sigma": 1.0,  # fixed Gaussian likelihood sigma
+    "model.prior": "standard",      # standard | vamp (VampPrior, vae family)
+    "model.vamp_components": 500,   # VampPrior: number of pseudo-inputs K
 }
+PRIORS = ("standard", "vamp")
+# VampPrior pseudo-inputs start near the mean pixel of binary MNIST (Tomczak and Welling).
+PSEUDO_INPUT_MEAN, PSEUDO_INPUT_STD = 0.05, 0.01
 CVAE_FIELDS = {**FIELDS, "model.num_classes": 10}
 
 
@@ -46,12 +57,44 @@ class VAE(Autoencoder):
   learn_sigma: bool = False
   output_shape: tuple = ()
   min_log_sigma: float = -6.0
+  prior: str = "standard"
+  vamp_components: int = 0
 
   def setup(self):
     self.to_mean = nn.Dense(self.latent_dim, name="to_mean")
     self.to_logvar = nn.Dense(self.latent_dim, name="to_logvar")
     if self.learn_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, self.output_shape)
+    if self.prior == "vamp":
+      init = lambda key, shape: (PSEUDO_INPUT_MEAN
+                                 + PSEUDO_INPUT_STD * jax.random.normal(key, shape))
+      self.pseudo_raw = self.param("pseudo_inputs", init,
+                                   (self.vamp_components, *self.output_shape))
+
+  def pseudo_inputs(self):
+    """The VampPrior's K pseudo-inputs (K, *input_shape), clipped to [0, 1]."""
+    return jnp.clip(self.pseudo_raw, 0.0, 1.0)
+
+  def prior_components(self, train: bool = False):
+    """(means, logvars), each (K, latent_dim): the posteriors of the pseudo-inputs."""
+    return self.posterior(self.pseudo_inputs(), None, train)
+
+  def log_prior(self, z, train: bool = False):
+    """log p(z) for z (..., latent_dim); returns (...)."""
+    if self.prior != "vamp":
+      return losses.diag_gaussian_log_density(z, 0.0, jnp.zeros_like(z))
+    means, logvars = self.prior_components(train)
+    return mixture_log_density(z, means, logvars)
+
+  def sample_prior(self, key, num: int):
+    """`num` draws (num, latent_dim) from the prior."""
+    if self.prior != "vamp":
+      return jax.random.normal(key, (num, self.latent_dim))
+    k_comp, k_eps = jax.random.split(key)
+    eps = jax.random.normal(k_eps, (num, self.latent_dim))
+    means, logvars = self.prior_components()
+    k = jax.random.randint(k_comp, (num,), 0, self.vamp_components)
+    return means[k] + jnp.exp(0.5 * logvars[k]) * eps
 
   def posterior(self, x, cond=None, train: bool = False):
     h = self.features(x, cond, train)
@@ -69,6 +112,8 @@ class VAE(Autoencoder):
     flat_cond = None if cond is None else jnp.repeat(cond, s, axis=0)
     out = self.decode(z.reshape(b * s, -1), flat_cond, train)
     result = {"mean": mean, "logvar": logvar, "z": z, "out": out.reshape(b, s, *out.shape[1:])}
+    if self.prior == "vamp":
+      result["log_pz"] = self.log_prior(z, train)
     if self.learn_sigma:
       result["log_sigma"] = jnp.maximum(self.log_sigma, self.min_log_sigma)
     return result
@@ -78,10 +123,21 @@ def _build(conditional: bool):
   def build(cfg, input_shape):
     enc, dec = networks(cfg, input_shape)
     common = common_kwargs(cfg, conditional)
+    prior = cfg.model.get("prior", "standard")
     return VAE(enc, dec, learn_sigma=bool(cfg.model.learn_sigma) and not common["logits"],
                output_shape=tuple(input_shape), min_log_sigma=cfg.model.min_log_sigma,
+               prior=prior, vamp_components=cfg.model.vamp_components if prior == "vamp" else 0,
                **common)
   return build
+
+
+def mixture_log_density(z, means, logvars):
+  """log (1/K sum_k N(z; means[k], diag(exp(logvars[k])))) for z (..., L); means and
+  logvars (K, L). Written with matrix products, so memory is (..., K), not (..., K, L)."""
+  inv = jnp.exp(-logvars)                                                # (K, L)
+  const = jnp.sum(jnp.square(means) * inv + logvars + losses.LOG_2PI, axis=-1)  # (K,)
+  quad = jnp.square(z) @ inv.T - 2.0 * z @ (means * inv).T               # (..., K)
+  return jax.nn.logsumexp(-0.5 * (quad + const), axis=-1) - math.log(means.shape[0])
 
 
 def log_likelihood(cfg, res, x):
@@ -96,11 +152,29 @@ def log_likelihood(cfg, res, x):
 
 def log_weights(cfg, res, x):
   """Importance log-weights log p(x|z) + log p(z) - log q(z|x), shape (B, S)."""
-  log_px = log_likelihood(cfg, res, x)
+  return log_likelihood(cfg, res, x) + log_prior(res) - log_posterior(res)
+
+
+def log_prior(res):
+  """log p(z) of every sample (B, S): the model's prior (res['log_pz']) or N(0, I)."""
   z = res["z"]
-  log_pz = losses.diag_gaussian_log_density(z, 0.0, jnp.zeros_like(z))
-  log_qz = losses.diag_gaussian_log_density(z, res["mean"][:, None], res["logvar"][:, None])
-  return log_px + log_pz - log_qz
+  if "log_pz" in res:
+    return res["log_pz"]
+  return losses.diag_gaussian_log_density(z, 0.0, jnp.zeros_like(z))
+
+
+def log_posterior(res):
+  """log q(z | x) of every sample (B, S)."""
+  return losses.diag_gaussian_log_density(res["z"], res["mean"][:, None],
+                                          res["logvar"][:, None])
+
+
+def kl_term(res):
+  """KL(q(z|x) || p(z)) per example (B,): analytic for N(0, I); for another prior the
+  estimate log q(z|x) - log p(z) averaged over the samples."""
+  if "log_pz" in res:
+    return jnp.mean(log_posterior(res) - res["log_pz"], axis=-1)
+  return losses.batched(losses.gaussian_kl)(res["mean"], res["logvar"])
 
 
 def beta_at(cfg, step):
@@ -128,7 +202,7 @@ def terms(model, params, batch, keys, step, cfg, train) -> Terms:
   samples = cfg.objective.iw_samples
   res = apply(model, params, x, batch, keys, cfg, train,
               eps=draw_eps(keys, samples, cfg.model.latent_dim))
-  kl = losses.batched(losses.gaussian_kl)(res["mean"], res["logvar"])
+  kl = kl_term(res)
   if samples == 1:
     rec = -log_likelihood(cfg, res, x)[:, 0]
     return {"loss": rec + beta_at(cfg, step) * kl, "recon": rec, "kl": kl,
@@ -149,6 +223,13 @@ def validate(cfg, input_shape):
   require(o.output_sigma > 0, f"objective.output_sigma must be > 0, got {o.output_sigma}")
   require(not o.get("binarize", False) or m.recon_loss == "bce",
           "objective.binarize draws binary pixels: it needs model.recon_loss 'bce'")
+  require(m.get("prior", "standard") in PRIORS,
+          f"model.prior must be one of {', '.join(PRIORS)}; got {m.get('prior')!r}")
+  if m.get("prior") == "vamp":
+    require(isinstance(m.vamp_components, int) and m.vamp_components >= 1,
+            f"model.vamp_components must be an integer >= 1, got {m.vamp_components!r}")
+    require(m.family != "cvae", "the VampPrior (model.prior='vamp') is for family 'vae'; "
+            "a cvae's pseudo-inputs would need labels")
   if m.family == "cvae":
     require(m.num_classes > 1, "family 'cvae' needs model.num_classes > 1 and labels in the data")
 
@@ -159,7 +240,7 @@ def elbo_terms(model, params, x, cond, key, cfg, num_samples: int = 1):
   keys = jax.random.split(key, x.shape[0])
   res = model.apply(params, x, cond, eps=draw_eps(keys, num_samples, model.latent_dim))
   log_w = log_weights(cfg, res, x)
-  kl = losses.batched(losses.gaussian_kl)(res["mean"], res["logvar"])
+  kl = kl_term(res)
   analytic = jnp.mean(log_likelihood(cfg, res, x), -1) - kl
   return {"mc_elbo": jnp.mean(log_w, -1), "elbo": analytic,
           "iw_bound": jax.nn.logsumexp(log_w, -1) - math.log(num_samples)}
