@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ae_jax import configs, fit
 from ae_jax import data as data_lib
 from ae_jax.errors import ConfigError
 from experiments import _io
@@ -150,3 +151,158 @@ def load_activations(pixels: Splits, widths=(256, 128), layer: int = -1, epochs:
                   f"epochs on the {pixels.name} training split (test accuracy "
                   f"{facts['test_accuracy']:.3f}), scaled by {scale:.3g}")
   return splits, facts
+
+
+# ---- the sparse autoencoders -----------------------------------------------------------
+
+# Each method: the sparse family's settings, and the coefficient that sets its L0 (None:
+# L0 is set by model.k). "L1" is today's sparse family (Dense encoder and decoder, L1 on
+# the ReLU codes, no decoder constraint); the others are linear dictionaries.
+METHODS = {
+    "L1": ({"model.dictionary": False, "model.widths": (), "model.sparsity": "l1"},
+           "objective.l1_weight"),
+    "L1 + decoder norm": ({"model.sparsity": "l1", "objective.l1_decoder_norm": True,
+                           "model.pre_bias_init": "geometric_median"}, "objective.l1_weight"),
+    "TopK": ({"model.sparsity": "topk", "model.unit_decoder": True,
+              "model.pre_bias_init": "geometric_median"}, None),
+    "TopK + AuxK": ({"model.sparsity": "topk", "model.unit_decoder": True,
+                     "model.pre_bias_init": "geometric_median", "objective.auxk": -1}, None),
+    "BatchTopK + AuxK": ({"model.sparsity": "batch_topk", "model.unit_decoder": True,
+                          "model.pre_bias_init": "geometric_median", "objective.auxk": -1}, None),
+    "JumpReLU": ({"model.sparsity": "jumprelu", "model.unit_decoder": True,
+                  "model.pre_bias_init": "geometric_median"}, "objective.l0_weight"),
+}
+
+
+def _set(cfg, dotted: str, value):
+  section, field = dotted.split(".")
+  cfg[section][field] = value
+
+
+def sae_config(method: str, dim: int, *, expansion: int, k: int, coef: float | None,
+               epochs: int, batch_size: int, learning_rate: float, seed: int, eval_every: int):
+  """The `sparse` family config of one method on D=`dim` inputs with expansion*D latents.
+  `objective.auxk: -1` in METHODS means k_aux = D // 2 (OpenAI's choice, d_model / 2)."""
+  cfg = configs.get_preset("default")
+  cfg = configs.set_offline_training(cfg, learning_rate=learning_rate, batch_size=batch_size,
+                                     epochs=epochs)
+  cfg.seed = seed
+  cfg.model.family = "sparse"
+  cfg.model.dictionary = True
+  cfg.model.latent_dim = expansion * dim
+  cfg.model.k = k
+  cfg.model.recon_loss = "mse"
+  cfg.train.eval_every = eval_every
+  settings, coef_field = METHODS[method]
+  for dotted, value in settings.items():
+    _set(cfg, dotted, value)
+  if cfg.objective.auxk == -1:
+    cfg.objective.auxk = max(1, min(dim // 2, cfg.model.latent_dim))
+  if coef_field is not None:
+    _set(cfg, coef_field, float(coef))
+  return cfg
+
+
+def _array(x, y, name):
+  return data_lib.sources.make_array_data(x, y, name, "vector")
+
+
+def firing_frequencies(trained, x) -> np.ndarray:
+  """Share of the examples x (N, D) on which each latent is nonzero, (L,)."""
+  return np.mean(trained.encode(x) != 0, axis=0)
+
+
+def train_sae(splits: Splits, method: str, coef, args, seed: int):
+  """Train one SAE on splits.train (validation split evaluated during training); returns
+  the trained model, the validation metrics and the wall seconds of `fit`."""
+  cfg = sae_config(method, splits.dim, expansion=args.expansion, k=args.k[splits.name],
+                   coef=coef, epochs=args.epochs[splits.name], batch_size=args.batch_size,
+                   learning_rate=args.lr, seed=seed,
+                   eval_every=max(1, args.epochs[splits.name] * len(splits.train)
+                                  // args.batch_size // 4))
+  t0 = time.time()
+  trained = fit.fit(cfg, train_data=_array(splits.train, None, splits.name),
+                    eval_data=_array(splits.val, None, splits.name + ":val"), progress=False)
+  seconds = time.time() - t0
+  return trained, trained.evaluate(splits.val), seconds
+
+
+def calibrate(splits: Splits, method: str, target: float, guess: float, args, seed: int,
+              runs: int, tolerance: float) -> list[dict]:
+  """Find the coefficient giving validation L0 = target: secant steps on log L0 against
+  log coefficient from `guess` (the first step assumes L0 ~ 1 / coefficient), stopping
+  once |L0 - target| <= tolerance * target or after `runs` trainings. Returns every run
+  ({coef, val metrics, seconds, trained}) in order."""
+  tried, coef = [], guess
+  for _ in range(runs):
+    trained, val, seconds = train_sae(splits, method, coef, args, seed)
+    tried.append({"coef": coef, "val": val, "seconds": seconds, "trained": trained})
+    print(f"  {splits.name} {method} coef={coef:.4g} val L0={val['l0']:.2f} "
+          f"FVU={val['fvu']:.4f} ({seconds:.0f} s)", flush=True)
+    if abs(val["l0"] - target) <= tolerance * target:
+      break
+    coef = _next_coefficient(tried, target)
+  return tried
+
+
+def _next_coefficient(tried: list[dict], target: float) -> float:
+  pts = [(np.log(t["coef"]), np.log(max(t["val"]["l0"], 1e-3))) for t in tried]
+  if len(pts) == 1:
+    slope = -1.0
+  else:
+    (c0, l0), (c1, l1) = sorted(pts, key=lambda p: abs(p[1] - np.log(target)))[:2]
+    slope = (l1 - l0) / (c1 - c0) if c1 != c0 else -1.0
+    if not np.isfinite(slope) or slope > -0.05:
+      slope = -1.0
+  c, l = min(pts, key=lambda p: abs(p[1] - np.log(target)))
+  step = np.clip((np.log(target) - l) / slope, -np.log(30.0), np.log(30.0))
+  return float(np.exp(c + step))
+
+
+def speed_rows(dim: int, latents: int, k: int, batch_size: int, seed: int, repeats: int,
+               budget_s: float) -> list[dict]:
+  """Examples per second of one TopK SAE train step (Adam, MSE, unit-norm decoder rows
+  re-projected after the step): ae_jax's `train_step` under jit against the PyTorch twin
+  `benchmarks.torch_models.TopKSAE`, timed in turns in this process on the same batch."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from ae_jax import parallel, train  # pylint: disable=g-import-not-at-top
+  from ae_jax.families import build_model, get_family  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    print(f"speed comparison skipped: PyTorch is not importable ({e})")
+    return []
+  cfg = sae_config("TopK", dim, expansion=latents // dim, k=k, coef=None, epochs=1,
+                   batch_size=batch_size, learning_rate=1e-3, seed=seed, eval_every=10 ** 9)
+  cfg.model.pre_bias_init = "zeros"
+  model = build_model(cfg, (dim,))
+  family = get_family("sparse")
+  state = train.create_train_state(cfg, model, (dim,), jax.random.key(seed), 1000)
+  step = parallel.compile_step(functools.partial(train.train_step, model=model, family=family,
+                                                 config=cfg), "jit")
+  x = np.random.RandomState(seed).rand(batch_size, dim).astype(np.float32)
+  holder = {"state": state, "batch": {"x": jax.device_put(x)}, "rng": jax.random.key(1)}
+
+  def jax_call():
+    holder["state"], metrics = step(holder["state"], holder["batch"], holder["rng"])
+    jax.block_until_ready((holder["state"], metrics))
+
+  torch.manual_seed(seed)
+  sae = torch_models.TopKSAE(dim, latents, k, seed=seed)
+  opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+  xt = torch.from_numpy(x)
+  torch_call = lambda: torch_models.topk_sae_train_step(sae, opt, xt)
+  timings = common.time_interleaved({"jax": jax_call, "torch": torch_call}, repeats=repeats,
+                                    budget_s=budget_s)
+  rows = []
+  for name, timing in timings.items():
+    s = timing.summary()
+    rows.append({"implementation": "ae_jax (jit)" if name == "jax" else "PyTorch eager",
+                 "inputs": dim, "latents": latents, "k": k, "batch": batch_size,
+                 "median step ms": 1e3 * s["median_s"],
+                 "examples/s": batch_size / s["median_s"], "repeats": s["repeats"],
+                 "torch threads": torch.get_num_threads()})
+  rows[0]["jax / torch"] = rows[0]["examples/s"] / rows[1]["examples/s"]
+  return rows
