@@ -40,6 +40,7 @@ class Splits:
   y_val: np.ndarray
   y_test: np.ndarray
   note: str = ""
+  key: str = "pixels"             # pixels | acts: which of the experiment's two kinds
 
   @property
   def dim(self) -> int:
@@ -149,7 +150,7 @@ def load_activations(pixels: Splits, widths=(256, 128), layer: int = -1, epochs:
                   f"post-ReLU activations ({width} units) of hidden layer {layer} of an MLP "
                   f"{pixels.dim}-{'-'.join(map(str, widths))}-10 classifier trained {epochs} "
                   f"epochs on the {pixels.name} training split (test accuracy "
-                  f"{facts['test_accuracy']:.3f}), scaled by {scale:.3g}")
+                  f"{facts['test_accuracy']:.3f}), scaled by {scale:.3g}", key="acts")
   return splits, facts
 
 
@@ -215,10 +216,10 @@ def firing_frequencies(trained, x) -> np.ndarray:
 def train_sae(splits: Splits, method: str, coef, args, seed: int):
   """Train one SAE on splits.train (validation split evaluated during training); returns
   the trained model, the validation metrics and the wall seconds of `fit`."""
-  cfg = sae_config(method, splits.dim, expansion=args.expansion, k=args.k[splits.name],
-                   coef=coef, epochs=args.epochs[splits.name], batch_size=args.batch_size,
+  cfg = sae_config(method, splits.dim, expansion=args.expansion, k=args.k[splits.key],
+                   coef=coef, epochs=args.epochs[splits.key], batch_size=args.batch_size,
                    learning_rate=args.lr, seed=seed,
-                   eval_every=max(1, args.epochs[splits.name] * len(splits.train)
+                   eval_every=max(1, args.epochs[splits.key] * len(splits.train)
                                   // args.batch_size // 4))
   t0 = time.time()
   trained = fit.fit(cfg, train_data=_array(splits.train, None, splits.name),
@@ -306,3 +307,200 @@ def speed_rows(dim: int, latents: int, k: int, batch_size: int, seed: int, repea
                  "torch threads": torch.get_num_threads()})
   rows[0]["jax / torch"] = rows[0]["examples/s"] / rows[1]["examples/s"]
   return rows
+
+
+# ---- the run ---------------------------------------------------------------------------
+
+# First coefficient tried by the calibration, per data kind (the search moves from here).
+GUESSES = {("L1", "pixels"): 3e-4, ("L1", "acts"): 3e-3,
+           ("L1 + decoder norm", "pixels"): 3e-4, ("L1 + decoder norm", "acts"): 3e-3,
+           ("JumpReLU", "pixels"): 1e-4, ("JumpReLU", "acts"): 3e-3}
+GOAL_DEAD, GOAL_L0_TOL = 0.01, 0.10
+
+
+def _kv(text: str, cast) -> dict:
+  """'pixels=32,acts=16' -> {'pixels': 32, 'acts': 16}."""
+  out = {}
+  for part in text.split(","):
+    key, value = part.split("=")
+    out[key.strip()] = cast(value)
+  return out
+
+
+def parse(argv=None):
+  p = _io.parser(NAME, __doc__.splitlines()[0])
+  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k, or digits (the fallback)")
+  p.add_argument("--kinds", default="acts,pixels", help="which data: acts, pixels or both")
+  p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
+  p.add_argument("--expansion", type=int, default=8, help="latents per input dimension")
+  p.add_argument("--k", default="pixels=32,acts=16", help="target L0 (TopK's k) per kind")
+  p.add_argument("--epochs", default="pixels=6,acts=30", help="SAE training epochs per kind")
+  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--calibration-runs", type=int, default=5,
+                 help="trainings allowed to find each penalty's coefficient")
+  p.add_argument("--tolerance", type=float, default=0.05,
+                 help="calibration stops at validation |L0 - k| <= tolerance * k")
+  p.add_argument("--seeds", type=int, default=3,
+                 help="seeds that retrain L1 + decoder norm at the chosen coefficient")
+  p.add_argument("--classifier-epochs", type=int, default=8)
+  p.add_argument("--speed-repeats", type=int, default=15)
+  p.add_argument("--no-speed", action="store_true", help="skip the PyTorch speed comparison")
+  args = p.parse_args(argv)
+  args.k, args.epochs = _kv(args.k, int), _kv(args.epochs, int)
+  args.kinds = [k for k in args.kinds.split(",") if k]
+  args.methods = [m for m in args.methods.split(",") if m]
+  bad = [m for m in args.methods if m not in METHODS]
+  if bad or set(args.kinds) - {"acts", "pixels"}:
+    p.error(f"unknown --methods {bad} or --kinds {args.kinds}; methods: {', '.join(METHODS)}")
+  if args.smoke:
+    args.data, args.expansion = "digits", 4
+    args.k, args.epochs = {"pixels": 8, "acts": 8}, {"pixels": 2, "acts": 2}
+    args.calibration_runs, args.seeds, args.classifier_epochs = 2, 2, 1
+    args.speed_repeats = 2
+  return args
+
+
+def frequency_figure(freqs: dict, path, title: str):
+  """Log-histograms of latent firing frequencies, one panel per data kind, one line per
+  method; never-firing latents are counted in the leftmost bin."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(freqs), figsize=(6.5 * len(freqs), 4.2), squeeze=False)
+  for ax, (kind, by_method) in zip(axes[0], freqs.items()):
+    n_eval = by_method.pop("_n")
+    floor = np.log10(0.5 / n_eval)
+    bins = np.linspace(floor - 0.25, 0.0, 40)
+    for method, f in by_method.items():
+      logs = np.log10(np.maximum(f, 0.5 / n_eval))
+      dead = float(np.mean(f == 0))
+      ax.hist(logs, bins=bins, histtype="step", linewidth=1.4,
+              label=f"{method} (dead {100 * dead:.1f}%)")
+    ax.axvline(np.log10(0.1), color="grey", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("log10 firing frequency on the test split (leftmost bin: never fires)")
+    ax.set_ylabel("latents")
+    ax.set_title(kind, fontsize=10)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def run_kind(splits: Splits, args) -> tuple[list[dict], list[dict], dict]:
+  """All methods on one kind of data: the comparison rows, the seed rows of L1 + decoder
+  norm and the test firing frequencies of every method."""
+  target = args.k[splits.key]
+  rows, seed_rows, freqs = [], [], {"_n": len(splits.test)}
+  for method in args.methods:
+    coef_field = METHODS[method][1]
+    if coef_field is None:
+      trained, val, seconds = train_sae(splits, method, None, args, args.seed)
+      chosen = {"coef": None, "val": val, "seconds": seconds, "trained": trained}
+      tried = [chosen]
+    else:
+      tried = calibrate(splits, method, target, GUESSES[(method, splits.key)], args, args.seed,
+                        args.calibration_runs, args.tolerance)
+      chosen = min(tried, key=lambda t: abs(t["val"]["l0"] - target))
+    trained = chosen["trained"]
+    test = trained.evaluate(splits.test)
+    freqs[method] = firing_frequencies(trained, splits.test)
+    train_log = [r for r in trained.history if r["split"] == "train"][-1]
+    rows.append({"data": splits.key, "method": method,
+                 "coefficient": chosen["coef"] if coef_field else "-",
+                 "calibration runs": len(tried), "val L0": chosen["val"]["l0"],
+                 "test L0": test["l0"], "test FVU": test["fvu"],
+                 "dead (test)": test["dead_fraction"], "dense (test)": test["dense_fraction"],
+                 "dead (train window)": train_log.get("dead_window_fraction"),
+                 "train s": round(chosen["seconds"], 1),
+                 "all calibration s": round(sum(t["seconds"] for t in tried), 1)})
+    print(f"{splits.key}: {method}: test L0 {test['l0']:.2f} FVU {test['fvu']:.4f} dead "
+          f"{test['dead_fraction']:.3f}", flush=True)
+    if method == "L1 + decoder norm":
+      for seed in range(args.seeds):
+        if seed == args.seed:
+          seeded = trained
+        else:
+          seeded = train_sae(splits, method, chosen["coef"], args, seed)[0]
+        t = seeded.evaluate(splits.test)
+        seed_rows.append({"data": splits.key, "seed": seed, "coefficient": chosen["coef"],
+                          "target L0": target, "test L0": t["l0"],
+                          "relative error": (t["l0"] - target) / target,
+                          "within 10%": bool(abs(t["l0"] - target) <= GOAL_L0_TOL * target),
+                          "test FVU": t["fvu"]})
+    for t in tried:
+      t.pop("trained")
+  return rows, seed_rows, freqs
+
+
+def goals(rows: list[dict], seed_rows: list[dict]) -> list[dict]:
+  out = []
+  for kind in dict.fromkeys(r["data"] for r in rows):
+    by = {r["method"]: r for r in rows if r["data"] == kind}
+    if "TopK + AuxK" in by:
+      aux = by["TopK + AuxK"]
+      out.append({"data": kind, "goal": f"TopK + AuxK dead latents <= {GOAL_DEAD:.0%}",
+                  "value": aux["dead (test)"], "met": bool(aux["dead (test)"] <= GOAL_DEAD)})
+      if "L1" in by:
+        l1 = by["L1"]
+        same = abs(l1["test L0"] - aux["test L0"]) <= GOAL_L0_TOL * aux["test L0"]
+        out.append({"data": kind, "goal": "TopK + AuxK FVU below L1's at the same L0",
+                    "value": f"{aux['test FVU']:.4f} vs {l1['test FVU']:.4f} "
+                             f"(L0 {aux['test L0']:.1f} vs {l1['test L0']:.1f})",
+                    "met": bool(same and aux["test FVU"] < l1["test FVU"])})
+    seeds = [r for r in seed_rows if r["data"] == kind]
+    if seeds:
+      out.append({"data": kind, "goal": "L1 + decoder norm: test L0 within 10% of the target "
+                                        f"on every seed ({len(seeds)})",
+                  "value": ", ".join(f"{r['test L0']:.2f}" for r in seeds),
+                  "met": all(r["within 10%"] for r in seeds)})
+  return out
+
+
+def main(argv=None):
+  args = parse(argv)
+  out = _io.out_dir(args, NAME)
+  t_start = time.time()
+  pixels = load_pixels(args.data)
+  if args.smoke:
+    pixels = pixels.subset(512, 128)
+  data = {}
+  facts = {}
+  if "acts" in args.kinds:
+    data["acts"], facts = load_activations(pixels, epochs=args.classifier_epochs,
+                                           seed=args.seed)
+  if "pixels" in args.kinds:
+    data["pixels"] = pixels
+  rows, seed_rows, freqs = [], [], {}
+  for kind, splits in data.items():
+    r, s, f = run_kind(splits, args)
+    rows += r
+    seed_rows += s
+    freqs[f"{kind}: {splits.dim} inputs, {args.expansion * splits.dim} latents"] = f
+  figure = frequency_figure(freqs, out / "firing_frequencies.png",
+                            "Latent firing frequencies (test split), seed " + str(args.seed))
+  speed = []
+  if not args.no_speed:
+    dim = pixels.dim
+    speed = speed_rows(dim, args.expansion * dim, args.k["pixels"], args.batch_size, args.seed,
+                       args.speed_repeats, 0.05 if args.smoke else 2.0)
+  goal_rows = goals(rows, seed_rows)
+  tables = {"Comparison at the same L0 (coefficients chosen on validation L0, test once)": rows,
+            "L1 + decoder norm: the chosen coefficient on other seeds": seed_rows,
+            "Goals": goal_rows,
+            "Train step speed: ae_jax against the PyTorch TopK SAE, in turns": speed}
+  result = {"data": {k: v.note for k, v in data.items()}, "classifier": facts,
+            "settings": {k: (v if not isinstance(v, dict) else dict(v))
+                         for k, v in vars(args).items()},
+            "rows": rows, "seeds": seed_rows, "goals": goal_rows, "speed": speed,
+            "figure": str(figure), "wall_s": time.time() - t_start}
+  json_path, md_path = _io.write_results(out, result, tables, "Sparse dictionaries")
+  print(md_path.read_text())
+  print(f"wrote {json_path}, {md_path}, {figure} in {time.time() - t_start:.0f} s")
+  return result
+
+
+if __name__ == "__main__":
+  main()
