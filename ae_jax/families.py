@@ -23,6 +23,7 @@ from ae_jax.errors import ConfigError
 from ae_jax.models import VAE, VQVAE, Autoencoder, SparseAutoencoder
 from ae_jax.networks import NETWORKS
 from ae_jax.registry import Registry
+import sae_parts_draft as sae
 
 Terms = dict[str, jax.Array]
 
@@ -39,6 +40,13 @@ class Family:
   can_sample: bool = False      # has a prior to sample latents from (`Trained.sample`)
   # Dotted config fields of the objective that may be traced (vmapped across trials).
   hparams: tuple[str, ...] = ()
+  # post_update(params, previous, means, cfg) -> params: runs after every optimizer step
+  # on the new parameters (previous: those the step started from; means: the step's
+  # global means of the terms, per-unit vectors included), e.g. a projection.
+  post_update: Callable | None = None
+  # init_from_data(params, x, cfg) -> params: data-dependent initialisation from a
+  # sample x (N, *input_shape) of the scaled training data, before the first step.
+  init_from_data: Callable | None = None
 
 
 FAMILIES: Registry[Family] = Registry("family")
@@ -75,13 +83,7 @@ def validate_config(cfg: ml_collections.ConfigDict, input_shape: tuple) -> None:
         "an undercomplete autoencoder can learn the identity; lower model.latent_dim",
         UserWarning, stacklevel=3)
   if m.family == "sparse":
-    _require(m.sparsity in ("l1", "kl", "topk"),
-             f"model.sparsity must be one of l1, kl, topk; got {m.sparsity!r}")
-    if m.sparsity == "topk":
-      _require(isinstance(m.k, int) and 0 < m.k <= m.latent_dim,
-               f"model.k must be an integer in [1, latent_dim={m.latent_dim}], got {m.k!r}")
-    _require(o.l1_weight >= 0, f"objective.l1_weight must be >= 0, got {o.l1_weight}")
-    _require(0 < o.kl_rho < 1, f"objective.kl_rho must be in (0, 1), got {o.kl_rho}")
+    sae.validate(cfg, input_shape)
   if m.family == "denoising":
     CORRUPTIONS.get(o.noise)
     _require(o.noise_level >= 0, f"objective.noise_level must be >= 0, got {o.noise_level}")
@@ -166,10 +168,17 @@ FAMILIES.register("ae")(Family("ae", _build_ae, _ae_terms))
 
 # ---- sparse ------------------------------------------------------------------------
 
-_SPARSE_CODES = {"l1": "relu", "kl": "sigmoid", "topk": "topk"}
+_SPARSE_CODES = {"l1": "relu", "kl": "sigmoid", "topk": "topk", "batch_topk": "batch_topk",
+                 "jumprelu": "jumprelu"}
 
 
 def _build_sparse(cfg, input_shape):
+  m = cfg.model
+  if m.dictionary:
+    return sae.SparseDictionary(tuple(input_shape), m.latent_dim, _SPARSE_CODES[m.sparsity],
+                                k=m.k, tied_init=m.tied_init,
+                                jump_threshold_init=m.jump_threshold_init,
+                                jump_bandwidth=m.jump_bandwidth, logits=m.recon_loss == "bce")
   enc, dec = _networks(cfg, input_shape)
   return SparseAutoencoder(enc, dec, code=_SPARSE_CODES[cfg.model.sparsity],
                            k=cfg.model.k, **_common(cfg))
@@ -181,6 +190,10 @@ def _sparse_terms(model, params, batch, keys, step, cfg, dropout_rng) -> Terms:
   res = _apply(model, params, x, batch, dropout_rng)
   z, out = res["z"], res["out"]
   terms = recon_terms(cfg, out, x)
+  if cfg.model.dictionary:
+    extra, extra_loss = sae.dictionary_terms(model, params, x, res, cfg, True)
+    terms.update(extra)
+    terms["loss"] = terms["loss"] + extra_loss
   flat_x = x.reshape(x.shape[0], -1)
   recon_x = (jax.nn.sigmoid(out) if model.logits else out).reshape(flat_x.shape)
   terms["sq_err"] = jnp.sum(jnp.square(recon_x - flat_x), -1)
@@ -192,7 +205,7 @@ def _sparse_terms(model, params, batch, keys, step, cfg, dropout_rng) -> Terms:
   else:
     active = (z != 0).astype(jnp.float32)
   terms.update(activity_terms(z, active))
-  if cfg.model.sparsity == "l1":
+  if cfg.model.sparsity == "l1" and "l1" not in terms:
     l1 = jnp.sum(jnp.abs(z), axis=-1)
     terms["l1"] = l1
     terms["loss"] = terms["loss"] + cfg.objective.l1_weight * l1
@@ -200,7 +213,7 @@ def _sparse_terms(model, params, batch, keys, step, cfg, dropout_rng) -> Terms:
 
 
 def _sparse_finalize(means, cfg):
-  means = finalize_activity(dict(means))
+  means = sae.finalize_dictionary(finalize_activity(dict(means)), cfg)
   variance = means["sq_norm"] - jnp.sum(jnp.square(means["x_mean"]))
   means["fvu"] = means["sq_err"] / jnp.maximum(variance, 1e-12)
   if cfg.model.sparsity == "kl":
@@ -212,7 +225,9 @@ def _sparse_finalize(means, cfg):
 
 FAMILIES.register("sparse")(Family("sparse", _build_sparse, _sparse_terms, _sparse_finalize,
                                    hparams=("objective.l1_weight", "objective.kl_weight",
-                                            "objective.kl_rho")))
+                                            "objective.kl_rho"),
+                                   post_update=sae.post_update,
+                                   init_from_data=sae.init_from_data))
 
 
 # ---- denoising ---------------------------------------------------------------------

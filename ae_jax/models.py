@@ -61,8 +61,8 @@ def _one_hot(cond, num_classes, dtype):
 class SparseAutoencoder(Autoencoder):
   """Autoencoder whose code is `relu` (L1 penalty), `sigmoid` (KL target rate) or `topk`.
 
-  With `topk`, exactly k units of each code are nonzero: the k largest
-  pre-activations are kept and the rest set to zero.
+  With `topk`, at most k units of each code are nonzero: the k largest
+  pre-activations are kept if positive and the rest set to zero.
   """
   code: str = "relu"
   k: int = 0
@@ -77,10 +77,11 @@ class SparseAutoencoder(Autoencoder):
 
 
 def topk(pre, k: int):
-  """Keep the k largest entries of the last axis, zero the others (ties broken by index)."""
+  """Top-k over ReLU pre-activations: keep the k largest entries of the last axis that
+  are positive, zero the others (ties broken by index)."""
   _, idx = jax.lax.top_k(pre, k)
   keep = jnp.sum(jax.nn.one_hot(idx, pre.shape[-1], dtype=pre.dtype), axis=-2)
-  return pre * keep
+  return nn.relu(pre) * keep
 
 
 class VAE(Autoencoder):

@@ -31,6 +31,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
   c.model.sparsity = "l1"         # sparse family: l1 | kl | topk
   c.model.k = 4                   # top-k active latents
+  c.model.dictionary = False
+  c.model.unit_decoder = False
+  c.model.tied_init = True
+  c.model.pre_bias_init = "zeros"
+  c.model.dead_window = 4096
+  c.model.jump_threshold_init = 1e-3
+  c.model.jump_bandwidth = 1e-3
   c.model.learn_sigma = False     # VAE Gaussian likelihood: learn a per-feature sigma
   c.model.num_codes = 64          # VQ-VAE codebook size
   c.model.code_dim = 4            # VQ-VAE code vector size (latent_dim must be a multiple)
@@ -38,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.objective = ml_collections.ConfigDict()
   c.objective.l1_weight = 1e-3
+  c.objective.l1_decoder_norm = False
+  c.objective.l0_weight = 1e-3
+  c.objective.auxk = 0
+  c.objective.auxk_weight = 1 / 32
   c.objective.kl_rho = 0.05
   c.objective.kl_weight = 0.1
   c.objective.noise = "gaussian"  # gaussian | salt_pepper | masking | block
