@@ -175,13 +175,24 @@ METHODS = {
 }
 
 
+# JumpReLU's threshold is learned in log space at the optimizer's rate, too slowly to move
+# far in a short run: it starts near the top-k pre-activation of a random unit direction
+# (about 2.5 sigma of <x - b_pre, d>, ~0.3 for MNIST pixels, ~1 for the scaled
+# activations), with a straight-through kernel a tenth as wide.
+KIND_SETTINGS = {("JumpReLU", "pixels"): {"model.jump_threshold_init": 0.5,
+                                          "model.jump_bandwidth": 0.05},
+                 ("JumpReLU", "acts"): {"model.jump_threshold_init": 1.5,
+                                        "model.jump_bandwidth": 0.15}}
+
+
 def _set(cfg, dotted: str, value):
   section, field = dotted.split(".")
   cfg[section][field] = value
 
 
 def sae_config(method: str, dim: int, *, expansion: int, k: int, coef: float | None,
-               epochs: int, batch_size: int, learning_rate: float, seed: int, eval_every: int):
+               epochs: int, batch_size: int, learning_rate: float, seed: int, eval_every: int,
+               kind: str = "pixels"):
   """The `sparse` family config of one method on D=`dim` inputs with expansion*D latents.
   `objective.auxk: -1` in METHODS means k_aux = D // 2 (OpenAI's choice, d_model / 2)."""
   cfg = configs.get_preset("default")
@@ -195,7 +206,7 @@ def sae_config(method: str, dim: int, *, expansion: int, k: int, coef: float | N
   cfg.model.recon_loss = "mse"
   cfg.train.eval_every = eval_every
   settings, coef_field = METHODS[method]
-  for dotted, value in settings.items():
+  for dotted, value in {**settings, **KIND_SETTINGS.get((method, kind), {})}.items():
     _set(cfg, dotted, value)
   if cfg.objective.auxk == -1:
     cfg.objective.auxk = max(1, min(dim // 2, cfg.model.latent_dim))
@@ -208,9 +219,11 @@ def _array(x, y, name):
   return data_lib.sources.make_array_data(x, y, name, "vector")
 
 
-def firing_frequencies(trained, x) -> np.ndarray:
+def firing_frequencies(trained, x, chunk: int = 1000) -> np.ndarray:
   """Share of the examples x (N, D) on which each latent is nonzero, (L,)."""
-  return np.mean(trained.encode(x) != 0, axis=0)
+  counts = sum(np.sum(trained.encode(x[i:i + chunk]) != 0, axis=0)
+               for i in range(0, len(x), chunk))
+  return counts / len(x)
 
 
 def train_sae(splits: Splits, method: str, coef, args, seed: int):
@@ -220,7 +233,7 @@ def train_sae(splits: Splits, method: str, coef, args, seed: int):
                    coef=coef, epochs=args.epochs[splits.key], batch_size=args.batch_size,
                    learning_rate=args.lr, seed=seed,
                    eval_every=max(1, args.epochs[splits.key] * len(splits.train)
-                                  // args.batch_size // 4))
+                                  // args.batch_size // 4), kind=splits.key)
   t0 = time.time()
   trained = fit.fit(cfg, train_data=_array(splits.train, None, splits.name),
                     eval_data=_array(splits.val, None, splits.name + ":val"), progress=False)
@@ -312,9 +325,9 @@ def speed_rows(dim: int, latents: int, k: int, batch_size: int, seed: int, repea
 # ---- the run ---------------------------------------------------------------------------
 
 # First coefficient tried by the calibration, per data kind (the search moves from here).
-GUESSES = {("L1", "pixels"): 3e-4, ("L1", "acts"): 3e-3,
-           ("L1 + decoder norm", "pixels"): 3e-4, ("L1 + decoder norm", "acts"): 3e-3,
-           ("JumpReLU", "pixels"): 1e-4, ("JumpReLU", "acts"): 3e-3}
+GUESSES = {("L1", "pixels"): 2e-3, ("L1", "acts"): 3e-2,
+           ("L1 + decoder norm", "pixels"): 2e-3, ("L1 + decoder norm", "acts"): 3e-2,
+           ("JumpReLU", "pixels"): 1e-3, ("JumpReLU", "acts"): 1e-2}
 GOAL_DEAD, GOAL_L0_TOL = 0.01, 0.10
 
 
@@ -356,7 +369,8 @@ def parse(argv=None):
   if args.smoke:
     args.data, args.expansion = "digits", 4
     args.k, args.epochs = {"pixels": 8, "acts": 8}, {"pixels": 2, "acts": 2}
-    args.calibration_runs, args.seeds, args.classifier_epochs = 2, 2, 1
+    args.calibration_runs = min(args.calibration_runs, 2)
+    args.seeds, args.classifier_epochs = 2, 1
     args.speed_repeats = 2
   return args
 
@@ -407,13 +421,15 @@ def run_kind(splits: Splits, args) -> tuple[list[dict], list[dict], dict]:
     trained = chosen["trained"]
     test = trained.evaluate(splits.test)
     freqs[method] = firing_frequencies(trained, splits.test)
+    train_freq = firing_frequencies(trained, splits.train)
     train_log = [r for r in trained.history if r["split"] == "train"][-1]
     rows.append({"data": splits.key, "method": method,
                  "coefficient": chosen["coef"] if coef_field else "-",
                  "calibration runs": len(tried), "val L0": chosen["val"]["l0"],
                  "test L0": test["l0"], "test FVU": test["fvu"],
-                 "dead (test)": test["dead_fraction"], "dense (test)": test["dense_fraction"],
                  "dead (train window)": train_log.get("dead_window_fraction"),
+                 "dead (train split)": float(np.mean(train_freq == 0)),
+                 "dead (test)": test["dead_fraction"], "dense (test)": test["dense_fraction"],
                  "train s": round(chosen["seconds"], 1),
                  "all calibration s": round(sum(t["seconds"] for t in tried), 1)})
     print(f"{splits.key}: {method}: test L0 {test['l0']:.2f} FVU {test['fvu']:.4f} dead "
@@ -441,8 +457,10 @@ def goals(rows: list[dict], seed_rows: list[dict]) -> list[dict]:
     by = {r["method"]: r for r in rows if r["data"] == kind}
     if "TopK + AuxK" in by:
       aux = by["TopK + AuxK"]
-      out.append({"data": kind, "goal": f"TopK + AuxK dead latents <= {GOAL_DEAD:.0%}",
-                  "value": aux["dead (test)"], "met": bool(aux["dead (test)"] <= GOAL_DEAD)})
+      out.append({"data": kind, "goal": f"TopK + AuxK dead latents <= {GOAL_DEAD:.0%} (never "
+                                        "firing on the training split)",
+                  "value": aux["dead (train split)"],
+                  "met": bool(aux["dead (train split)"] <= GOAL_DEAD)})
       if "L1" in by:
         l1 = by["L1"]
         same = abs(l1["test L0"] - aux["test L0"]) <= GOAL_L0_TOL * aux["test L0"]
@@ -491,7 +509,8 @@ def main(argv=None):
             "L1 + decoder norm: the chosen coefficient on other seeds": seed_rows,
             "Goals": goal_rows,
             "Train step speed: ae_jax against the PyTorch TopK SAE, in turns": speed}
-  result = {"data": {k: v.note for k, v in data.items()}, "classifier": facts,
+  result = {"smoke": args.smoke, "data": {k: v.note for k, v in data.items()},
+            "classifier": facts,
             "settings": {k: (v if not isinstance(v, dict) else dict(v))
                          for k, v in vars(args).items()},
             "rows": rows, "seeds": seed_rows, "goals": goal_rows, "speed": speed,

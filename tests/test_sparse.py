@@ -97,7 +97,7 @@ def test_auxk_picks_exactly_the_top_dead_latents():
                    [0.1, 9.0, -2.0, 0.3, 0.2, 0.4]])
   dead = jnp.array([False, True, False, True, True, True])
   want = np.array([[0.0, 4.0, 0.0, 2.0, 0.0, 0.0],   # dead 1, 3 beat 4 (1.0); 5 negative
-                   [0.0, 9.0, 0.0, 0.0, 0.0, 0.4]])  # dead 1 (9.0) and 5 (0.4)
+                   [0.0, 9.0, 0.0, 0.0, 0.0, 0.4]], np.float32)  # dead 1 and 5
   np.testing.assert_array_equal(sparse.auxk_codes(pre, dead, 2), want)
   np.testing.assert_array_equal(sparse.auxk_codes(pre, jnp.zeros(6, bool), 2), np.zeros((2, 6)))
 
@@ -278,3 +278,17 @@ def test_bad_sparse_settings_are_rejected(cfg, change, match):
     cfg[section][field] = value
   with pytest.raises(ConfigError, match=match):
     families.build_model(cfg, (8,))
+
+
+def test_experiment_smoke(tmp_path):
+  from experiments import sparse_dictionary  # noqa: PLC0415
+  result = sparse_dictionary.main(["--smoke", "--out", str(tmp_path), "--calibration-runs", "1"])
+  methods = {r["method"] for r in result["rows"]}
+  assert methods == set(sparse_dictionary.METHODS)
+  assert {r["data"] for r in result["rows"]} == {"acts", "pixels"}
+  for r in result["rows"]:
+    assert np.isfinite(r["test FVU"]) and 0 <= r["dead (train split)"] <= 1
+    if r["method"].startswith("TopK"):
+      assert r["test L0"] <= 8
+  assert len(result["seeds"]) == 2 * 2
+  assert (tmp_path / "firing_frequencies.png").exists() and (tmp_path / "table.md").exists()

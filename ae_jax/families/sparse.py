@@ -1,4 +1,37 @@
-"""DRAFT pieces of the sparse family (moved into ae_jax/families/sparse.py after the merge)."""
+"""`sparse`: an autoencoder whose code is pushed to be sparse.
+
+Two architectures. The default runs the configured network (`model.network`) with a
+sparse code on its latent layer; `model.dictionary=True` is the sparse autoencoder of
+interpretability research, a linear dictionary (see `SparseDictionary`):
+
+  pre = (x - b_pre) W_enc + b_enc,  z = act(pre),  x_hat = z W_dec + b_pre.
+
+`model.sparsity` chooses the code and its penalty:
+  l1          ReLU code, `objective.l1_weight` * |z|_1 per example; with
+              `objective.l1_decoder_norm` each |z_i| is weighted by its decoder row's
+              norm (Anthropic's recipe: the penalty cannot be dodged by shrinking codes
+              and growing the decoder);
+  kl          sigmoid code, `objective.kl_weight` * KL(rho || rho_hat), rho_hat each unit's
+              mean activation over the GLOBAL batch;
+  topk        the `model.k` largest ReLU pre-activations of each example (so at most k);
+  batch_topk  (dictionary) the k*B largest ReLU pre-activations of a training batch of B
+              (on several devices: of each device's slice); evaluation gates each
+              pre-activation with the running mean of the training batches' smallest
+              kept value (`sae_stats`), so an example's code does not depend on its batch;
+  jumprelu    (dictionary) z = pre * H(pre - theta) with a learned per-latent threshold,
+              `objective.l0_weight` * L0 penalty, straight-through gradients to theta
+              through a rectangle kernel of width `model.jump_bandwidth`.
+Dictionary settings: `model.unit_decoder` re-projects the decoder rows onto the unit
+sphere after every optimizer step (a projection, in the family's `post_update` hook);
+`objective.auxk` > 0 adds OpenAI's AuxK loss, the top `auxk` dead latents (not fired in
+the last `model.dead_window` training examples) reconstructing the residual, weighted by
+`objective.auxk_weight`; `model.tied_init` starts the encoder as the decoder's transpose;
+`model.pre_bias_init` sets b_pre to the training data's mean or geometric median before
+the first step (the `init_from_data` hook).
+Reported: L0, fraction of variance unexplained (FVU), dead latents (never fired in the
+batch or evaluation set; `dead_window_fraction`: not fired within the window, in
+training), dense latents (firing on more than 10 % of the examples).
+"""
 
 import math
 
@@ -7,12 +40,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax.errors import ConfigError
+from ae_jax import losses
+from ae_jax.families.base import (FAMILIES, Family, Terms, activity_terms, apply,
+                                  check_recon_loss, common_kwargs, finalize_activity,
+                                  networks, recon_terms, require)
+from ae_jax.families.common import Autoencoder
+
+FIELDS = {
+    "model.sparsity": "l1",         # l1 | kl | topk | batch_topk | jumprelu
+    "model.k": 4,                   # top-k active latents (batch_topk: on average)
+    "model.dictionary": False,      # a linear dictionary SAE instead of model.network
+    "model.unit_decoder": False,    # dictionary: unit-norm decoder rows after every step
+    "model.tied_init": True,        # dictionary: encoder initialised as the decoder's transpose
+    "model.pre_bias_init": "zeros", # dictionary: zeros | mean | geometric_median of the data
+    "model.dead_window": 4096,      # dictionary: a latent not fired in this many examples is dead
+    "model.jump_threshold_init": 1e-3,  # jumprelu: initial threshold
+    "model.jump_bandwidth": 1e-3,   # jumprelu: width of the straight-through kernel
+    "objective.l1_weight": 1e-3,
+    "objective.l1_decoder_norm": False,  # weight |z_i| by the norm of decoder row i
+    "objective.l0_weight": 1e-3,    # jumprelu: weight of the L0 penalty
+    "objective.auxk": 0,            # dictionary: k of the AuxK loss on dead latents; 0 = off
+    "objective.auxk_weight": 1 / 32,
+    "objective.kl_rho": 0.05,
+    "objective.kl_weight": 0.1,
+}
 
 
-def require(cond: bool, message: str):
-  if not cond:
-    raise ConfigError(message)
+class SparseAutoencoder(Autoencoder):
+  """Autoencoder whose code is `relu` (L1 penalty), `sigmoid` (KL target rate) or `topk`.
+
+  With `topk`, at most k units of each code are nonzero: the k largest
+  pre-activations are kept where positive and the rest set to zero.
+  """
+  code: str = "relu"
+  k: int = 0
+
+  def encode(self, x, cond=None, train: bool = False):
+    pre = self.to_latent(self.features(x, cond, train))
+    if self.code == "relu":
+      return nn.relu(pre)
+    if self.code == "sigmoid":
+      return nn.sigmoid(pre)
+    return topk(pre, self.k)
+
 
 DENSE_FREQUENCY = 0.1      # a latent firing on more than this share of examples is "dense"
 THRESHOLD_DECAY = 0.99     # BatchTopK: decay of the running mean of the batch threshold
@@ -217,9 +287,10 @@ def _per_example(value, batch: int):
   return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
 
 
-def dictionary_terms(model, params, x, res, cfg, train: bool) -> dict:
+def dictionary_terms(model, params, x, res, cfg, train: bool) -> tuple[dict, jax.Array]:
   """The dictionary's extra per-example terms (penalties, AuxK, statistics for
-  post_update); `res` is the module's output on x (B, ...)."""
+  `post_update`) and the penalty to add to each example's loss (B,); `res` is the
+  module's output on x (B, ...)."""
   b = x.shape[0]
   m, o = cfg.model, cfg.objective
   z, pre = res["z"], res["pre"]
@@ -247,18 +318,17 @@ def dictionary_terms(model, params, x, res, cfg, train: bool) -> dict:
 
 
 def finalize_dictionary(means: dict, cfg) -> dict:
-  """Dense fraction, and the AuxK loss (OpenAI's normalised form, a batch statistic):
+  """The AuxK loss (OpenAI's normalised form, a batch statistic):
   auxk = |e - e_hat|^2 / |e - mean e|^2, added as auxk_weight * auxk * Var(x) per feature
   so that it keeps its weight relative to an MSE reconstruction term."""
   means = dict(means)
-  if "firing" in means:
-    means["dense_fraction"] = jnp.mean((means["firing"] > DENSE_FREQUENCY).astype(jnp.float32))
   if "auxk_sq_err" in means:
     err_var = means["err_sq"] - jnp.sum(jnp.square(means["err_mean"]))
     x_var = means["sq_norm"] - jnp.sum(jnp.square(means["x_mean"]))
     auxk = means["auxk_sq_err"] / jnp.maximum(err_var, 1e-12)
     means["auxk"] = auxk
-    means["loss"] = means["loss"] + cfg.objective.auxk_weight * auxk * x_var / means["x_mean"].shape[-1]
+    means["loss"] = (means["loss"]
+                     + cfg.objective.auxk_weight * auxk * x_var / means["x_mean"].shape[-1])
   return means
 
 
@@ -303,6 +373,8 @@ PRE_BIAS_INITS = ("zeros", "mean", "geometric_median")
 
 def validate(cfg, input_shape) -> None:
   """The sparse family's config checks (ConfigError naming the field and the fix)."""
+  del input_shape
+  check_recon_loss(cfg)
   m, o = cfg.model, cfg.objective
   require(m.sparsity in SPARSITIES,
           f"model.sparsity must be one of {', '.join(SPARSITIES)}; got {m.sparsity!r}")
@@ -327,7 +399,10 @@ def validate(cfg, input_shape) -> None:
   if o.l1_decoder_norm:
     require(m.sparsity == "l1", "objective.l1_decoder_norm weights the L1 penalty: it needs "
             f"model.sparsity='l1', got {m.sparsity!r}")
-  if not m.dictionary:
+  if m.dictionary:
+    require(not m.dropout, "model.dropout does not apply to a linear dictionary "
+            f"(model.dictionary=True); set it to 0, got {m.dropout}")
+  else:
     needs = [name for name, on in (
         (f"model.sparsity={m.sparsity!r}", m.sparsity in ("batch_topk", "jumprelu")),
         ("model.unit_decoder", m.unit_decoder), ("objective.l1_decoder_norm", o.l1_decoder_norm),
@@ -335,3 +410,65 @@ def validate(cfg, input_shape) -> None:
         (f"model.pre_bias_init={m.pre_bias_init!r}", m.pre_bias_init != "zeros")) if on]
     require(not needs, f"{', '.join(needs)} work on a linear dictionary's decoder: set "
             "model.dictionary=True (or turn them off)")
+
+
+# ---- the family ----------------------------------------------------------------------
+
+_CODES = {"l1": "relu", "kl": "sigmoid", "topk": "topk", "batch_topk": "batch_topk",
+          "jumprelu": "jumprelu"}
+
+
+def build(cfg, input_shape):
+  m = cfg.model
+  if m.dictionary:
+    return SparseDictionary(tuple(input_shape), m.latent_dim, _CODES[m.sparsity], k=m.k,
+                            tied_init=m.tied_init, jump_threshold_init=m.jump_threshold_init,
+                            jump_bandwidth=m.jump_bandwidth, logits=m.recon_loss == "bce")
+  enc, dec = networks(cfg, input_shape)
+  return SparseAutoencoder(enc, dec, code=_CODES[m.sparsity], k=m.k, **common_kwargs(cfg))
+
+
+def terms(model, params, batch, keys, step, cfg, train) -> Terms:
+  del step
+  x = batch["x"]
+  res = apply(model, params, x, batch, keys, cfg, train)
+  z, out = res["z"], res["out"]
+  result = recon_terms(cfg, out, x)
+  flat_x = x.reshape(x.shape[0], -1)
+  recon_x = model.to_data(out).reshape(flat_x.shape)
+  result["sq_err"] = jnp.sum(jnp.square(recon_x - flat_x), -1)
+  result["sq_norm"] = jnp.sum(jnp.square(flat_x), -1)
+  result["x_mean"] = flat_x
+  if cfg.model.sparsity == "kl":
+    result["code"] = z
+    active = (z > 0.5).astype(jnp.float32)
+  else:
+    active = (z != 0).astype(jnp.float32)
+  result.update(activity_terms(z, active))
+  if cfg.model.dictionary:
+    extra, extra_loss = dictionary_terms(model, params, x, res, cfg, train)
+    result.update(extra)
+    result["loss"] = result["loss"] + extra_loss
+  if cfg.model.sparsity == "l1" and "l1" not in result:
+    l1 = jnp.sum(jnp.abs(z), axis=-1)
+    result["l1"] = l1
+    result["loss"] = result["loss"] + cfg.objective.l1_weight * l1
+  return result
+
+
+def finalize(means, cfg):
+  means = finalize_dictionary(finalize_activity(dict(means), DENSE_FREQUENCY), cfg)
+  variance = means["sq_norm"] - jnp.sum(jnp.square(means["x_mean"]))
+  means["fvu"] = means["sq_err"] / jnp.maximum(variance, 1e-12)
+  if cfg.model.sparsity == "kl":
+    kl = losses.sparsity_kl(cfg.objective.kl_rho, means["code"])
+    means["sparsity_kl"] = kl
+    means["loss"] = means["loss"] + cfg.objective.kl_weight * kl
+  return means
+
+
+FAMILIES.register("sparse")(Family(
+    "sparse", build, terms, finalize, fields=FIELDS, validate=validate,
+    hparams=("objective.l1_weight", "objective.kl_weight", "objective.kl_rho",
+             "objective.l0_weight", "objective.auxk_weight"),
+    post_update=post_update, init_from_data=init_from_data))
