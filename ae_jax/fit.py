@@ -36,6 +36,7 @@ from ae_jax.trained import (Trained, eval_batch_size, eval_fn, evaluate,  # noqa
 from ae_jax.train import create_train_state, train_step
 
 METRICS_FILE = "metrics.jsonl"
+INIT_SAMPLE = 4096  # training examples shown to a family's data-dependent initialisation
 
 
 class _MetricsLog:
@@ -108,7 +109,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
   model = build_model(cfg, input_shape)
   family = FAMILIES.get(cfg.model.family)
   steps = total_steps(cfg, len(train))
-  state = create_train_state(cfg, model, input_shape, jax.random.key(cfg.seed), steps)
+  state = create_train_state(cfg, model, input_shape, jax.random.key(cfg.seed), steps,
+                             data=train.x[:INIT_SAMPLE])
   if jax.process_count() > 1:
     loader = data_lib.pipeline.make_process_train_loader(
         train, global_batch_size=cfg.train.batch_size, seed=cfg.seed)

@@ -17,7 +17,7 @@ import optax
 from flax.training import train_state
 
 from ae_jax.errors import ConfigError
-from ae_jax.families import Family, scalar_metrics
+from ae_jax.families import Family, get_family, scalar_metrics
 
 TrainState = train_state.TrainState
 
@@ -57,8 +57,13 @@ def init_params(model, input_shape, rng, *, conditional: bool = False):
   return model.init({"params": rng, "dropout": rng}, x, cond)
 
 
-def create_train_state(cfg, model, input_shape, rng, total_steps: int) -> TrainState:
+def create_train_state(cfg, model, input_shape, rng, total_steps: int, data=None) -> TrainState:
+  """A fresh TrainState; `data` (N, *input_shape), a sample of the scaled training data,
+  feeds the family's data-dependent initialisation when it has one."""
   params = init_params(model, input_shape, rng, conditional=bool(getattr(model, "num_classes", 0)))
+  init_from_data = get_family(cfg.model.family).init_from_data
+  if data is not None and init_from_data is not None:
+    params = init_from_data(params, data, cfg)
   return TrainState.create(apply_fn=model.apply, params=params,
                            tx=make_optimizer(cfg, total_steps))
 
@@ -115,10 +120,10 @@ def _objective(params, batch, rng, step, *, model, family: Family, config, axis_
   return loss, (sums, count)
 
 
-def _global_metrics(sums, count, family, config, axis_name):
+def _global_means(sums, count, family, config, axis_name):
   if axis_name is not None:
     sums, count = jax.lax.psum((sums, count), axis_name)
-  return scalar_metrics(family.finalize(_means(sums, count), config))
+  return family.finalize(_means(sums, count), config)
 
 
 def _pmean(x, axis_name):
@@ -139,12 +144,16 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: 
                                 family=family, config=config, axis_name=axis_name)
   (_, (sums, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   grads = _pmean(grads, axis_name)
-  metrics = _global_metrics(sums, count, family, config, axis_name)
+  means = _global_means(sums, count, family, config, axis_name)
+  metrics = scalar_metrics(means)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite.astype(jnp.float32)
   new_state = state.apply_gradients(grads=grads)
+  if family.post_update is not None:
+    new_state = new_state.replace(
+        params=family.post_update(new_state.params, state.params, means, config))
   if config.train.nonfinite == "skip":
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                              state.replace(step=state.step + 1))

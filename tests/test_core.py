@@ -142,7 +142,7 @@ def test_shapes_and_dtypes(cfg, variant, net):
 
 @pytest.mark.parametrize("net", ["conv2d_rgb", "conv1d_seq"])
 def test_forward_pass_values(cfg, net):
-  """A real (compiled) top-k forward pass: finite outputs, exactly k active latents."""
+  """A real (compiled) top-k forward pass: finite outputs, at most k active latents."""
   network, shape = NETWORK_INPUTS[net]
   configure(cfg, "sparse_topk", network)
   model = families.build_model(cfg, shape)
@@ -152,7 +152,7 @@ def test_forward_pass_values(cfg, net):
   assert_struct(res["z"], (5, cfg.model.latent_dim), jnp.float32)
   assert_struct(res["out"], (5, *shape), jnp.float32)
   chex.assert_tree_all_finite(res)
-  np.testing.assert_array_equal(jnp.sum(res["z"] != 0, axis=-1), cfg.model.k)
+  assert np.all(jnp.sum(res["z"] != 0, axis=-1) <= cfg.model.k)
 
 
 @pytest.mark.parametrize("net", NETWORK_INPUTS)
@@ -232,13 +232,14 @@ def test_sparsity_kl_by_hand():
   np.testing.assert_allclose(losses.sparsity_kl(0.1, jnp.array([0.1, 0.5])), want, rtol=1e-5)
 
 
-def test_topk_leaves_exactly_k_nonzeros_per_row():
+def test_topk_keeps_the_k_largest_positive_entries_per_row():
   pre = jnp.asarray(np.random.default_rng(0).normal(size=(5, 10)), jnp.float32)
   for k in (1, 3, 10):
     code = families.topk(pre, k)
-    np.testing.assert_array_equal(jnp.sum(code != 0, axis=-1), k)
+    top = jnp.sort(pre, axis=-1)[:, -k:]
+    np.testing.assert_array_equal(jnp.sum(code != 0, axis=-1), jnp.sum(top > 0, axis=-1))
     kept = jnp.sort(jnp.where(code != 0, pre, -jnp.inf), axis=-1)[:, -k:]
-    np.testing.assert_array_equal(kept, jnp.sort(pre, axis=-1)[:, -k:])
+    np.testing.assert_array_equal(kept, jnp.where(top > 0, top, -jnp.inf))
 
 
 def test_weighted_mean_with_mask():

@@ -54,6 +54,13 @@ class Family:
   conditional: bool = False     # needs labels: `batch["y"]` is passed to the model
   can_sample: bool = False      # has a prior to sample latents from (`Trained.sample`)
   undercomplete: bool = False   # warn when latent_dim is not smaller than the input
+  # post_update(params, previous, means, cfg) -> params: runs after every optimizer step
+  # on the new parameters (`previous`: those the step started from; `means`: the step's
+  # GLOBAL finalized means, per-unit vectors included), e.g. a projection of a weight.
+  post_update: Callable | None = None
+  # init_from_data(params, x, cfg) -> params: data-dependent initialisation from a sample
+  # x (N, *input_shape) of the scaled training data, before the first step.
+  init_from_data: Callable | None = None
 
 
 FAMILIES: Registry[Family] = Registry("family")
