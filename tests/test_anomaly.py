@@ -230,3 +230,27 @@ def test_adbench_script_smoke_on_any_folder(tmp_path):
   assert {r["set"] for r in result["rows"]} == {"1_toy", "2_other"}
   assert (tmp_path / "out" / "table.md").exists()
   assert (tmp_path / "out" / "roc_auc_per_set.png").exists()
+
+
+def test_registries_complete_on_package_import_and_array_batches_resume():
+  import ae_jax.anomaly as pkg
+  from ae_jax import data as data_lib
+  assert set(pkg.SCORES.names()) >= {"gaussian", "mse", "mae", "elbo", "nll"}
+  assert set(pkg.THRESHOLDS.names()) == {"f1_best", "max", "mean_std", "percentile"}
+  x = np.arange(40, dtype=np.float32).reshape(20, 2)
+  loader = data_lib.ArrayBatches(data_lib.sources.make_array_data(x, None, "t"),
+                                 batch_size=6, seed=1)
+  it = iter(loader)
+  for _ in range(4):  # crosses an epoch boundary (3 batches of 6 per epoch)
+    next(it)
+  state = it.get_state()
+  expected = [next(it)["x"] for _ in range(3)]
+  again = iter(loader)
+  again.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(again)["x"], want)
+  seen = np.concatenate([next(iter(loader))["x"]])
+  assert seen.shape == (6, 2) and len(np.unique(seen[:, 0])) == 6
+  with pytest.raises(DataError, match="batch_size"):
+    data_lib.ArrayBatches(data_lib.sources.make_array_data(x, None, "t"), batch_size=21,
+                          seed=0)

@@ -17,9 +17,8 @@ import functools
 import json
 import math
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,155 +26,17 @@ import numpy as np
 
 from ae_jax import configs
 from ae_jax import data as data_lib
+from ae_jax.anomaly.scores import SCORES, TrainStats, reconstruction
+from ae_jax.anomaly.thresholds import THRESHOLDS
 from ae_jax.errors import CheckpointError, ConfigError, DataError
-from ae_jax.families import build_model, elbo_terms, importance_sampled_nll
+from ae_jax.families import build_model
 from ae_jax.fit import fit
-from ae_jax.registry import Registry
 from ae_jax.train import init_params
 
 FORMAT_VERSION = 1
 MIN_HELD_OUT = 20
 CONFIG_FILE = "detector.json"
 ARRAYS_FILE = "arrays.npz"
-
-
-# ---- threshold rules -----------------------------------------------------------------
-
-THRESHOLDS: Registry[Callable[..., float]] = Registry("threshold rule")
-
-
-@THRESHOLDS.register("percentile")
-def percentile_threshold(train_scores, *, contamination: float, **_) -> float:
-  """The (1 - contamination) quantile of the training scores (PyOD's rule)."""
-  return float(np.percentile(train_scores, 100.0 * (1.0 - contamination)))
-
-
-@THRESHOLDS.register("mean_std")
-def mean_std_threshold(train_scores, *, k: float = 1.0, **_) -> float:
-  """mean + k * std of the training scores (population std)."""
-  s = np.asarray(train_scores, np.float64)
-  return float(s.mean() + k * s.std())
-
-
-@THRESHOLDS.register("max")
-def max_threshold(train_scores, **_) -> float:
-  """The largest training score: nothing seen in training is flagged."""
-  return float(np.max(train_scores))
-
-
-@THRESHOLDS.register("f1_best")
-def f1_best_threshold(train_scores, *, val_scores=None, val_labels=None, **_) -> float:
-  """The threshold t that maximises F1 of `val_scores > t` against `val_labels` (1 = anomaly).
-
-  Candidates are the distinct validation scores below the largest one; ties in F1 go
-  to the higher threshold.
-  """
-  del train_scores
-  if val_scores is None or val_labels is None:
-    raise ConfigError("threshold 'f1_best' needs labels: pass y to fit (the held-out "
-                      "validation part is used) or X_val and y_val")
-  scores = np.asarray(val_scores, np.float64)
-  labels = np.asarray(val_labels).astype(bool)
-  if labels.shape != scores.shape:
-    raise DataError(f"validation labels have shape {labels.shape}, scores {scores.shape}")
-  if not labels.any():
-    raise DataError("threshold 'f1_best' needs at least one labelled anomaly (y=1) in the "
-                    "validation data")
-  order = np.argsort(-scores, kind="stable")
-  s, l = scores[order], labels[order]
-  tp = np.cumsum(l)
-  flagged = np.arange(1, len(s) + 1)
-  # Flagging the top i examples means threshold s[i]; valid only where s[i] < s[i - 1].
-  cut = np.flatnonzero(s[1:] < s[:-1])
-  if cut.size == 0:
-    return float(s[0])
-  f1 = 2 * tp[cut] / (flagged[cut] + labels.sum())
-  best = cut[np.flatnonzero(f1 == f1.max())[0]]
-  return float(s[best + 1])
-
-
-# ---- scores --------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Score:
-  """How one trained model scores a batch.
-
-  `per_element(model, params, x)` gives (B, *shape) errors whose mean over features is
-  the score, or None; `per_example(model, params, x, keys, cfg, samples, stats)` gives
-  (B,) scores directly. `stats` are the member's training statistics (`TrainStats`).
-  """
-  name: str
-  per_element: Callable | None
-  per_example: Callable | None = None
-  needs_vae: bool = False
-
-
-@flax.struct.dataclass
-class TrainStats:
-  """One member's statistics on the training part, in scaled units.
-
-  err_scale: mean per-feature error (*shape) of the element score (squared for 'mse'
-  and 'gaussian', absolute for 'mae'); latent_mean (L,) and latent_precision (L, L):
-  the mean and inverse covariance of the codes.
-  """
-  err_scale: jax.Array
-  latent_mean: jax.Array
-  latent_precision: jax.Array
-
-
-SCORES: Registry[Score] = Registry("anomaly score")
-
-
-def _reconstruction(model, params, x):
-  return model.apply(params, x, method=model.reconstruct)
-
-
-def _squared_error(model, params, x):
-  return jnp.square(_reconstruction(model, params, x) - x)
-
-
-def _abs_error(model, params, x):
-  return jnp.abs(_reconstruction(model, params, x) - x)
-
-
-def _latent_distance(model, params, x, stats: TrainStats):
-  """Squared Mahalanobis distance (B,) of the codes of x from the training codes."""
-  z = model.apply(params, x, method=model.encode).reshape(x.shape[0], -1)
-  d = z - stats.latent_mean
-  return jnp.einsum("bi,ij,bj->b", d, stats.latent_precision, d)
-
-
-def _gaussian(model, params, x, keys, cfg, samples, stats: TrainStats):
-  """-log-likelihood (up to constants) of x under Gaussian residuals and codes (B,).
-
-  Residuals get the per-feature variance and codes the mean and covariance seen in
-  training, as in probabilistic PCA: off-manifold and unusual-on-manifold examples
-  both score high.
-  """
-  del keys, cfg, samples
-  err = _squared_error(model, params, x) / stats.err_scale
-  return jnp.sum(err.reshape(x.shape[0], -1), -1) + _latent_distance(model, params, x, stats)
-
-
-def _neg_elbo(model, params, x, keys, cfg, samples, stats):
-  del stats
-  one = lambda xi, k: elbo_terms(model, params, xi[None], None, k, cfg, samples)["elbo"][0]
-  return -jax.vmap(one)(x, keys)
-
-
-def _nll(model, params, x, keys, cfg, samples, stats):
-  del stats
-  chunk = min(samples, 100)
-  one = lambda xi, k: importance_sampled_nll(model, params, xi[None], k, cfg, samples,
-                                             chunk)[0]
-  return jax.vmap(one)(x, keys)
-
-
-SCORES.register("mse")(Score("mse", _squared_error))
-SCORES.register("mae")(Score("mae", _abs_error))
-SCORES.register("gaussian")(Score("gaussian", _squared_error, _gaussian))
-SCORES.register("elbo")(Score("elbo", _squared_error, _neg_elbo, needs_vae=True))
-SCORES.register("nll")(Score("nll", _squared_error, _nll, needs_vae=True))
 
 
 # ---- scaling -------------------------------------------------------------------------
@@ -187,72 +48,14 @@ ERROR_WEIGHTS = ("none", "train")
 def fit_scaler(method: str, x: np.ndarray) -> data_lib.Scaler:
   """A fitted per-feature `Scaler` (offset and scale of shape x.shape[1:]).
 
-  'robust' centres on the median and divides by IQR / 1.349 (the std of a normal with
-  that IQR), falling back to the std and then to 1 for (near-)constant features, so
-  anomalies in the training data do not inflate the scale.
+  'robust' is `ae_jax.data.robust_scaler` (median and IQR / 1.349), so anomalies in the
+  training data do not inflate the scale; the others are `ae_jax.data.Scaler(method)`.
   """
   if method not in SCALINGS:
     raise ConfigError(f"scaling must be one of {SCALINGS}, got {method!r}")
-  if method != "robust":
-    return data_lib.Scaler(method).fit(x)
-  x = np.asarray(x, np.float64)
-  q25, median, q75 = np.percentile(x, [25, 50, 75], axis=0)
-  spread = (q75 - q25) / 1.349
-  spread = np.where(spread < data_lib.preprocess.MIN_SCALE, x.std(axis=0), spread)
-  return data_lib.Scaler.from_state({"method": "standard", "offset": median,
-                                     "scale": np.where(spread < data_lib.preprocess.MIN_SCALE,
-                                                       1.0, spread)})
-
-
-# ---- training batches ----------------------------------------------------------------
-
-class ArrayBatches:
-  """Shuffled training batches {'x': (B, ...)} of in-memory data, one gather per batch.
-
-  Each epoch is a fresh permutation drawn from (seed, epoch); the incomplete last batch
-  of an epoch is dropped. Iterators have `get_state()` / `set_state()` (JSON bytes), as
-  `ae_jax.fit.fit` expects of a loader; per-record pipelines cost far more than the
-  step of a small tabular model.
-  """
-
-  def __init__(self, data: data_lib.ArrayData, *, batch_size: int, seed: int):
-    if not 1 <= batch_size <= len(data):
-      raise DataError(f"{data.name}: batch_size={batch_size} for {len(data)} examples")
-    self.x, self.batch_size, self.seed = data.x, batch_size, seed
-
-  def __iter__(self) -> "_BatchIterator":
-    return _BatchIterator(self)
-
-
-class _BatchIterator:
-
-  def __init__(self, source: ArrayBatches):
-    self._src = source
-    self._epoch, self._pos = 0, 0
-    self._perm = self._permutation(0)
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self._src.seed, epoch]).permutation(len(self._src.x))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    bs = self._src.batch_size
-    if self._pos + bs > len(self._perm):
-      self._epoch, self._pos = self._epoch + 1, 0
-      self._perm = self._permutation(self._epoch)
-    idx = np.sort(self._perm[self._pos:self._pos + bs])
-    self._pos += bs
-    return {"x": self._src.x[idx]}
-
-  def get_state(self) -> bytes:
-    return json.dumps({"epoch": self._epoch, "pos": self._pos}).encode()
-
-  def set_state(self, state: bytes) -> None:
-    got = json.loads(state)
-    self._epoch, self._pos = int(got["epoch"]), int(got["pos"])
-    self._perm = self._permutation(self._epoch)
+  if method == "robust":
+    return data_lib.robust_scaler(x)
+  return data_lib.Scaler(method).fit(x)
 
 
 # ---- configuration -------------------------------------------------------------------
@@ -495,7 +298,7 @@ class AutoencoderDetector:
       cfg = ml_collections.ConfigDict(base.to_dict())
       cfg.seed = self.seed + 1000 * member
       trained = fit(cfg, None, train_data=train, eval_data=val, progress=False,
-                    restore_best=val is not None, make_loader=ArrayBatches)
+                    restore_best=val is not None, make_loader=data_lib.ArrayBatches)
       self.models_.append(trained)
       self.history_.append(trained.history)
     self.config_ = base
@@ -593,7 +396,7 @@ class AutoencoderDetector:
   def _reconstruct_fn(self):
     model = self.model_
     return jax.jit(lambda params, x: jnp.mean(
-        jax.vmap(lambda p: _reconstruction(model, p, x))(params), axis=0))
+        jax.vmap(lambda p: reconstruction(model, p, x))(params), axis=0))
 
   def _batches(self, x: np.ndarray):
     """(start, stop, padded scaled batch) over x in batches of score_batch_size.
