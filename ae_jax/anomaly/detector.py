@@ -93,7 +93,9 @@ class AutoencoderDetector:
   Attributes after `fit`: `threshold_` (float), `decision_scores_` (N,) scores of the
   training examples, `labels_` (N,) their 0/1 labels, `reference_scores_` the scores the
   threshold rule read, `models_` one `ae_jax.fit.Trained` per ensemble member,
-  `history_` their training logs, `stats_` the members' `TrainStats`.
+  `history_` their training logs, `stats_` the members' `TrainStats`;
+  `feature_names_in_` the column names of tabular input, when the caller sets them
+  (`ae-jax detect` does; they are saved and loaded with the detector).
 
   The rules 'percentile', 'mean_std' and 'max' read the scores of the held-out
   validation part when it has at least MIN_HELD_OUT examples: the networks never trained
@@ -176,6 +178,7 @@ class AutoencoderDetector:
     self.labels_: np.ndarray | None = None
     self.models_: list = []
     self.history_: list[list[dict]] = []
+    self.feature_names_in_: list[str] | None = None
 
   # -- setup --
 
@@ -471,7 +474,8 @@ class AutoencoderDetector:
     params["widths"] = None if params["widths"] is None else list(params["widths"])
     params["channels"] = list(params["channels"])
     meta = {"version": FORMAT_VERSION, "params": params, "config": self.config_.to_json(),
-            "input_shape": list(self.input_shape_), "threshold_": self.threshold_}
+            "input_shape": list(self.input_shape_), "threshold_": self.threshold_,
+            "feature_names_in": self.feature_names_in_}
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     arrays = {f"params/{k}": np.asarray(v) for k, v in _flatten(self.params_).items()}
     arrays.update({"scaler/offset": self.scaler_.offset, "scaler/scale": self.scaler_.scale,
@@ -497,6 +501,7 @@ class AutoencoderDetector:
     det.config_ = ml_collections.ConfigDict(json.loads(meta["config"]))
     det.input_shape_ = tuple(meta["input_shape"])
     det.threshold_ = meta["threshold_"]
+    det.feature_names_in_ = meta.get("feature_names_in")
     model = build_model(det.config_, det.input_shape_)
     template = init_params(model, det.input_shape_, jax.random.key(0))
     with np.load(path / ARRAYS_FILE, allow_pickle=False) as arrays:
