@@ -26,7 +26,7 @@ import numpy as np
 
 from ae_jax import configs
 from ae_jax import data as data_lib
-from ae_jax.anomaly.scores import SCORES, TrainStats, reconstruction
+from ae_jax.anomaly.scores import MAX_CODES, SCORES, TrainStats, knn_distance, reconstruction
 from ae_jax.anomaly.thresholds import THRESHOLDS
 from ae_jax.errors import CheckpointError, ConfigError, DataError
 from ae_jax.families import build_model
@@ -56,6 +56,16 @@ def fit_scaler(method: str, x: np.ndarray) -> data_lib.Scaler:
   if method == "robust":
     return data_lib.robust_scaler(x)
   return data_lib.Scaler(method).fit(x)
+
+
+def holdout_split(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train indices, held-out indices), both sorted: `n_val` of range(n) drawn by `seed`.
+
+  The detector holds out its validation part this way; experiments use it to give
+  other detectors the same held-out rows.
+  """
+  order = np.random.default_rng(seed).permutation(n)
+  return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 # ---- configuration -------------------------------------------------------------------
@@ -267,6 +277,11 @@ class AutoencoderDetector:
 
   # -- training --
 
+  def holdout_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices into n examples, as `fit` splits them."""
+    n_val = min(self.max_val, int(round(n * self.val_fraction))) if self.val_fraction else 0
+    return holdout_split(n, n_val, self.seed)
+
   def fit(self, X, y=None, *, X_val=None, y_val=None) -> "AutoencoderDetector":
     """Trains on X (N, ...) and sets `threshold_`; returns self.
 
@@ -279,7 +294,8 @@ class AutoencoderDetector:
     x = self._prepare(X)
     n = len(x)
     self.input_shape_ = tuple(x.shape[1:])
-    n_val = min(self.max_val, int(round(n * self.val_fraction))) if self.val_fraction else 0
+    train_idx, val_idx = self.holdout_indices(n)
+    n_val = len(val_idx)
     if n_val and n - n_val < 2:
       raise DataError(f"{n} examples are too few to hold out {n_val} for validation; "
                       "give more data or set val_fraction=0")
@@ -288,8 +304,6 @@ class AutoencoderDetector:
                         "val_fraction > 0, the held-out part is used) or X_val and y_val")
     if X_val is not None and y_val is None:
       raise ConfigError("X_val was given without y_val")
-    order = np.random.default_rng(self.seed).permutation(n)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     self.scaler_ = fit_scaler(self.scaling, x[train_idx])
     x_scaled = self.scaler_.transform(x)
     make = data_lib.sources.make_array_data
@@ -324,7 +338,7 @@ class AutoencoderDetector:
 
   def _finish_setup(self) -> None:
     """Stacks the members' parameters for one vmapped, compiled scoring call."""
-    for name in ("_element_fn", "_example_fn", "_reconstruct_fn", "_stats_fn"):
+    for name in ("_element_fn", "_example_fn", "_reconstruct_fn", "_stats_fn", "_encode_fn"):
       self.__dict__.pop(name, None)
     self.model_ = self.models_[0].model
     self.params_ = jax.tree.map(lambda *p: jnp.asarray(np.stack([np.asarray(a) for a in p])),
@@ -366,8 +380,25 @@ class AutoencoderDetector:
     evals, evecs = np.linalg.eigh(cov)
     evals = np.maximum(evals, 1e-6 * evals.max(-1, keepdims=True) + 1e-12)
     precision = np.einsum("mij,mj,mkj->mik", evecs, 1.0 / evals, evecs)
-    return TrainStats(jnp.asarray(err, jnp.float32), jnp.asarray(z_sum, jnp.float32),
-                      jnp.asarray(precision, jnp.float32))
+    whiten = evecs / np.sqrt(evals)[:, None, :]
+    pick = np.random.default_rng(self.seed + 11).permutation(len(x))[:MAX_CODES]
+    codes = np.concatenate([np.asarray(self._encode_fn(self.params_, batch))[:, :stop - start]
+                            for start, stop, batch in self._batches(x[np.sort(pick)])], 1)
+    codes = np.einsum("mrl,mlk->mrk", codes - z_sum[:, None, :], whiten).astype(np.float32)
+    knn_scale = np.array([np.mean(np.concatenate([
+        np.asarray(knn_distance(jnp.asarray(c[i:i + 1024]), jnp.asarray(c)))
+        for i in range(0, len(c), 1024)])) for c in codes]) if len(pick) > 1 else \
+        np.ones(len(codes))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return TrainStats(f32(err), f32(z_sum), f32(precision), f32(whiten), f32(codes),
+                      f32(np.maximum(knn_scale, 1e-12)))
+
+  @functools.cached_property
+  def _encode_fn(self):
+    """jit(params, x (B, ...)) -> codes (members, B, L)."""
+    model = self.model_
+    return jax.jit(lambda params, x: jax.vmap(
+        lambda p: model.apply(p, x, method=model.encode).reshape(x.shape[0], -1))(params))
 
   @functools.cached_property
   def _element_fn(self):
@@ -512,11 +543,22 @@ class AutoencoderDetector:
           "scale": arrays["scaler/scale"]})
       det.decision_scores_ = arrays["decision_scores"]
       det.reference_scores_ = arrays["reference_scores"]
-      det.stats_ = TrainStats(**{f.name: jnp.asarray(arrays[f"stats/{f.name}"])
-                                  for f in dataclasses.fields(TrainStats)})
+      det.stats_ = TrainStats(**_stats_fields(arrays, det.ensemble))
     det.model_ = model
     det.labels_ = (det.decision_scores_ > det.threshold_).astype(np.int64)
     return det
+
+
+def _stats_fields(arrays, members: int) -> dict[str, jax.Array]:
+  """The `TrainStats` fields stored in `arrays`; detectors saved before the latent kNN
+  scores existed lack codes, whitening and knn_scale, which get neutral stand-ins."""
+  got = {f.name: jnp.asarray(arrays[f"stats/{f.name}"]) for f in dataclasses.fields(TrainStats)
+         if f"stats/{f.name}" in arrays.files}
+  latent = got["latent_mean"].shape[-1]
+  got.setdefault("latent_whiten", jnp.broadcast_to(jnp.eye(latent), (members, latent, latent)))
+  got.setdefault("codes", jnp.zeros((members, 2, latent)))
+  got.setdefault("knn_scale", jnp.ones((members,)))
+  return got
 
 
 def _flatten(tree) -> dict[str, Any]:

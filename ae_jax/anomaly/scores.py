@@ -37,11 +37,20 @@ class TrainStats:
 
   err_scale: mean per-feature error (*shape) of the element score (squared for 'mse'
   and 'gaussian', absolute for 'mae'); latent_mean (L,) and latent_precision (L, L):
-  the mean and inverse covariance of the codes.
+  the mean and inverse covariance of the codes; latent_whiten (L, L): W with
+  W W^T = latent_precision; codes (R, L): whitened codes of up to MAX_CODES training
+  examples; knn_scale (): the mean `knn_distance` of those codes among themselves.
   """
   err_scale: jax.Array
   latent_mean: jax.Array
   latent_precision: jax.Array
+  latent_whiten: jax.Array
+  codes: jax.Array
+  knn_scale: jax.Array
+
+
+MAX_CODES = 4096
+KNN_K = 5
 
 
 SCORES: Registry[Score] = Registry("anomaly score")
@@ -67,6 +76,49 @@ def _latent_distance(model, params, x, stats: TrainStats):
   return jnp.einsum("bi,ij,bj->b", d, stats.latent_precision, d)
 
 
+def knn_distance(z: jax.Array, codes: jax.Array, k: int = KNN_K) -> jax.Array:
+  """Mean squared distance (B,) from whitened codes z (B, L) to their nearest reference codes.
+
+  The nearest reference code is always skipped and the next k are averaged, so a training
+  example that is itself among the references (distance 0) is scored like any other.
+  """
+  d2 = (jnp.sum(z * z, -1)[:, None] - 2.0 * z @ codes.T + jnp.sum(codes * codes, -1)[None])
+  k = min(k, codes.shape[0] - 1)
+  nearest = -jax.lax.top_k(-jnp.maximum(d2, 0.0), k + 1)[0]
+  return jnp.mean(nearest[:, 1:], -1)
+
+
+def _latent_knn_term(model, params, x, stats: TrainStats):
+  """L * knn_distance / knn_scale (B,): about L for typical training examples."""
+  z = model.apply(params, x, method=model.encode).reshape(x.shape[0], -1)
+  zw = (z - stats.latent_mean) @ stats.latent_whiten
+  return z.shape[-1] * knn_distance(zw, stats.codes) / stats.knn_scale
+
+
+def _residual_term(model, params, x, stats: TrainStats):
+  """Sum over features of squared residuals / their training mean (B,)."""
+  err = _squared_error(model, params, x) / stats.err_scale
+  return jnp.sum(err.reshape(x.shape[0], -1), -1)
+
+
+def _knn(model, params, x, keys, cfg, samples, stats: TrainStats):
+  """The 'gaussian' score with the Mahalanobis term replaced by latent kNN (B,).
+
+  Residuals as in 'gaussian'; the code's mean squared whitened distance to its nearest
+  training codes, scaled so that its training mean is L, replaces the distance from the
+  code mean: a multi-modal code distribution (clusters, several normal modes) is then
+  not scored as if it were one Gaussian.
+  """
+  del keys, cfg, samples
+  return _residual_term(model, params, x, stats) + _latent_knn_term(model, params, x, stats)
+
+
+def _latent_knn(model, params, x, keys, cfg, samples, stats: TrainStats):
+  """Only the latent kNN term of 'knn' (B,): where the code lies, not the residual."""
+  del keys, cfg, samples
+  return _latent_knn_term(model, params, x, stats)
+
+
 def _gaussian(model, params, x, keys, cfg, samples, stats: TrainStats):
   """-log-likelihood (up to constants) of x under Gaussian residuals and codes (B,).
 
@@ -75,8 +127,7 @@ def _gaussian(model, params, x, keys, cfg, samples, stats: TrainStats):
   both score high.
   """
   del keys, cfg, samples
-  err = _squared_error(model, params, x) / stats.err_scale
-  return jnp.sum(err.reshape(x.shape[0], -1), -1) + _latent_distance(model, params, x, stats)
+  return _residual_term(model, params, x, stats) + _latent_distance(model, params, x, stats)
 
 
 def _neg_elbo(model, params, x, keys, cfg, samples, stats):
@@ -96,5 +147,7 @@ def _nll(model, params, x, keys, cfg, samples, stats):
 SCORES.register("mse")(Score("mse", _squared_error))
 SCORES.register("mae")(Score("mae", _abs_error))
 SCORES.register("gaussian")(Score("gaussian", _squared_error, _gaussian))
+SCORES.register("knn")(Score("knn", _squared_error, _knn))
+SCORES.register("latent_knn")(Score("latent_knn", _squared_error, _latent_knn))
 SCORES.register("elbo")(Score("elbo", _squared_error, _neg_elbo, needs_vae=True))
 SCORES.register("nll")(Score("nll", _squared_error, _nll, needs_vae=True))

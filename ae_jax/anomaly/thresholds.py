@@ -66,3 +66,17 @@ def f1_best_threshold(train_scores, *, val_scores=None, val_labels=None, **_) ->
   f1 = 2 * tp[cut] / (flagged[cut] + labels.sum())
   best = cut[np.flatnonzero(f1 == f1.max())[0]]
   return float(s[best + 1])
+
+
+TUKEY_K = 1.5
+
+
+@THRESHOLDS.register("tukey")
+def tukey_threshold(train_scores, **_) -> float:
+  """Tukey's upper fence Q3 + 1.5 * (Q3 - Q1) of the reference scores.
+
+  It needs no contamination and moves little when a few anomalies are among the
+  reference scores, unlike 'max' and 'mean_std'.
+  """
+  q1, q3 = np.percentile(np.asarray(train_scores, np.float64), [25, 75])
+  return float(q3 + TUKEY_K * (q3 - q1))
