@@ -68,6 +68,19 @@ def holdout_split(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray
   return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+AUTO_NETWORKS = {1: "mlp", 2: "conv1d", 3: "conv2d"}
+
+
+def network_for(network: str, example_shape: tuple) -> str:
+  """`network`, or for 'auto' the network that suits examples of `example_shape`."""
+  if network != "auto":
+    return network
+  if len(example_shape) not in AUTO_NETWORKS:
+    raise DataError(f"network='auto' knows vectors, sequences and images, not examples of "
+                    f"shape {example_shape}; pass network= explicitly")
+  return AUTO_NETWORKS[len(example_shape)]
+
+
 # ---- configuration -------------------------------------------------------------------
 
 def default_sizes(input_shape: tuple) -> tuple[tuple[int, ...], int]:
@@ -116,7 +129,7 @@ class AutoencoderDetector:
   def __init__(self, family: str = "ae", network: str = "mlp", *,
                contamination: float = 0.1, threshold: str = "percentile",
                score: str = "gaussian", k: float = 1.0, scaling: str = "standard",
-               error_weights: str = "none",
+               error_weights: str = "none", trim: float = 0.0,
                ensemble: int = 3, latent_dim: int | None = None,
                widths: tuple[int, ...] | None = None,
                channels: tuple[int, ...] = (32, 64), dropout: float = 0.2,
@@ -130,7 +143,9 @@ class AutoencoderDetector:
     """Sets up a detector; nothing is trained until `fit`.
 
     Args:
-      family / network: the autoencoder family and network (see `ae_jax.families`).
+      family / network: the autoencoder family and network (see `ae_jax.families`);
+        network 'auto' picks it from the examples' rank: mlp for vectors (N, D), conv1d
+        for sequences (N, T, C), conv2d for images (N, H, W, C).
       contamination: the expected share of anomalies in the training data, in (0, 0.5].
       threshold: a name in `THRESHOLDS` (percentile, mean_std, max, f1_best).
       score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae;
@@ -139,6 +154,8 @@ class AutoencoderDetector:
       scaling: 'standard', 'robust', 'minmax' or 'none', fitted on the training part of X.
       error_weights: 'none', or 'train' to divide each feature's error by its mean over
         the training part (features that are always reconstructed well then count more).
+      trim: with family 'ae', the share of each training batch with the highest loss that
+        the loss ignores (family 'trimmed_ae'), against anomalies in the training data.
       ensemble: number of members (seeds seed, seed + 1000, ...); their scores are averaged.
       latent_dim / widths: None picks them from the input size (`default_sizes`).
       channels: conv channels for network conv1d / conv2d.
@@ -164,6 +181,7 @@ class AutoencoderDetector:
     self.k = k
     self.scaling = scaling
     self.error_weights = error_weights
+    self.trim = trim
     self.ensemble = ensemble
     self.latent_dim = latent_dim
     self.widths = None if widths is None else tuple(widths)
@@ -195,7 +213,7 @@ class AutoencoderDetector:
   def get_params(self) -> dict[str, Any]:
     """The constructor arguments (JSON-serialisable except `config`)."""
     names = ("family", "network", "contamination", "threshold", "score", "k", "scaling",
-             "error_weights",
+             "error_weights", "trim",
              "ensemble", "latent_dim", "widths", "channels", "dropout", "epochs", "max_steps",
              "batch_size", "learning_rate", "val_fraction", "max_val", "patience",
              "eval_every", "seed", "score_batch_size", "score_samples", "overrides")
@@ -222,6 +240,11 @@ class AutoencoderDetector:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= self.trim < 0.5:
+      raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
+    if self.trim and self.family != "ae":
+      raise ConfigError(f"trim applies to family='ae' (trained as 'trimmed_ae'), got "
+                        f"{self.family!r}")
     if not 0.0 <= self.val_fraction < 1.0:
       raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -230,7 +253,9 @@ class AutoencoderDetector:
         else configs.get_preset("default")
     widths, latent = default_sizes(input_shape)
     m = cfg.model
-    m.family, m.network = self.family, self.network
+    m.family, m.network = self.family, network_for(self.network, input_shape)
+    if self.trim:
+      m.family, cfg.objective.trim = "trimmed_ae", self.trim
     m.latent_dim = self.latent_dim or latent
     m.widths = self.widths or widths
     m.channels = self.channels
