@@ -166,7 +166,8 @@ def histogram_figure(path, scores, y, thresholds, title):
   bins = np.linspace(logs.min(), logs.max(), 60)
   ax.hist(logs[y == 0], bins, alpha=0.6, label="normal")
   ax.hist(logs[y == 1], bins, alpha=0.6, label="abnormal")
-  for (rule, t), color in zip(thresholds.items(), ("k", "tab:purple", "tab:green", "tab:orange", "tab:red")):
+  colors = ("k", "tab:purple", "tab:green", "tab:orange", "tab:red")
+  for (rule, t), color in zip(thresholds.items(), colors):
     ax.axvline(np.log10(max(t, 1e-12)), color=color, ls="--", lw=1, label=f"{rule}")
   ax.set_xlabel("log10 anomaly score")
   ax.set_ylabel("test beats")
