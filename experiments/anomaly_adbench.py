@@ -6,8 +6,7 @@ with its defaults on every set (no per-set tuning). Every detector sees the same
 `--max-rows N` draws one random subsample of at most N rows per set (seed 0) that all
 of them fit on and score. The 12 shared sets are the development sets the detector's
 defaults were chosen on, so their table is a development figure, not a held-out estimate.
-Any folder of ADBench-style `.npz`
-files (`X`, `y` with 1 = anomaly) works: `--data-dir DIR`.
+Any folder of ADBench-style `.npz` files (`X`, `y` with 1 = anomaly) works: `--data-dir DIR`.
 
   python -m experiments.anomaly_adbench                       # the 12 shared sets, 3 seeds
   python -m experiments.anomaly_adbench --data-dir my_npz/    # any ADBench-style folder
