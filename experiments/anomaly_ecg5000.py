@@ -27,7 +27,7 @@ from experiments import _io
 NAME = "anomaly_ecg5000"
 GOALS = {"roc_auc": 0.99, "accuracy": 0.96}
 ANCHORS_ISSUE = {"KNN": 0.987, "PyOD-AE": 0.984, "PCA": 0.985, "IForest": 0.948}
-RULES = ("percentile", "mean_std", "max", "tukey", "f1_best")
+RULES = ("percentile", "mean_std", "max", "tukey", "log_tukey", "f1_best")
 
 
 def parse(argv=None):
@@ -166,7 +166,7 @@ def histogram_figure(path, scores, y, thresholds, title):
   bins = np.linspace(logs.min(), logs.max(), 60)
   ax.hist(logs[y == 0], bins, alpha=0.6, label="normal")
   ax.hist(logs[y == 1], bins, alpha=0.6, label="abnormal")
-  colors = ("k", "tab:purple", "tab:green", "tab:orange", "tab:red")
+  colors = ("k", "tab:purple", "tab:green", "tab:orange", "tab:brown", "tab:red")
   for (rule, t), color in zip(thresholds.items(), colors):
     ax.axvline(np.log10(max(t, 1e-12)), color=color, ls="--", lw=1, label=f"{rule}")
   ax.set_xlabel("log10 anomaly score")

@@ -42,8 +42,8 @@ def test_f1_best_threshold():
 
 
 def test_threshold_errors():
-  with pytest.raises(ConfigError, match="valid threshold rule names are: f1_best, max, "
-                                        "mean_std, percentile"):
+  with pytest.raises(ConfigError, match="valid threshold rule names are: f1_best, log_tukey, "
+                                        "max, mean_std, percentile, tukey"):
     AutoencoderDetector(threshold="otsu")
   with pytest.raises(ConfigError, match="needs labels"):
     THRESHOLDS.get("f1_best")(np.ones(3))
@@ -236,7 +236,8 @@ def test_registries_complete_on_package_import_and_array_batches_resume():
   import ae_jax.anomaly as pkg
   from ae_jax import data as data_lib
   assert set(pkg.SCORES.names()) >= {"gaussian", "mse", "mae", "elbo", "nll"}
-  assert set(pkg.THRESHOLDS.names()) == {"f1_best", "max", "mean_std", "percentile"}
+  assert set(pkg.THRESHOLDS.names()) == {"f1_best", "log_tukey", "max", "mean_std",
+                                         "percentile", "tukey"}
   x = np.arange(40, dtype=np.float32).reshape(20, 2)
   loader = data_lib.ArrayBatches(data_lib.sources.make_array_data(x, None, "t"),
                                  batch_size=6, seed=1)
@@ -259,6 +260,13 @@ def test_registries_complete_on_package_import_and_array_batches_resume():
 def test_tukey_threshold():
   # Quartiles of 1..9 (linear interpolation): 3 and 7; fence 7 + 1.5 * 4 = 13.
   assert THRESHOLDS.get("tukey")(np.arange(1.0, 10.0)) == pytest.approx(13.0)
+
+
+def test_log_tukey_threshold():
+  # log scores 0..8 (e^0 .. e^8): quartiles 2 and 6, fence exp(6 + 1.5 * 4) = e^12.
+  assert THRESHOLDS.get("log_tukey")(np.exp(np.arange(9.0))) == pytest.approx(np.exp(12.0))
+  with pytest.raises(DataError, match="positive"):
+    THRESHOLDS.get("log_tukey")(np.array([0.0, 1.0, 2.0]))
 
 
 def test_knn_distance_skips_the_nearest_and_averages_the_next_k():

@@ -80,3 +80,19 @@ def tukey_threshold(train_scores, **_) -> float:
   """
   q1, q3 = np.percentile(np.asarray(train_scores, np.float64), [25, 75])
   return float(q3 + TUKEY_K * (q3 - q1))
+
+
+@THRESHOLDS.register("log_tukey")
+def log_tukey_threshold(train_scores, **_) -> float:
+  """Tukey's upper fence on log scores: exp(Q3 + 1.5 * (Q3 - Q1)) of log(reference scores).
+
+  Reconstruction scores are positive and right-skewed (sums of squared errors), so their
+  logarithm is closer to symmetric and the fence sits further out; it needs positive
+  scores (every score of this package but the VAE's 'elbo' and 'nll').
+  """
+  s = np.asarray(train_scores, np.float64)
+  if np.any(s <= 0):
+    raise DataError("threshold 'log_tukey' needs positive scores; use 'tukey' for scores "
+                    "that can be zero or negative")
+  q1, q3 = np.percentile(np.log(s), [25, 75])
+  return float(np.exp(q3 + TUKEY_K * (q3 - q1)))
