@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
   d.add_argument("--labels", default="", help="label column (CSV) or key (.npz), 1 = anomaly: "
                  "left out of the features; gives ROC-AUC, PR-AUC and the confusion matrix")
   d.add_argument("--threshold", default=None,
-                 help="threshold rule: percentile (default), mean_std, max, f1_best")
+                 help="threshold rule: percentile (default), mean_std, max, tukey, log_tukey, "
+                 "f1_best")
   d.add_argument("--contamination", type=float, default=None,
                  help="expected share of anomalies (percentile rule; default 0.1)")
   d.add_argument("--k", type=float, default=None, help="k of the mean_std rule (default 1)")

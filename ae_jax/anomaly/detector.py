@@ -147,7 +147,8 @@ class AutoencoderDetector:
         network 'auto' picks it from the examples' rank: mlp for vectors (N, D), conv1d
         for sequences (N, T, C), conv2d for images (N, H, W, C).
       contamination: the expected share of anomalies in the training data, in (0, 0.5].
-      threshold: a name in `THRESHOLDS` (percentile, mean_std, max, f1_best).
+      threshold: a name in `THRESHOLDS` (percentile, mean_std, max, tukey, log_tukey,
+        f1_best).
       score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae;
         elbo, nll for the VAE.
       k: the k of the 'mean_std' rule.
