@@ -154,6 +154,27 @@ def bottleneck_params(params) -> dict:
   return found
 
 
+def solve_quantiles(module: EntropyBottleneck, eb_params, iterations: int = 60,
+                    bound: float = 1e4):
+  """The bottleneck's params with 'quantiles' (C, 3) set to the exact tail_mass/2, 1/2 and
+  1 - tail_mass/2 points of each learned density, found by bisection of the monotone
+  f(q) = (-t, 0, t), t = log(2/tail_mass - 1), within [-bound, bound].
+
+  `aux_loss` moves the quantiles there by gradient steps during training; solving them
+  afterwards makes the coding alphabet and the rounding grid exact whatever the number
+  of steps."""
+  channels = eb_params["quantiles"].shape[0]
+  t = math.log(2.0 / module.tail_mass - 1.0)
+  target = jnp.asarray([-t, 0.0, t])[:, None] * jnp.ones((1, channels))
+  f = jax.jit(lambda q: module.apply({"params": eb_params}, q, method=EntropyBottleneck.cdf_logits))
+  low, high = jnp.full((3, channels), -bound), jnp.full((3, channels), bound)
+  for _ in range(iterations):
+    mid = 0.5 * (low + high)
+    above = f(mid) > target
+    low, high = jnp.where(above, low, mid), jnp.where(above, mid, high)
+  return dict(eb_params, quantiles=(0.5 * (low + high)).T.astype(jnp.float32))
+
+
 @dataclasses.dataclass(frozen=True)
 class CodingTables:
   """What encoder and decoder share to entropy-code symbols of C channels.

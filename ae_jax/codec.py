@@ -1,0 +1,170 @@
+"""A lossy codec from a trained rate-distortion model: arrays <-> bytes.
+
+    codec = Codec.load("workdir")          # or Codec.from_trained(fit(...))
+    data = codec.compress(x)               # x (N, *input_shape) in data space -> bytes
+    x_hat = codec.decompress(data)         # (N, *input_shape) float32
+
+`decompress(compress(x))` equals `reconstruct(x)` exactly: both decode the same integer
+symbols. The symbols are round(y - median) of the encoder's latents y on each channel's
+median grid, coded with `ae_jax.bitstream` under the model's `ae_jax.entropy` tables.
+The tables (and the medians they hold) are computed once from the trained weights and
+kept in the workdir (`entropy_tables.npz`), so a decoder reads the very same integers
+the encoder used.
+"""
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ae_jax import bitstream, entropy
+from ae_jax.errors import ConfigError, DataError
+
+TABLES_FILE = "entropy_tables.npz"
+
+
+def _bottleneck(model) -> entropy.EntropyBottleneck:
+  """The model's EntropyBottleneck module (a ConfigError for models without one)."""
+  if not all(hasattr(model, name) for name in ("quantize", "dequantize", "latent_dim")):
+    raise ConfigError(f"a codec needs a model with an entropy bottleneck (family "
+                      f"'rate_distortion'); this is a {type(model).__name__}")
+  filters = tuple(getattr(model, "filters", (3, 3, 3)))
+  return entropy.EntropyBottleneck(model.latent_dim, filters=filters)
+
+
+def make_tables(model, params) -> entropy.CodingTables:
+  """Coding tables of a trained model: its bottleneck's quantiles solved exactly
+  (`entropy.solve_quantiles`), then quantised per-channel probabilities."""
+  module = _bottleneck(model)
+  eb_params = entropy.solve_quantiles(module, entropy.bottleneck_params(params))
+  return entropy.coding_tables(module, eb_params)
+
+
+@dataclasses.dataclass
+class Codec:
+  """A trained rate-distortion model with its coding tables.
+
+  model/params: the Flax module (with encode / decode / to_data) and its variables.
+  scale / inverse: data space <-> model space maps (the training scaler), arrays to arrays.
+  """
+  model: Any
+  params: Any
+  tables: entropy.CodingTables
+  input_shape: tuple
+  scale: Any = None
+  inverse: Any = None
+  batch_size: int = 1024
+
+  @classmethod
+  def from_trained(cls, trained, tables: entropy.CodingTables | None = None) -> "Codec":
+    """The codec of a `ae_jax.fit.Trained`; tables from its workdir when saved there,
+    else computed (and saved there when it has a workdir)."""
+    _bottleneck(trained.model)
+    workdir = getattr(trained, "workdir", None)
+    path = pathlib.Path(workdir) / TABLES_FILE if workdir else None
+    if tables is None and path is not None and path.is_file():
+      with np.load(path) as f:
+        tables = entropy.CodingTables.from_arrays(f)
+    if tables is None:
+      tables = make_tables(trained.model, trained.params)
+      if path is not None:
+        np.savez(path, **tables.to_arrays())
+    return cls(trained.model, trained.params, tables, tuple(trained.input_shape),
+               trained.scaler.transform, trained.scaler.inverse_transform)
+
+  @classmethod
+  def load(cls, workdir, best: bool = False) -> "Codec":
+    from ae_jax.fit import Trained  # pylint: disable=g-import-not-at-top
+    return cls.from_trained(Trained.load(workdir, best=best))
+
+  @functools.cached_property
+  def _encode(self):
+    return jax.jit(lambda p, x: self.model.apply(p, x, method=self.model.encode))
+
+  @functools.cached_property
+  def _decode(self):
+    return jax.jit(lambda p, y: self.model.to_data(self.model.apply(p, y, method=self.model.decode)))
+
+  def _check_input(self, x) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if x.shape[1:] != self.input_shape:
+      raise DataError(f"expected examples of shape {self.input_shape}, got {x.shape[1:]} "
+                      f"(array shape {x.shape}); add a leading batch axis for one example")
+    if not np.all(np.isfinite(x)):
+      raise DataError("the input holds NaN or inf values; a codec needs finite data")
+    return self.scale(x) if self.scale is not None else x
+
+  def symbols(self, x) -> np.ndarray:
+    """Integer symbols (N, C) int32 of data-space examples x (N, *input_shape)."""
+    x = self._check_input(x)
+    med = self.tables.medians
+    out = [np.round(np.asarray(self._encode(self.params, x[i:i + self.batch_size])) - med)
+           for i in range(0, len(x), self.batch_size)]
+    return (np.concatenate(out) if out else np.zeros((0, len(med)))).astype(np.int32)
+
+  def from_symbols(self, symbols) -> np.ndarray:
+    """Data-space reconstructions (N, *input_shape) of integer symbols (N, C)."""
+    y = np.asarray(symbols, np.float32) + self.tables.medians
+    out = [np.asarray(self._decode(self.params, y[i:i + self.batch_size]))
+           for i in range(0, len(y), self.batch_size)]
+    out = np.concatenate(out) if out else np.zeros((0, *self.input_shape), np.float32)
+    return self.inverse(out) if self.inverse is not None else out
+
+  def reconstruct(self, x) -> np.ndarray:
+    """The test-time reconstruction of x: what `decompress(compress(x))` returns."""
+    return self.from_symbols(self.symbols(x))
+
+  def compress(self, x) -> bytes:
+    """One byte string holding N examples x (N, *input_shape)."""
+    return bitstream.encode(self.symbols(x), self.tables)
+
+  def decompress(self, data: bytes) -> np.ndarray:
+    """The examples (N, *input_shape) float32 of a byte string from `compress`."""
+    return self.from_symbols(bitstream.decode(data, self.tables))
+
+  def bytes_per_example(self, x) -> np.ndarray:
+    """Length (N,) of each example's stream on its own, header and check included."""
+    return bitstream.stream_bytes(self.symbols(x), self.tables)
+
+
+def ideal_bits(codec: Codec, x) -> np.ndarray:
+  """Bits (N,) an ideal entropy coder would spend on each example's symbols."""
+  return entropy.ideal_bits(codec.tables, codec.symbols(x))
+
+
+def read_images(path) -> np.ndarray:
+  """Examples from a .npy file (N, *shape) or (shape) or one image file (PNG, JPEG, ...)
+  as (1, H, W, 1) grey in [0, 1]."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"input file {path} does not exist")
+  if path.suffix == ".npy":
+    try:
+      return np.load(path, allow_pickle=False)
+    except ValueError as e:
+      raise DataError(f"{path} is not a readable .npy array: {e}") from None
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    image = Image.open(path).convert("L")
+  except (UnidentifiedImageError, OSError) as e:
+    raise DataError(f"{path} is neither a .npy array nor an image Pillow can read: {e}") from None
+  return (np.asarray(image, np.float32) / 255.0)[None, :, :, None]
+
+
+def write_images(path, x) -> pathlib.Path:
+  """Write decoded examples: .npy as is; an image suffix (.png, ...) for one grey image."""
+  path = pathlib.Path(path)
+  if path.suffix == ".npy":
+    np.save(path, x)
+    return path
+  if len(x) != 1 or x.ndim != 4 or x.shape[-1] != 1:
+    raise DataError(f"an image file holds one grey image (1, H, W, 1); got {x.shape}: "
+                    "write a .npy instead")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pixels = np.clip(np.round(x[0, :, :, 0] * 255.0), 0, 255).astype(np.uint8)
+  Image.fromarray(pixels).save(path)
+  return path
