@@ -168,3 +168,37 @@ def write_images(path, x) -> pathlib.Path:
   pixels = np.clip(np.round(x[0, :, :, 0] * 255.0), 0, 255).astype(np.uint8)
   Image.fromarray(pixels).save(path)
   return path
+
+
+def as_batch(x, input_shape) -> np.ndarray:
+  """Examples (N, *input_shape) from x of that shape, one example (*input_shape), or grey
+  images without the channel axis ((N,) H, W when input_shape is (H, W, 1))."""
+  x = np.asarray(x, np.float32)
+  shape = tuple(input_shape)
+  if x.shape == shape:
+    return x[None]
+  if x.shape[1:] == shape:
+    return x
+  if shape[-1:] == (1,) and x.shape[-len(shape) + 1:] == shape[:-1]:
+    return as_batch(x[..., None], shape)
+  raise DataError(f"cannot read an array of shape {x.shape} as examples of shape {shape}")
+
+
+def run_cli(args) -> int:
+  """`ae-jax compress` / `ae-jax decompress` (see `ae_jax.cli`)."""
+  codec = Codec.load(args.workdir, best=args.best)
+  if args.command == "compress":
+    x = as_batch(read_images(args.input), codec.input_shape)
+    data = codec.compress(x)
+    out = pathlib.Path(args.out or pathlib.Path(args.input).with_suffix(".aejx"))
+    out.write_bytes(data)
+    print(f"compressed {len(x)} example(s) of shape {codec.input_shape} into {len(data)} bytes "
+          f"({len(data) / len(x):.1f} per example, header included): {out}")
+    return 0
+  path = pathlib.Path(args.input)
+  if not path.is_file():
+    raise DataError(f"input file {path} does not exist")
+  x = codec.decompress(path.read_bytes())
+  out = write_images(args.out or path.with_suffix(".npy"), x)
+  print(f"decompressed {len(x)} example(s) of shape {codec.input_shape}: {out}")
+  return 0
