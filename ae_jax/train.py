@@ -76,19 +76,37 @@ def _weighted_sums(terms, weights):
   return jax.tree.map(reduce, terms)
 
 
-def _objective(params, batch, rng, step, *, model, family: Family, config, axis_name):
-  """(this device's share of the global loss, (per-term weighted sums, weight total))."""
+def _means(sums, count):
+  return jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums)
+
+
+def _objective(params, batch, rng, step, *, model, family: Family, config, axis_name,
+               train: bool = True):
+  """(this device's share of the global loss, (per-term weighted sums, weight total)).
+
+  The loss is `finalize(global means)["loss"]`. Terms that depend on batch statistics
+  (the sparsity KL of mean activations) are not linear in the examples, so each device
+  cannot simply finalize its own means: it uses the first-order surrogate
+  g(G) + <dg/dG, m_local - stop_gradient(m_local)>, with G the global means (stopped) and
+  g the family's finalized loss. Its value is the global loss, and the pmean of the
+  devices' gradients, each weighted by its share of the examples, is exactly the
+  gradient of the global objective, whatever the number of devices.
+  """
   x = batch["x"]
   weights = batch.get("mask", jnp.ones((x.shape[0],), jnp.float32))
   keys = example_keys(jax.random.fold_in(rng, 0), x.shape[0], axis_name)
-  dropout_rng = jax.random.fold_in(rng, 1)
-  if axis_name is not None:
-    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
-  terms = family.terms(model, params, batch, keys, step, config, dropout_rng)
+  terms = family.terms(model, params, batch, keys, step, config, train)
   sums = _weighted_sums(terms, weights)
   count = jnp.sum(weights)
-  means = family.finalize(jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums), config)
-  loss = means["loss"]
+  local = _means(sums, count)
+  if axis_name is None:
+    global_means = jax.lax.stop_gradient(local)
+  else:
+    global_means = _means(*jax.lax.psum(jax.lax.stop_gradient((sums, count)), axis_name))
+  finalized_loss = lambda m: family.finalize(m, config)["loss"]
+  value, slope = jax.value_and_grad(finalized_loss)(global_means)
+  drift = jax.tree.map(lambda a, b: jnp.sum(a * (b - jax.lax.stop_gradient(b))), slope, local)
+  loss = value + sum(jax.tree.leaves(drift))
   if axis_name is not None:
     # Weight each device's mean by its share of the examples, so that the pmean of the
     # gradients is the gradient of the global weighted mean even when masks differ.
@@ -100,8 +118,7 @@ def _objective(params, batch, rng, step, *, model, family: Family, config, axis_
 def _global_metrics(sums, count, family, config, axis_name):
   if axis_name is not None:
     sums, count = jax.lax.psum((sums, count), axis_name)
-  means = family.finalize(jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums), config)
-  return scalar_metrics(means)
+  return scalar_metrics(family.finalize(_means(sums, count), config))
 
 
 def _pmean(x, axis_name):
@@ -137,9 +154,14 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: 
 def eval_step(params, batch: dict[str, Any], rng, *, model, family: Family,
               config: ml_collections.ConfigDict, axis_name: str | None = None):
   """Weighted per-term sums and the weight total of one (padded, masked) batch, summed
-  over devices: the host adds them over batches and calls `finalize_eval` at the end."""
-  _, (sums, count) = _objective(params, batch, rng, jnp.asarray(0), model=model, family=family,
-                                config=config, axis_name=axis_name)
+  over devices: the host adds them over batches and calls `finalize_eval` at the end.
+
+  Deterministic: the model runs with `train=False` (no dropout) and the objective at its
+  target values (`step=None`: the full beta, not its warm-up). Noise the metric itself
+  needs (corruptions, posterior samples) comes from each example's fixed key.
+  """
+  _, (sums, count) = _objective(params, batch, rng, None, model=model, family=family,
+                                config=config, axis_name=axis_name, train=False)
   if axis_name is not None:
     sums, count = jax.lax.psum((sums, count), axis_name)
   return sums, count
