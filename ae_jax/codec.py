@@ -6,10 +6,11 @@
 
 `decompress(compress(x))` equals `reconstruct(x)` exactly: both decode the same integer
 symbols. The symbols are round(y - median) of the encoder's latents y on each channel's
-median grid, coded with `ae_jax.bitstream` under the model's `ae_jax.entropy` tables.
-The tables (and the medians they hold) are computed once from the trained weights and
-kept in the workdir (`entropy_tables.npz`), so a decoder reads the very same integers
-the encoder used.
+median grid (the model's `symbols`), coded with `ae_jax.bitstream` under `ae_jax.entropy`
+tables. The tables (and the medians they hold) are computed once from the trained
+weights, with the quantiles solved exactly, and kept in the workdir
+(`entropy_tables.npz`), so every later codec rounds on the same grid and reads the very
+same integers the encoder wrote.
 """
 
 import dataclasses
@@ -29,19 +30,37 @@ TABLES_FILE = "entropy_tables.npz"
 
 def _bottleneck(model) -> entropy.EntropyBottleneck:
   """The model's EntropyBottleneck module (a ConfigError for models without one)."""
-  if not all(hasattr(model, name) for name in ("quantize", "dequantize", "latent_dim")):
+  if not all(hasattr(model, name) for name in ("symbols", "dequantize", "bottleneck")):
     raise ConfigError(f"a codec needs a model with an entropy bottleneck (family "
                       f"'rate_distortion'); this is a {type(model).__name__}")
-  filters = tuple(getattr(model, "filters", (3, 3, 3)))
-  return entropy.EntropyBottleneck(model.latent_dim, filters=filters)
+  return entropy.EntropyBottleneck(model.latent_dim, filters=tuple(model.filters))
 
 
-def make_tables(model, params) -> entropy.CodingTables:
-  """Coding tables of a trained model: its bottleneck's quantiles solved exactly
-  (`entropy.solve_quantiles`), then quantised per-channel probabilities."""
+def _with_quantiles(params, quantiles):
+  """A copy of a model's params whose bottleneck quantiles are `quantiles` (C, 3)."""
+  def walk(tree):
+    if "quantiles" in tree:
+      return {**tree, "quantiles": jnp.asarray(quantiles, jnp.float32)}
+    return {k: walk(v) if hasattr(v, "items") else v for k, v in tree.items()}
+  return walk(params)
+
+
+def prepare(model, params, tables: entropy.CodingTables | None = None):
+  """(params, tables) of a codec: without tables, the bottleneck's quantiles are solved
+  exactly (`entropy.solve_quantiles`) and the tables built from them; with saved
+  tables, the params take the tables' medians, so rounding uses the grid they code."""
   module = _bottleneck(model)
-  eb_params = entropy.solve_quantiles(module, entropy.bottleneck_params(params))
-  return entropy.coding_tables(module, eb_params)
+  eb_params = entropy.bottleneck_params(params)
+  if tables is None:
+    eb_params = entropy.solve_quantiles(module, eb_params)
+    tables = entropy.coding_tables(module, eb_params)
+    return _with_quantiles(params, eb_params["quantiles"]), tables
+  if len(tables.medians) != model.latent_dim:
+    raise DataError(f"entropy tables code {len(tables.medians)} latents but the model has "
+                    f"{model.latent_dim}: delete the stale {TABLES_FILE}")
+  quantiles = np.asarray(eb_params["quantiles"]).copy()
+  quantiles[:, 1] = tables.medians
+  return _with_quantiles(params, quantiles), tables
 
 
 @dataclasses.dataclass
@@ -63,17 +82,16 @@ class Codec:
   def from_trained(cls, trained, tables: entropy.CodingTables | None = None) -> "Codec":
     """The codec of a `ae_jax.fit.Trained`; tables from its workdir when saved there,
     else computed (and saved there when it has a workdir)."""
-    _bottleneck(trained.model)
     workdir = getattr(trained, "workdir", None)
     path = pathlib.Path(workdir) / TABLES_FILE if workdir else None
     if tables is None and path is not None and path.is_file():
       with np.load(path) as f:
         tables = entropy.CodingTables.from_arrays(f)
-    if tables is None:
-      tables = make_tables(trained.model, trained.params)
-      if path is not None:
-        np.savez(path, **tables.to_arrays())
-    return cls(trained.model, trained.params, tables, tuple(trained.input_shape),
+    saved = tables is not None
+    params, tables = prepare(trained.model, trained.params, tables)
+    if not saved and path is not None:
+      np.savez(path, **tables.to_arrays())
+    return cls(trained.model, params, tables, tuple(trained.input_shape),
                trained.scaler.transform, trained.scaler.inverse_transform)
 
   @classmethod
@@ -82,12 +100,15 @@ class Codec:
     return cls.from_trained(Trained.load(workdir, best=best))
 
   @functools.cached_property
-  def _encode(self):
-    return jax.jit(lambda p, x: self.model.apply(p, x, method=self.model.encode))
+  def _symbols(self):
+    return jax.jit(lambda p, x: self.model.apply(p, x, method=self.model.symbols))
 
   @functools.cached_property
   def _decode(self):
-    return jax.jit(lambda p, y: self.model.to_data(self.model.apply(p, y, method=self.model.decode)))
+    def decode(p, symbols):
+      y_hat = self.model.apply(p, symbols, method=self.model.dequantize)
+      return self.model.to_data(self.model.apply(p, y_hat, method=self.model.decode))
+    return jax.jit(decode)
 
   def _check_input(self, x) -> np.ndarray:
     x = np.asarray(x, np.float32)
@@ -101,14 +122,13 @@ class Codec:
   def symbols(self, x) -> np.ndarray:
     """Integer symbols (N, C) int32 of data-space examples x (N, *input_shape)."""
     x = self._check_input(x)
-    med = self.tables.medians
-    out = [np.round(np.asarray(self._encode(self.params, x[i:i + self.batch_size])) - med)
+    out = [np.asarray(self._symbols(self.params, x[i:i + self.batch_size]))
            for i in range(0, len(x), self.batch_size)]
-    return (np.concatenate(out) if out else np.zeros((0, len(med)))).astype(np.int32)
+    return np.concatenate(out) if out else np.zeros((0, len(self.tables.sizes)), np.int32)
 
   def from_symbols(self, symbols) -> np.ndarray:
     """Data-space reconstructions (N, *input_shape) of integer symbols (N, C)."""
-    y = np.asarray(symbols, np.float32) + self.tables.medians
+    y = np.asarray(symbols, np.int32)
     out = [np.asarray(self._decode(self.params, y[i:i + self.batch_size]))
            for i in range(0, len(y), self.batch_size)]
     out = np.concatenate(out) if out else np.zeros((0, *self.input_shape), np.float32)

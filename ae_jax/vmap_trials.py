@@ -37,7 +37,7 @@ import tqdm
 
 from ae_jax import data as data_lib
 from ae_jax.errors import ConfigError
-from ae_jax.families import build_model, get_family, validate_config
+from ae_jax.families import FAMILIES, build_model, get_family, validate_config
 from ae_jax.fit import (Trained, _eval_batch_size, prepare_data, total_steps,
                         validate_train_config)
 from ae_jax.train import TrainState, eval_step, finalize_eval, init_params, make_optimizer, train_step
@@ -45,7 +45,9 @@ from ae_jax.train import TrainState, eval_step, finalize_eval, init_params, make
 OPTIM_HPARAMS = ("optim.learning_rate", "optim.weight_decay")
 OBJECTIVE_HPARAMS = ("objective.beta", "objective.l1_weight", "objective.kl_weight",
                      "objective.kl_rho", "objective.noise_level", "objective.commitment",
-                     "objective.output_sigma")
+                     "objective.output_sigma",
+                     *(h for name in FAMILIES for h in FAMILIES.get(name).hparams))
+OBJECTIVE_HPARAMS = tuple(dict.fromkeys(OBJECTIVE_HPARAMS))
 VMAPPABLE = ("seed", *OPTIM_HPARAMS, *OBJECTIVE_HPARAMS)
 
 

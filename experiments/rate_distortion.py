@@ -130,22 +130,15 @@ def point(method: str, setting: str, split: str, nbytes, recon, ref, **extra) ->
 # ---- ours --------------------------------------------------------------------------
 
 def rd_config(args, epochs: int):
-  cfg = configs.get_preset("default")
+  cfg = configs.set_offline_training(configs.get_preset("default"), learning_rate=args.lr,
+                                    batch_size=args.batch_size, epochs=epochs)
   cfg.seed = args.seed
-  cfg.data.val_fraction = 0.0
   cfg.model.family = "rate_distortion"
   cfg.model.widths = tuple(args.widths)
   cfg.model.latent_dim = args.latent
   cfg.model.recon_loss = "bce"             # logits out; the distortion is MSE in [0, 1]
   cfg.model.rd_quantization = args.quantization
   cfg.objective.rd_distortion = "mse"
-  cfg.optim.learning_rate = args.lr
-  cfg.optim.schedule = "cosine"
-  cfg.train.batch_size = args.batch_size
-  cfg.train.num_epochs = epochs
-  cfg.train.parallel = "jit"
-  cfg.train.figures = False
-  cfg.train.log_every = cfg.train.eval_every = cfg.train.checkpoint_every = 10 ** 9
   return cfg
 
 
