@@ -30,7 +30,7 @@ TABLES_FILE = "entropy_tables.npz"
 
 def _bottleneck(model) -> entropy.EntropyBottleneck:
   """The model's EntropyBottleneck module (a ConfigError for models without one)."""
-  if not all(hasattr(model, name) for name in ("symbols", "dequantize", "bottleneck")):
+  if not all(hasattr(model, name) for name in ("symbols", "dequantize", "filters")):
     raise ConfigError(f"a codec needs a model with an entropy bottleneck (family "
                       f"'rate_distortion'); this is a {type(model).__name__}")
   return entropy.EntropyBottleneck(model.latent_dim, filters=tuple(model.filters))
