@@ -38,7 +38,9 @@ def parse(argv=None):
   p.add_argument("--epochs", type=int, nargs="+", default=[40],
                  help="training lengths to choose from on validation (one sweep each)")
   p.add_argument("--latent", type=int, default=64)
-  p.add_argument("--widths", type=int, nargs="+", default=[512, 256])
+  p.add_argument("--network", default="mlp", help="mlp | conv2d")
+  p.add_argument("--widths", type=int, nargs="+", default=[512, 256], help="MLP widths")
+  p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
   p.add_argument("--quantization", default="ste", help="ste | noise (model.rd_quantization)")
   p.add_argument("--batch-size", type=int, default=100)
   p.add_argument("--lr", type=float, default=1e-3)
@@ -134,7 +136,9 @@ def rd_config(args, epochs: int):
                                     batch_size=args.batch_size, epochs=epochs)
   cfg.seed = args.seed
   cfg.model.family = "rate_distortion"
+  cfg.model.network = args.network
   cfg.model.widths = tuple(args.widths)
+  cfg.model.channels = tuple(args.channels)
   cfg.model.latent_dim = args.latent
   cfg.model.recon_loss = "bce"             # logits out; the distortion is MSE in [0, 1]
   cfg.model.rd_quantization = args.quantization
