@@ -94,7 +94,7 @@ class EntropyBottleneck(nn.Module):
     lower = self.cdf_logits(y - 0.5)
     upper = self.cdf_logits(y + 0.5)
     # Subtract in the tail where both sigmoids are small, for precision.
-    sign = jax.lax.stop_gradient(-jnp.sign(lower + upper))
+    sign = jax.lax.stop_gradient(jnp.where(lower + upper > 0, -1.0, 1.0))
     p = jnp.abs(jax.nn.sigmoid(sign * upper) - jax.nn.sigmoid(sign * lower))
     return jnp.maximum(p, LIKELIHOOD_BOUND)
 

@@ -60,7 +60,7 @@ def test_likelihood_of_a_unit_bin_of_the_logistic():
 
 def test_cdf_is_monotone_and_bins_sum_to_one():
   model = EB(3)
-  grid = jnp.arange(-60.0, 61.0)[:, None] * jnp.ones((1, 3))
+  grid = jnp.arange(-400.0, 401.0)[:, None] * jnp.ones((1, 3))
   params = model.init(jax.random.key(2), grid)["params"]
   params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape),
                         params)
