@@ -87,12 +87,12 @@ def test_aux_loss_fits_only_the_quantiles():
   params = logistic_params(1)
   aux = lambda p: model.apply({"params": p}, method=EB.aux_loss)
   assert float(aux(params)) == pytest.approx(0.0, abs=1e-4)
-  moved = dict(params, quantiles=params["quantiles"] + jnp.asarray([[1.0, 0.5, 0.0]]))
-  assert float(aux(moved)) == pytest.approx(1.5, rel=1e-4)  # |1| + |0.5| + |0|
+  moved = dict(params, quantiles=params["quantiles"] + jnp.asarray([[1.0, 0.5, -2.0]]))
+  assert float(aux(moved)) == pytest.approx(3.5, rel=1e-4)  # |1| + |0.5| + |-2|
   grads = jax.grad(aux)(moved)
   np.testing.assert_array_equal(grads["matrix0"], 0.0)
   np.testing.assert_array_equal(grads["bias0"], 0.0)
-  np.testing.assert_allclose(grads["quantiles"], [[1.0, 1.0, 0.0]])
+  np.testing.assert_allclose(grads["quantiles"], [[1.0, 1.0, -1.0]])
 
 
 def test_rate_gradient_reaches_the_density():
