@@ -41,7 +41,7 @@ def parse(argv=None):
   p.add_argument("--network", default="mlp", help="mlp | conv2d")
   p.add_argument("--widths", type=int, nargs="+", default=[512, 256], help="MLP widths")
   p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
-  p.add_argument("--quantization", default="ste", help="ste | noise (model.rd_quantization)")
+  p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
   p.add_argument("--batch-size", type=int, default=100)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--val-size", type=int, default=1000)
@@ -219,7 +219,8 @@ def pillow_round_trip(image, fmt: str, quality_: int):
   else:
     Image.fromarray(pixels).save(buf, format="WEBP", quality=int(quality_), method=6)
   data = buf.getvalue()
-  return np.asarray(Image.open(io.BytesIO(data)), np.float32)[..., None] / 255.0, data
+  decoded = Image.open(io.BytesIO(data)).convert("L")  # WebP decodes to RGB
+  return np.asarray(decoded, np.float32)[..., None] / 255.0, data
 
 
 def pillow(fmt: str, qualities, val, test, timing_images: int):
@@ -237,7 +238,7 @@ def pillow(fmt: str, qualities, val, test, timing_images: int):
     points[-1]["encode_ms"] = 1e3 * _timed(lambda x: pillow_round_trip(x, fmt, q), images) / 2
     blobs = [pillow_round_trip(x, fmt, q)[1] for x in images]
     points[-1]["decode_ms"] = 1e3 * _timed(
-        lambda b: np.asarray(Image.open(io.BytesIO(b))), blobs)
+        lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("L")), blobs)
   return points
 
 

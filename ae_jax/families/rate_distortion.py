@@ -6,7 +6,8 @@ The latent y = Dense(encoder(x)) of `model.latent_dim` channels goes through
 `ae_jax.entropy.EntropyBottleneck`. In training the rate is that of y + u,
 u ~ U(-1/2, 1/2) drawn from each example's key; the decoder sees the same noisy latent
 (`model.rd_quantization = 'noise'`) or the latent rounded on the median grid with a
-straight-through gradient ('ste'). In evaluation both are the rounded latent, so the
+straight-through gradient ('ste'; from scratch it can stall while every latent still
+rounds to 0, since the decoder then sees exact zeros). In evaluation both are the rounded latent, so the
 rate is that of the real integer symbols under the model. Terms per example:
 
   distortion  MSE of the data-space reconstruction (objective.rd_distortion 'mse'), or
@@ -35,7 +36,7 @@ from ae_jax.families.base import (FAMILIES, Family, Terms, apply, check_recon_lo
 from ae_jax.families.common import Autoencoder
 
 FIELDS = {
-    "model.rd_quantization": "ste",       # ste | noise: what the decoder sees in training
+    "model.rd_quantization": "noise",     # noise | ste: what the decoder sees in training
     "model.rd_filters": (3, 3, 3),        # hidden widths of each channel's density network
     "objective.rd_lambda": 0.01,          # weight of the rate, in bits per input value
     "objective.rd_distortion": "mse",     # mse (data space) | recon (model.recon_loss)
@@ -50,7 +51,7 @@ class RateDistortionAutoencoder(Autoencoder):
   raw output of y_hat and `reconstruct` the test-time reconstruction in data space.
   """
   filters: tuple[int, ...] = (3, 3, 3)
-  straight_through: bool = True
+  straight_through: bool = False
 
   def setup(self):
     self.to_latent = nn.Dense(self.latent_dim, name="to_latent")
