@@ -38,6 +38,7 @@ from ae_jax.families.common import Autoencoder
 FIELDS = {
     "model.rd_quantization": "noise",     # noise | ste: what the decoder sees in training
     "model.rd_filters": (3, 3, 3),        # hidden widths of each channel's density network
+    "model.rd_latent_scale": 10.0,        # y = scale * Dense(h); the decoder sees y_hat / scale
     "objective.rd_lambda": 0.01,          # weight of the rate, in bits per input value
     "objective.rd_distortion": "mse",     # mse (data space) | recon (model.recon_loss)
 }
@@ -52,6 +53,7 @@ class RateDistortionAutoencoder(Autoencoder):
   """
   filters: tuple[int, ...] = (3, 3, 3)
   straight_through: bool = False
+  latent_scale: float = 10.0
 
   def setup(self):
     self.to_latent = nn.Dense(self.latent_dim, name="to_latent")
@@ -59,8 +61,10 @@ class RateDistortionAutoencoder(Autoencoder):
                                         name="bottleneck")
 
   def analysis(self, x, cond=None, train: bool = False):
-    """Continuous latents (B, latent_dim) before quantisation."""
-    return self.to_latent(self.features(x, cond, train))
+    """Continuous latents (B, latent_dim) before quantisation, in units of the
+    quantisation step (`latent_scale` times the Dense output: a unit step is small
+    against the features' spread from the start, and Adam moves latents as fast)."""
+    return self.latent_scale * self.to_latent(self.features(x, cond, train))
 
   def symbols(self, x, cond=None):
     """Integer symbols (B, latent_dim) int32 of examples x."""
@@ -73,6 +77,10 @@ class RateDistortionAutoencoder(Autoencoder):
   def encode(self, x, cond=None, train: bool = False):
     """Test-time latents: the rounded y on each channel's median grid, (B, latent_dim)."""
     return self.dequantize(self.bottleneck.quantize(self.analysis(x, cond, train)))
+
+  def decode(self, y_hat, cond=None, train: bool = False):
+    """Raw decoder output (B, *shape) of (quantised) latents (B, latent_dim)."""
+    return self.decoder(self.latent_in(y_hat / self.latent_scale, cond), train=train)
 
   def aux_loss(self):
     return self.bottleneck.aux_loss()
@@ -95,6 +103,7 @@ def build(cfg, input_shape):
   enc, dec = networks(cfg, input_shape)
   return RateDistortionAutoencoder(enc, dec, filters=tuple(cfg.model.rd_filters),
                                    straight_through=cfg.model.rd_quantization == "ste",
+                                   latent_scale=float(cfg.model.rd_latent_scale),
                                    **common_kwargs(cfg))
 
 
@@ -133,6 +142,8 @@ def validate(cfg, input_shape):
           f"model.rd_quantization must be 'ste' or 'noise', got {m.rd_quantization!r}")
   require(all(isinstance(f, int) and f > 0 for f in m.rd_filters),
           f"model.rd_filters must be positive integers, got {m.rd_filters!r}")
+  require(m.rd_latent_scale > 0,
+          f"model.rd_latent_scale must be > 0, got {m.rd_latent_scale}")
   require(o.rd_distortion in ("mse", "recon"),
           f"objective.rd_distortion must be 'mse' or 'recon', got {o.rd_distortion!r}")
   require(o.rd_lambda >= 0, f"objective.rd_lambda must be >= 0, got {o.rd_lambda}")
