@@ -85,7 +85,7 @@ def test_lambda_is_traced_and_trades_rate_for_distortion(cfg, digits):
   cfg.model.widths = (64,)
   runs = vmap_trials.fit_trials(cfg, [{"objective.rd_lambda": 0.0},
                                       {"objective.rd_lambda": 1.0}],
-                                train_data=digits[:512])
+                                train_data=array_data(digits[:512]))
   bits = [r.trained.evaluate(digits[512:768])["bits"] for r in runs]
   mse = [r.trained.evaluate(digits[512:768])["mse"] for r in runs]
   assert bits[1] < 0.7 * bits[0]
@@ -101,6 +101,10 @@ def workdir(tmp_path_factory, digits):
   path = tmp_path_factory.mktemp("rd") / "work"
   fit(cfg, path, progress=False)
   return path
+
+
+def array_data(x):
+  return data_lib.sources.make_array_data(x, None, "digits")
 
 
 def npy(path, array):
@@ -133,7 +137,7 @@ def test_codec_bad_input(workdir, digits, cfg):
     codec.compress(np.full((1, 8, 8, 1), np.nan, np.float32))
   with pytest.raises(DataError, match="check failed"):
     codec.decompress(codec.compress(digits[:3])[:-4] + b"\0\0\0\0")
-  ae = fit(cfg, progress=False, train_data=digits[:64])
+  ae = fit(cfg, progress=False, train_data=array_data(digits[:64]))
   with pytest.raises(ConfigError, match="entropy bottleneck"):
     codec_lib.Codec.from_trained(ae)
 
