@@ -33,9 +33,9 @@ PIXELS = 28 * 28
 def parse(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--lambdas", type=float, nargs="+",
-                 default=[0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
+                 default=[0.0003, 0.001, 0.003, 0.01, 0.03],
                  help="rate weights (per bit per pixel) of our curve, trained in one vmapped sweep")
-  p.add_argument("--epochs", type=int, nargs="+", default=[40],
+  p.add_argument("--epochs", type=int, nargs="+", default=[25],
                  help="training lengths to choose from on validation (one sweep each)")
   p.add_argument("--latent", type=int, default=64)
   p.add_argument("--network", default="mlp", help="mlp | conv2d")
@@ -43,14 +43,14 @@ def parse(argv=None):
   p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
   p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
   p.add_argument("--batch-size", type=int, default=100)
-  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--val-size", type=int, default=1000)
   p.add_argument("--pca-components", type=int, nargs="+",
                  default=[8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256])
   p.add_argument("--pca-bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
   p.add_argument("--jpeg-qualities", type=int, nargs="+", default=list(range(1, 101)))
-  p.add_argument("--webp-qualities", type=int, nargs="+", default=list(range(0, 101)))
-  p.add_argument("--timing-images", type=int, default=200,
+  p.add_argument("--webp-qualities", type=int, nargs="+", default=list(range(0, 101, 5)))
+  p.add_argument("--timing-images", type=int, default=100,
                  help="test images coded one at a time for the per-image times")
   p.add_argument("--compressai", action="store_true",
                  help="also train CompressAI's FactorizedPrior (needs compressai importable)")
