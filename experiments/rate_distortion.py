@@ -39,7 +39,8 @@ def parse(argv=None):
                  help="training lengths to choose from on validation (one sweep each)")
   p.add_argument("--latent", type=int, default=64)
   p.add_argument("--network", default="mlp", help="mlp | conv2d")
-  p.add_argument("--widths", type=int, nargs="+", default=[512, 256], help="MLP widths")
+  p.add_argument("--widths", type=int, nargs="*", default=[512, 256],
+                 help="MLP widths (none: linear encoder and decoder)")
   p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
   p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
   p.add_argument("--batch-size", type=int, default=100)
