@@ -19,6 +19,7 @@ Shapes: latents are (..., C); every per-channel parameter has a leading C axis.
 """
 
 import dataclasses
+import hashlib
 import math
 
 import flax.linen as nn
@@ -198,7 +199,6 @@ class CodingTables:
 
   def digest(self) -> bytes:
     """Bytes that identify the tables (checked by the bitstream's checksum)."""
-    import hashlib  # pylint: disable=g-import-not-at-top
     h = hashlib.sha256()
     for a in (self.lower, self.sizes, self.counts, self.medians):
       h.update(np.ascontiguousarray(a).tobytes())
