@@ -132,7 +132,7 @@ def test_empty_data_and_too_few_examples_for_a_batch(cfg):
 
 def test_unknown_names_list_the_valid_ones(cfg):
   cfg.model.family = "transformer"
-  with pytest.raises(ConfigError, match="valid family names are: ae, cvae, denoising"):
+  with pytest.raises(ConfigError, match="valid family names are: ae, contractive, cvae, denoising"):
     fit(cfg, progress=False)
   cfg.model.family = "ae"
   cfg.model.network = "resnet"
