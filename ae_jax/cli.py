@@ -1,4 +1,5 @@
-"""The `ae-jax` command line: train, evaluate, encode, reconstruct, sample, sweep, detect.
+"""The `ae-jax` command line: train, evaluate, encode, reconstruct, sample, sweep, detect,
+compress, decompress.
 
 Config values are overridden in the ml_collections style, `--config.model.latent_dim=16`;
 `--config` names a preset (see `ae_jax.configs.PRESETS`) or a .json / .py config file.
@@ -80,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
       s.add_argument("--seed", type=int, default=0)
   from ae_jax.anomaly import command as detect_command
   detect_command.add_parser(sub)
+  for name, help_text in (("compress", "code .npy / image examples into a bitstream file "
+                                     "(a rate_distortion workdir)"),
+                          ("decompress", "decode a bitstream file to .npy (or one image file)")):
+    s = sub.add_parser(name, help=help_text)
+    s.add_argument("--workdir", default=DEFAULT_WORKDIR, help="a workdir written by train")
+    s.add_argument("--best", action="store_true", help="use the best checkpoint, not the last")
+    s.add_argument("--input", required=True, help="compress: .npy or image; decompress: bitstream")
+    s.add_argument("--out", default="", help="output file (default: beside the input)")
   return p
 
 
@@ -128,6 +137,9 @@ def run(argv: list[str]) -> int:
   if args.command == "sweep":
     from ae_jax import sweep
     return sweep.run_cli(args, apply_overrides(load_config(args.config), extra))
+  if args.command in ("compress", "decompress"):
+    from ae_jax import codec
+    return codec.run_cli(args)
   from ae_jax.trained import Trained
   trained = Trained.load(args.workdir, best=args.best)
   if args.command == "sample":

@@ -1,0 +1,224 @@
+"""A lossy codec from a trained rate-distortion model: arrays <-> bytes.
+
+    codec = Codec.load("workdir")          # or Codec.from_trained(fit(...))
+    data = codec.compress(x)               # x (N, *input_shape) in data space -> bytes
+    x_hat = codec.decompress(data)         # (N, *input_shape) float32
+
+`decompress(compress(x))` equals `reconstruct(x)` exactly: both decode the same integer
+symbols. The symbols are round(y - median) of the encoder's latents y on each channel's
+median grid (the model's `symbols`), coded with `ae_jax.bitstream` under `ae_jax.entropy`
+tables. The tables (and the medians they hold) are computed once from the trained
+weights, with the quantiles solved exactly, and kept in the workdir
+(`entropy_tables.npz`), so every later codec rounds on the same grid and reads the very
+same integers the encoder wrote.
+"""
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ae_jax import bitstream, entropy
+from ae_jax.errors import ConfigError, DataError
+
+TABLES_FILE = "entropy_tables.npz"
+
+
+def _bottleneck(model) -> entropy.EntropyBottleneck:
+  """The model's EntropyBottleneck module (a ConfigError for models without one)."""
+  if not all(hasattr(model, name) for name in ("symbols", "dequantize", "filters")):
+    raise ConfigError(f"a codec needs a model with an entropy bottleneck (family "
+                      f"'rate_distortion'); this is a {type(model).__name__}")
+  return entropy.EntropyBottleneck(model.latent_dim, filters=tuple(model.filters))
+
+
+def _with_quantiles(params, quantiles):
+  """A copy of a model's params whose bottleneck quantiles are `quantiles` (C, 3)."""
+  def walk(tree):
+    if "quantiles" in tree:
+      return {**tree, "quantiles": jnp.asarray(quantiles, jnp.float32)}
+    return {k: walk(v) if hasattr(v, "items") else v for k, v in tree.items()}
+  return walk(params)
+
+
+def prepare(model, params, tables: entropy.CodingTables | None = None):
+  """(params, tables) of a codec: without tables, the bottleneck's quantiles are solved
+  exactly (`entropy.solve_quantiles`) and the tables built from them; with saved
+  tables, the params take the tables' medians, so rounding uses the grid they code."""
+  module = _bottleneck(model)
+  eb_params = entropy.bottleneck_params(params)
+  if tables is None:
+    eb_params = entropy.solve_quantiles(module, eb_params)
+    tables = entropy.coding_tables(module, eb_params)
+    return _with_quantiles(params, eb_params["quantiles"]), tables
+  if len(tables.medians) != model.latent_dim:
+    raise DataError(f"entropy tables code {len(tables.medians)} latents but the model has "
+                    f"{model.latent_dim}: delete the stale {TABLES_FILE}")
+  quantiles = np.asarray(eb_params["quantiles"]).copy()
+  quantiles[:, 1] = tables.medians
+  return _with_quantiles(params, quantiles), tables
+
+
+@dataclasses.dataclass
+class Codec:
+  """A trained rate-distortion model with its coding tables.
+
+  model/params: the Flax module (with encode / decode / to_data) and its variables.
+  scale / inverse: data space <-> model space maps (the training scaler), arrays to arrays.
+  """
+  model: Any
+  params: Any
+  tables: entropy.CodingTables
+  input_shape: tuple
+  scale: Any = None
+  inverse: Any = None
+  batch_size: int = 1024
+
+  @classmethod
+  def from_trained(cls, trained, tables: entropy.CodingTables | None = None) -> "Codec":
+    """The codec of a `ae_jax.fit.Trained`; tables from its workdir when saved there,
+    else computed (and saved there when it has a workdir)."""
+    workdir = getattr(trained, "workdir", None)
+    path = pathlib.Path(workdir) / TABLES_FILE if workdir else None
+    if tables is None and path is not None and path.is_file():
+      with np.load(path) as f:
+        tables = entropy.CodingTables.from_arrays(f)
+    saved = tables is not None
+    params, tables = prepare(trained.model, trained.params, tables)
+    if not saved and path is not None:
+      np.savez(path, **tables.to_arrays())
+    return cls(trained.model, params, tables, tuple(trained.input_shape),
+               trained.scaler.transform, trained.scaler.inverse_transform)
+
+  @classmethod
+  def load(cls, workdir, best: bool = False) -> "Codec":
+    from ae_jax.fit import Trained  # pylint: disable=g-import-not-at-top
+    return cls.from_trained(Trained.load(workdir, best=best))
+
+  @functools.cached_property
+  def _symbols(self):
+    return jax.jit(lambda p, x: self.model.apply(p, x, method=self.model.symbols))
+
+  @functools.cached_property
+  def _decode(self):
+    def decode(p, symbols):
+      y_hat = self.model.apply(p, symbols, method=self.model.dequantize)
+      return self.model.to_data(self.model.apply(p, y_hat, method=self.model.decode))
+    return jax.jit(decode)
+
+  def _check_input(self, x) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if x.shape[1:] != self.input_shape:
+      raise DataError(f"expected examples of shape {self.input_shape}, got {x.shape[1:]} "
+                      f"(array shape {x.shape}); add a leading batch axis for one example")
+    if not np.all(np.isfinite(x)):
+      raise DataError("the input holds NaN or inf values; a codec needs finite data")
+    return self.scale(x) if self.scale is not None else x
+
+  def symbols(self, x) -> np.ndarray:
+    """Integer symbols (N, C) int32 of data-space examples x (N, *input_shape)."""
+    x = self._check_input(x)
+    out = [np.asarray(self._symbols(self.params, x[i:i + self.batch_size]))
+           for i in range(0, len(x), self.batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, len(self.tables.sizes)), np.int32)
+
+  def from_symbols(self, symbols) -> np.ndarray:
+    """Data-space reconstructions (N, *input_shape) of integer symbols (N, C)."""
+    y = np.asarray(symbols, np.int32)
+    out = [np.asarray(self._decode(self.params, y[i:i + self.batch_size]))
+           for i in range(0, len(y), self.batch_size)]
+    out = np.concatenate(out) if out else np.zeros((0, *self.input_shape), np.float32)
+    return self.inverse(out) if self.inverse is not None else out
+
+  def reconstruct(self, x) -> np.ndarray:
+    """The test-time reconstruction of x: what `decompress(compress(x))` returns."""
+    return self.from_symbols(self.symbols(x))
+
+  def compress(self, x) -> bytes:
+    """One byte string holding N examples x (N, *input_shape)."""
+    return bitstream.encode(self.symbols(x), self.tables)
+
+  def decompress(self, data: bytes) -> np.ndarray:
+    """The examples (N, *input_shape) float32 of a byte string from `compress`."""
+    return self.from_symbols(bitstream.decode(data, self.tables))
+
+  def bytes_per_example(self, x) -> np.ndarray:
+    """Length (N,) of each example's stream on its own, header and check included."""
+    return bitstream.stream_bytes(self.symbols(x), self.tables)
+
+
+def ideal_bits(codec: Codec, x) -> np.ndarray:
+  """Bits (N,) an ideal entropy coder would spend on each example's symbols."""
+  return entropy.ideal_bits(codec.tables, codec.symbols(x))
+
+
+def read_images(path) -> np.ndarray:
+  """Examples from a .npy file (N, *shape) or (shape) or one image file (PNG, JPEG, ...)
+  as (1, H, W, 1) grey in [0, 1]."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"input file {path} does not exist")
+  if path.suffix == ".npy":
+    try:
+      return np.load(path, allow_pickle=False)
+    except ValueError as e:
+      raise DataError(f"{path} is not a readable .npy array: {e}") from None
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    image = Image.open(path).convert("L")
+  except (UnidentifiedImageError, OSError) as e:
+    raise DataError(f"{path} is neither a .npy array nor an image Pillow can read: {e}") from None
+  return (np.asarray(image, np.float32) / 255.0)[None, :, :, None]
+
+
+def write_images(path, x) -> pathlib.Path:
+  """Write decoded examples: .npy as is; an image suffix (.png, ...) for one grey image."""
+  path = pathlib.Path(path)
+  if path.suffix == ".npy":
+    np.save(path, x)
+    return path
+  if len(x) != 1 or x.ndim != 4 or x.shape[-1] != 1:
+    raise DataError(f"an image file holds one grey image (1, H, W, 1); got {x.shape}: "
+                    "write a .npy instead")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pixels = np.clip(np.round(x[0, :, :, 0] * 255.0), 0, 255).astype(np.uint8)
+  Image.fromarray(pixels).save(path)
+  return path
+
+
+def as_batch(x, input_shape) -> np.ndarray:
+  """Examples (N, *input_shape) from x of that shape, one example (*input_shape), or grey
+  images without the channel axis ((N,) H, W when input_shape is (H, W, 1))."""
+  x = np.asarray(x, np.float32)
+  shape = tuple(input_shape)
+  if x.shape == shape:
+    return x[None]
+  if x.shape[1:] == shape:
+    return x
+  if shape[-1:] == (1,) and x.shape[-len(shape) + 1:] == shape[:-1]:
+    return as_batch(x[..., None], shape)
+  raise DataError(f"cannot read an array of shape {x.shape} as examples of shape {shape}")
+
+
+def run_cli(args) -> int:
+  """`ae-jax compress` / `ae-jax decompress` (see `ae_jax.cli`)."""
+  codec = Codec.load(args.workdir, best=args.best)
+  if args.command == "compress":
+    x = as_batch(read_images(args.input), codec.input_shape)
+    data = codec.compress(x)
+    out = pathlib.Path(args.out or pathlib.Path(args.input).with_suffix(".aejx"))
+    out.write_bytes(data)
+    print(f"compressed {len(x)} example(s) of shape {codec.input_shape} into {len(data)} bytes "
+          f"({len(data) / len(x):.1f} per example, header included): {out}")
+    return 0
+  path = pathlib.Path(args.input)
+  if not path.is_file():
+    raise DataError(f"input file {path} does not exist")
+  x = codec.decompress(path.read_bytes())
+  out = write_images(args.out or path.with_suffix(".npy"), x)
+  print(f"decompressed {len(x)} example(s) of shape {codec.input_shape}: {out}")
+  return 0

@@ -1,0 +1,408 @@
+"""Rate-distortion: learned compression with real bitstreams against PCA, JPEG and WebP
+on MNIST t10k (CompressAI's import status is recorded; see RESULTS_compression.md).
+
+  python -m experiments.rate_distortion           # the full run (RESULTS_compression.md)
+  python -m experiments.rate_distortion --smoke   # seconds, for CI
+
+Protocol: the fixed 8,000 / 2,000 split of mnist_t10k; the 8,000 are split again into
+7,000 for training and 1,000 for validation (seeded permutation). Every method's setting
+for a byte budget (our lambda and epochs, PCA components and bits, the JPEG / WebP
+quality) is the one with the best validation PSNR among those whose mean validation
+bytes per image fit the budget; the 2,000 test images are scored once with it. Bytes
+are file lengths: our bitstream with its header and check, whole JPEG / WebP files (and
+JPEG's scan data alone, for reference); PCA codes are packed fixed-length bits with no
+header.
+"""
+
+import io
+import time
+
+import numpy as np
+
+from ae_jax import configs, vmap_trials
+from ae_jax.applications import compress, metrics
+from ae_jax.codec import Codec
+from experiments import _io
+
+NAME = "rate_distortion"
+BUDGETS = (32, 64, 128)
+GOALS = {64: 26.0, 128: 29.0}
+PIXELS = 28 * 28
+
+
+def parse(argv=None):
+  p = _io.parser(NAME, __doc__.splitlines()[0])
+  p.add_argument("--lambdas", type=float, nargs="+",
+                 default=[0.0003, 0.001, 0.003, 0.01, 0.03],
+                 help="rate weights (per bit per pixel) of our curve, trained in one vmapped sweep")
+  p.add_argument("--epochs", type=int, nargs="+", default=[25],
+                 help="training lengths to choose from on validation (one sweep each)")
+  p.add_argument("--latent", type=int, default=64)
+  p.add_argument("--network", default="mlp", help="mlp | conv2d")
+  p.add_argument("--widths", type=int, nargs="*", default=[512, 256],
+                 help="MLP widths (none: linear encoder and decoder)")
+  p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
+  p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
+  p.add_argument("--batch-size", type=int, default=100)
+  p.add_argument("--lr", type=float, default=2e-3)
+  p.add_argument("--val-size", type=int, default=1000)
+  p.add_argument("--pca-components", type=int, nargs="+",
+                 default=[8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256])
+  p.add_argument("--pca-bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
+  p.add_argument("--jpeg-qualities", type=int, nargs="+", default=list(range(1, 101)))
+  p.add_argument("--webp-qualities", type=int, nargs="+", default=list(range(0, 101, 5)))
+  p.add_argument("--timing-images", type=int, default=100,
+                 help="test images coded one at a time for the per-image times")
+  args = p.parse_args(argv)
+  if args.smoke:
+    args.lambdas, args.epochs, args.latent, args.widths = [0.004, 0.03], [1], 16, [64]
+    args.pca_components, args.pca_bits = [8, 16], [4]
+    args.jpeg_qualities, args.webp_qualities = [10, 50], [10, 50]
+    args.timing_images, args.val_size = 5, 100
+  return args
+
+
+# ---- data and metrics --------------------------------------------------------------
+
+def splits(args):
+  """(train, val, test) ArrayData: 7,000 / 1,000 of mnist_t10k 'train' and its 'test'."""
+  train, test = _io.load_splits("mnist_t10k")
+  order = np.random.RandomState(args.seed).permutation(len(train))
+  val_size = args.val_size
+  if args.smoke:
+    train, test = _io.smoke_subset(train, 600), _io.smoke_subset(test, 100)
+    order = np.random.RandomState(args.seed).permutation(len(train))
+  return train.take(order[val_size:]), train.take(order[:val_size]), test
+
+
+def _gaussian_window(size: int = 7, sigma: float = 1.5) -> np.ndarray:
+  g = np.exp(-0.5 * np.square(np.arange(size) - (size - 1) / 2) / sigma ** 2)
+  return g / g.sum()
+
+
+def _filter(img, g):
+  """Valid separable filtering of (N, H, W) images."""
+  from numpy.lib.stride_tricks import sliding_window_view  # pylint: disable=g-import-not-at-top
+  rows = sliding_window_view(img, len(g), axis=1) @ g
+  return sliding_window_view(rows, len(g), axis=2) @ g
+
+
+MS_SSIM_WEIGHTS = np.asarray([0.0448, 0.2856, 0.3001])
+
+
+def ms_ssim(a, b, scales: int = 3) -> np.ndarray:
+  """Multi-scale SSIM (Wang, Simoncelli, Bovik 2003) of grey images (N, H, W[, 1]) in
+  [0, 1], (N,): 3 scales (28, 14, 7 pixels for MNIST; the standard 5 need >= 161 pixels),
+  a 7x7 Gaussian window of sigma 1.5, the first 3 standard weights renormalised,
+  k1 = 0.01, k2 = 0.03, contrast-structure terms clipped at 0."""
+  a = np.asarray(a, np.float64).reshape(len(a), *np.shape(a)[1:3])
+  b = np.asarray(b, np.float64).reshape(a.shape)
+  g, c1, c2 = _gaussian_window(), 0.01 ** 2, 0.03 ** 2
+  weights = MS_SSIM_WEIGHTS[:scales] / MS_SSIM_WEIGHTS[:scales].sum()
+  out = np.ones(len(a))
+  for j in range(scales):
+    mu_a, mu_b = _filter(a, g), _filter(b, g)
+    var_a = _filter(a * a, g) - mu_a ** 2
+    var_b = _filter(b * b, g) - mu_b ** 2
+    cov = _filter(a * b, g) - mu_a * mu_b
+    cs = np.maximum(((2 * cov + c2) / (var_a + var_b + c2)).mean((1, 2)), 0.0)
+    if j == scales - 1:
+      lum = ((2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)).mean((1, 2))
+      out = out * (lum * cs) ** weights[j]
+    else:
+      out = out * cs ** weights[j]
+      h, w = a.shape[1] // 2 * 2, a.shape[2] // 2 * 2
+      a = a[:, :h, :w].reshape(len(a), h // 2, 2, w // 2, 2).mean((2, 4))
+      b = b[:, :h, :w].reshape(len(b), h // 2, 2, w // 2, 2).mean((2, 4))
+  return out
+
+
+def quality(recon, ref) -> dict:
+  recon = np.clip(np.asarray(recon, np.float32).reshape(ref.shape), 0.0, 1.0)
+  return {"psnr": float(metrics.psnr(recon, ref).mean()), "ms_ssim": float(ms_ssim(recon, ref).mean())}
+
+
+def point(method: str, setting: str, split: str, nbytes, recon, ref, **extra) -> dict:
+  nbytes = float(np.mean(nbytes))
+  return {"method": method, "setting": setting, "split": split, "bytes": nbytes,
+          "bpp": nbytes * 8 / PIXELS, **quality(recon, ref), **extra}
+
+
+# ---- ours --------------------------------------------------------------------------
+
+def rd_config(args, epochs: int):
+  cfg = configs.set_offline_training(configs.get_preset("default"), learning_rate=args.lr,
+                                    batch_size=args.batch_size, epochs=epochs)
+  cfg.seed = args.seed
+  cfg.model.family = "rate_distortion"
+  cfg.model.network = args.network
+  cfg.model.widths = tuple(args.widths)
+  cfg.model.channels = tuple(args.channels)
+  cfg.model.latent_dim = args.latent
+  cfg.model.recon_loss = "bce"             # logits out; the distortion is MSE in [0, 1]
+  cfg.model.rd_quantization = args.quantization
+  cfg.objective.rd_distortion = "mse"
+  return cfg
+
+
+def _timed(fn, items) -> float:
+  """Median seconds of fn(item) over items."""
+  times = []
+  for item in items:
+    t0 = time.perf_counter()
+    fn(item)
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def ours(args, train, val, test):
+  points, codecs = [], {}
+  for epochs in args.epochs:
+    t0 = time.time()
+    runs = vmap_trials.fit_trials(rd_config(args, epochs),
+                                  [{"objective.rd_lambda": lam} for lam in args.lambdas],
+                                  train_data=train)
+    train_s = time.time() - t0
+    for lam, run in zip(args.lambdas, runs):
+      if run.error:
+        print(f"lambda {lam}: {run.error}")
+        continue
+      codec = Codec.from_trained(run.trained)
+      setting = f"lambda={lam:g}, {epochs} ep"
+      codecs[setting] = codec
+      for split, data in (("val", val), ("test", test)):
+        data_bytes = codec.bytes_per_example(data.x)
+        points.append(point("ours", setting, split, data_bytes, codec.reconstruct(data.x),
+                            data.x, train_s=train_s, lam=lam, epochs=epochs))
+      images = test.x[:args.timing_images]
+      blobs = [codec.compress(x[None]) for x in images]
+      points[-1]["encode_ms"] = 1e3 * _timed(lambda x: codec.compress(x[None]), images)
+      points[-1]["decode_ms"] = 1e3 * _timed(codec.decompress, blobs)
+      assert all(np.array_equal(codec.decompress(b), codec.reconstruct(x[None]))
+                 for b, x in zip(blobs[:20], images[:20]))
+  return points, codecs
+
+
+# ---- baselines ---------------------------------------------------------------------
+
+def pca(args, train, val, test):
+  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
+  flat = lambda d: d.x.reshape(len(d.x), -1)
+  points, coders = [], {}
+  for k in args.pca_components:
+    p = PCA(k, random_state=args.seed).fit(flat(train))
+    z_train = p.transform(flat(train))
+    for bits in args.pca_bits:
+      q = compress.UniformQuantizer(bits).fit(z_train, 0.001)
+      setting = f"{k} comp, {bits} bit"
+      coders[setting] = (p, q)
+      nbytes = compress.packed_bytes(k, bits)
+      for split, data in (("val", val), ("test", test)):
+        recon = p.inverse_transform(q.round_trip(p.transform(flat(data))))
+        points.append(point("PCA", setting, split, nbytes, recon, data.x))
+      images = flat(test)[:args.timing_images]
+      points[-1]["encode_ms"] = 1e3 * _timed(lambda x: q.pack(q.quantize(p.transform(x[None]))[0][0]), images)
+      blobs = [q.pack(q.quantize(p.transform(x[None]))[0][0]) for x in images]
+      points[-1]["decode_ms"] = 1e3 * _timed(
+          lambda b: p.inverse_transform(q.dequantize(q.unpack(b, k)[0])), blobs)
+  return points, coders
+
+
+def pillow_encode(image, fmt: str, quality_: int) -> bytes:
+  """The JPEG (optimised Huffman tables) or WebP (method 6) file of one grey image
+  (28, 28, 1) in [0, 1]."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pixels = np.clip(np.round(np.asarray(image)[..., 0] * 255.0), 0, 255).astype(np.uint8)
+  buf = io.BytesIO()
+  if fmt == "JPEG":
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=int(quality_), optimize=True)
+  else:
+    Image.fromarray(pixels).save(buf, format="WEBP", quality=int(quality_), method=6)
+  return buf.getvalue()
+
+
+def pillow_round_trip(image, fmt: str, quality_: int):
+  """(decoded (28, 28, 1) in [0, 1], file bytes) of one grey image through Pillow."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  data = pillow_encode(image, fmt, quality_)
+  decoded = Image.open(io.BytesIO(data)).convert("L")  # WebP decodes to RGB
+  return np.asarray(decoded, np.float32)[..., None] / 255.0, data
+
+
+def pillow(fmt: str, qualities, val, test, timing_images: int):
+  points = []
+  for q in qualities:
+    for split, data in (("val", val), ("test", test)):
+      outs = [pillow_round_trip(x, fmt, q) for x in data.x]
+      extra = {}
+      if fmt == "JPEG":
+        extra["scan_bytes"] = float(np.mean([compress.jpeg_scan_bytes(o[1]) for o in outs]))
+      points.append(point(fmt, f"quality {q}", split, [len(o[1]) for o in outs],
+                          np.stack([o[0] for o in outs]), data.x, **extra))
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    images = test.x[:timing_images]
+    points[-1]["encode_ms"] = 1e3 * _timed(lambda x: pillow_encode(x, fmt, q), images)
+    blobs = [pillow_encode(x, fmt, q) for x in images]
+    points[-1]["decode_ms"] = 1e3 * _timed(
+        lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("L")), blobs)
+  return points
+
+
+def compressai_status() -> str:
+  """'' when CompressAI imports, else why it does not."""
+  try:
+    import compressai.models  # pylint: disable=g-import-not-at-top,unused-import
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return ""
+
+
+# ---- selection, figures, main ------------------------------------------------------
+
+def select(points, method: str, budget: int):
+  """The test point of the method's setting with the best validation PSNR among those
+  whose mean validation bytes fit the budget (None if none fits)."""
+  val = [p for p in points if p["method"] == method and p["split"] == "val"
+         and p["bytes"] <= budget]
+  if not val:
+    return None
+  best = max(val, key=lambda p: p["psnr"])
+  return next(p for p in points if p["method"] == method and p["split"] == "test"
+              and p["setting"] == best["setting"])
+
+
+def pareto(points):
+  """Test points not beaten in both bytes and PSNR, by bytes."""
+  pts = sorted(points, key=lambda p: (p["bytes"], -p["psnr"]))
+  front, best = [], -np.inf
+  for p in pts:
+    if p["psnr"] > best:
+      front.append(p)
+      best = p["psnr"]
+  return front
+
+
+def figure(points, out):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for method, style in (("ours", "o-"), ("PCA", "s--"), ("JPEG", "^-"), ("WEBP", "v-")):
+    test = [p for p in points if p["method"] == method and p["split"] == "test"]
+    front = pareto(test) if method in ("PCA", "ours") else sorted(test, key=lambda p: p["bytes"])
+    if not front:
+      continue
+    label = {"WEBP": "WebP", "PCA": "PCA (Pareto front)"}.get(method, method)
+    for ax, key in zip(axes, ("psnr", "ms_ssim")):
+      ax.plot([p["bytes"] for p in front], [p[key] for p in front], style, ms=3, label=label)
+  for ax, key in zip(axes, ("PSNR (dB)", "MS-SSIM (3 scales)")):
+    for b in BUDGETS:
+      ax.axvline(b, color="grey", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(10, 1000)
+    ax.set_xlabel("bytes per image (whole file; PCA: packed bits)")
+    ax.set_ylabel(key)
+    sec = ax.secondary_xaxis("top", functions=(lambda b: b * 8 / PIXELS, lambda r: r * PIXELS / 8))
+    sec.set_xlabel("bits per pixel")
+    ax.grid(alpha=0.3)
+  for budget, goal in GOALS.items():
+    axes[0].plot([budget], [goal], "k*", ms=10)
+  axes[0].legend(fontsize=8)
+  fig.suptitle("MNIST t10k test (2,000 images): rate-distortion")
+  fig.tight_layout()
+  path = out / "rate_distortion.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def image_grid(rows, labels, out):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  n = rows[0].shape[0]
+  fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 0.95))
+  for i, (row, label) in enumerate(zip(rows, labels)):
+    for j in range(n):
+      ax = axes[i, j]
+      ax.imshow(np.clip(row[j].reshape(28, 28), 0, 1), cmap="gray", vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+  fig.tight_layout()
+  path = out / "decoded_grid.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def decoded_rows(chosen, codecs, pca_coders, test, n: int = 8):
+  x = test.x[:n]
+  rows, labels = [x], ["original"]
+  for budget in BUDGETS:
+    for method in ("ours", "PCA", "JPEG", "WEBP"):
+      p = chosen.get((method, budget))
+      if p is None:
+        continue
+      if method == "ours":
+        recon = codecs[p["setting"]].reconstruct(x)
+      elif method == "PCA":
+        pc, q = pca_coders[p["setting"]]
+        recon = pc.inverse_transform(q.round_trip(pc.transform(x.reshape(n, -1))))
+      else:
+        qual = int(p["setting"].split()[-1])
+        recon = np.stack([pillow_round_trip(im, method, qual)[0] for im in x])
+      rows.append(np.asarray(recon))
+      labels.append(f"{method} <={budget} B\n({p['bytes']:.0f} B)")
+  return rows, labels
+
+
+def main(argv=None):
+  args = parse(argv)
+  out = _io.out_dir(args, NAME)
+  train, val, test = splits(args)
+  t0 = time.time()
+  ours_points, codecs = ours(args, train, val, test)
+  ours_s = time.time() - t0
+  pca_points, pca_coders = pca(args, train, val, test)
+  points = ours_points + pca_points
+  points += pillow("JPEG", args.jpeg_qualities, val, test, args.timing_images)
+  points += pillow("WEBP", args.webp_qualities, val, test, args.timing_images)
+  cai = compressai_status()
+  chosen = {(m, b): select(points, m, b) for m in ("ours", "PCA", "JPEG", "WEBP")
+            for b in BUDGETS}
+  rows = []
+  for (method, budget), p in chosen.items():
+    row = {"budget (B)": budget, "method": method}
+    if p is not None:
+      row.update({"setting (chosen on val)": p["setting"], "test bytes": p["bytes"],
+                  "bpp": p["bpp"], "PSNR (dB)": p["psnr"], "MS-SSIM": p["ms_ssim"]})
+    rows.append(row)
+  goals = []
+  for budget, goal in GOALS.items():
+    p = chosen[("ours", budget)]
+    psnr = None if p is None else p["psnr"]
+    goals.append({"goal": f"<= {budget} B: PSNR >= {goal} dB", "test PSNR": psnr,
+                  "test bytes": None if p is None else p["bytes"],
+                  "met": psnr is not None and psnr >= goal and p["bytes"] <= budget})
+  timing = [{"method": p["method"], "setting": p["setting"], "encode ms/image": p.get("encode_ms"),
+             "decode ms/image": p.get("decode_ms")}
+            for p in (chosen[(m, 64)] for m in ("ours", "PCA", "JPEG", "WEBP")) if p is not None]
+  curve = [{k: p.get(k) for k in ("method", "setting", "bytes", "bpp", "psnr", "ms_ssim")}
+           for p in points if p["split"] == "test" and p["method"] == "ours"]
+  fig_path = figure(points, out)
+  grid_path = image_grid(*decoded_rows(chosen, codecs, pca_coders, test), out)
+  _io.write_results(
+      out, {"points": points, "compressai": cai or "ok", "ours_seconds": ours_s,
+            "figures": [str(fig_path), str(grid_path)]},
+      {"Chosen settings per budget (test, 2,000 images)": rows, "Goals": goals,
+       "Per-image times at the 64 B setting (single image, CPU)": timing,
+       "Our curve (test)": curve,
+       "CompressAI": [{"status": cai or "imports (its training is not part of this script)"}]},
+      title="Rate-distortion on MNIST t10k")
+  print((out / "table.md").read_text())
+  return points
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,201 @@
+"""The factorized-prior entropy bottleneck and the range-coded bitstreams."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ae_jax import bitstream, entropy
+from ae_jax.errors import DataError
+
+EB = entropy.EntropyBottleneck
+
+
+def logistic_params(channels: int, median: float = 0.0, tail: float = 1e-9):
+  """A one-layer bottleneck (filters=()) whose cdf is sigmoid(y - median) per channel,
+  with quantiles at the logistic's tail_mass/2 points and its median."""
+  t = math.log(2.0 / tail - 1.0)
+  one = math.log(math.expm1(1.0))  # softplus(one) == 1
+  return {"matrix0": jnp.full((channels, 1, 1), one), "bias0": jnp.full((channels, 1, 1), -median),
+          "quantiles": jnp.tile(jnp.asarray([median - t, median, median + t]), (channels, 1))}
+
+
+def sigmoid(x):
+  return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_init_shapes_and_outputs():
+  model = EB(5)
+  y = jax.random.normal(jax.random.key(0), (7, 5))
+  params = model.init(jax.random.key(1), y)["params"]
+  chex.assert_shape(params["matrix0"], (5, 3, 1))
+  chex.assert_shape(params["matrix1"], (5, 3, 3))
+  chex.assert_shape(params["matrix3"], (5, 1, 3))
+  chex.assert_shape(params["quantiles"], (5, 3))
+  out = model.apply({"params": params}, y)
+  chex.assert_shape(out["y_hat"], (7, 5))
+  chex.assert_shape(out["likelihood"], (7, 5))
+  chex.assert_shape(out["bits"], (7,))
+  chex.assert_type(out["y_hat"], jnp.float32)
+  chex.assert_tree_all_finite(out)
+
+
+def test_likelihood_of_a_unit_bin_of_the_logistic():
+  model = EB(1, filters=())
+  v = {"params": logistic_params(1)}
+  p0 = model.apply(v, jnp.zeros((1, 1)), method=EB.likelihood)
+  np.testing.assert_allclose(p0[0, 0], sigmoid(0.5) - sigmoid(-0.5), rtol=1e-6)  # 0.2449187
+  out = model.apply(v, jnp.zeros((1, 1)))
+  np.testing.assert_allclose(out["bits"][0], -math.log2(0.24491866), rtol=1e-5)  # 2.0296 bits
+  # Far in the upper tail the sign trick keeps the difference accurate.
+  p20 = model.apply(v, jnp.full((1, 1), 20.0), method=EB.likelihood)
+  np.testing.assert_allclose(p20[0, 0], math.exp(-19.5) - math.exp(-20.5), rtol=1e-3)
+  # The bound: 1e-9 at most 1e-9 below.
+  p50 = model.apply(v, jnp.full((1, 1), 50.0), method=EB.likelihood)
+  assert p50[0, 0] == pytest.approx(entropy.LIKELIHOOD_BOUND)
+
+
+def test_cdf_is_monotone_and_bins_sum_to_one():
+  model = EB(3)
+  grid = jnp.arange(-400.0, 401.0)[:, None] * jnp.ones((1, 3))
+  params = model.init(jax.random.key(2), grid)["params"]
+  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape),
+                        params)
+  logits = model.apply({"params": params}, grid, method=EB.cdf_logits)
+  assert bool(jnp.all(jnp.diff(logits, axis=0) > 0))
+  total = jnp.sum(model.apply({"params": params}, grid, method=EB.likelihood), axis=0)
+  np.testing.assert_allclose(total, np.ones(3), atol=1e-4)
+
+
+def test_quantize_on_the_median_grid_and_training_noise():
+  model = EB(2, filters=())
+  v = {"params": logistic_params(2, median=0.3)}
+  y = jnp.asarray([[1.2, -0.9]])
+  sym = model.apply(v, y, method=EB.quantize)
+  np.testing.assert_array_equal(sym, [[1, -1]])          # round(0.9), round(-1.2)
+  chex.assert_type(sym, jnp.int32)
+  np.testing.assert_allclose(model.apply(v, y)["y_hat"], [[1.3, -0.7]], rtol=1e-6)
+  noise = jnp.asarray([[0.25, -0.4]])
+  np.testing.assert_allclose(model.apply(v, y, noise)["y_hat"], y + noise)
+
+
+def test_aux_loss_fits_only_the_quantiles():
+  model = EB(1, filters=())
+  params = logistic_params(1)
+  aux = lambda p: model.apply({"params": p}, method=EB.aux_loss)
+  assert float(aux(params)) == pytest.approx(0.0, abs=1e-4)
+  moved = dict(params, quantiles=params["quantiles"] + jnp.asarray([[1.0, 0.5, -2.0]]))
+  assert float(aux(moved)) == pytest.approx(3.5, rel=1e-4)  # |1| + |0.5| + |-2|
+  grads = jax.grad(aux)(moved)
+  np.testing.assert_array_equal(grads["matrix0"], 0.0)
+  np.testing.assert_array_equal(grads["bias0"], 0.0)
+  np.testing.assert_allclose(grads["quantiles"], [[1.0, 1.0, -1.0]])
+
+
+def test_rate_gradient_reaches_the_density():
+  model = EB(2)
+  y = jax.random.normal(jax.random.key(4), (16, 2))
+  params = model.init(jax.random.key(5), y)["params"]
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, y)["bits"]))(params)
+  assert float(jnp.abs(grads["matrix1"]).sum()) > 0
+  np.testing.assert_array_equal(grads["quantiles"], 0.0)
+
+
+def test_coding_tables_of_the_logistic():
+  model = EB(2, filters=())
+  tables = entropy.coding_tables(model, logistic_params(2, tail=1e-3))
+  # Alphabet: floor(-t) .. ceil(t) with t = log(2 / 1e-3 - 1) = 7.6004.
+  np.testing.assert_array_equal(tables.lower, [-8, -8])
+  np.testing.assert_array_equal(tables.sizes, [17, 17])
+  chex.assert_shape(tables.counts, (2, 18))
+  assert tables.counts[0, 8] == math.floor((sigmoid(0.5) - sigmoid(-0.5)) * 2 ** 16) + 1
+  bits = entropy.ideal_bits(tables, np.zeros((1, 2), np.int64))
+  np.testing.assert_allclose(bits, [2 * -math.log2(0.24491866)], rtol=1e-3)
+  again = entropy.CodingTables.from_arrays(tables.to_arrays())
+  assert again.digest() == tables.digest()
+
+
+@pytest.fixture(scope="module")
+def trained_tables():
+  model = EB(12)
+  y = 2.0 * jax.random.normal(jax.random.key(6), (300, 12))
+  params = model.init(jax.random.key(7), y)["params"]
+  symbols = np.asarray(model.apply({"params": params}, y, method=EB.quantize))
+  return entropy.coding_tables(model, params), symbols
+
+
+def test_bitstream_round_trip_every_example(trained_tables):
+  tables, symbols = trained_tables
+  symbols = symbols.copy()
+  symbols[0, 0] = tables.lower[0] + tables.sizes[0] + 40     # escaped above
+  symbols[1, 5] = tables.lower[5] - 70_000                   # escaped below, many bits
+  symbols[2, :] = tables.lower                               # first symbol of every alphabet
+  data = bitstream.encode(symbols, tables)
+  back = bitstream.decode(data, tables)
+  chex.assert_type(back, jnp.int32)
+  np.testing.assert_array_equal(back, symbols)
+  np.testing.assert_array_equal(bitstream.decode(bitstream.encode(symbols[:1], tables), tables),
+                                symbols[:1])
+  empty = bitstream.decode(bitstream.encode(symbols[:0], tables), tables)
+  chex.assert_shape(empty, (0, 12))
+
+
+def test_bytes_are_the_file_length_and_near_the_ideal_rate(trained_tables):
+  tables, symbols = trained_tables
+  sizes = bitstream.stream_bytes(symbols[:40], tables)
+  for row, size in zip(symbols[:3], sizes):
+    assert len(bitstream.encode(row[None], tables)) == size
+  assert bitstream.header_bytes(1, 12) == 6  # magic, version, N, C, 2 check bytes
+  payload = sizes - 6
+  ideal = entropy.ideal_bits(tables, symbols[:40]) / 8
+  assert np.all(payload >= np.floor(ideal)) and np.all(payload <= ideal + 4)
+  whole = bitstream.encode(symbols[:40], tables)
+  assert len(whole) == sum(payload) + bitstream.header_bytes(40, 12, payload)
+
+
+def test_bad_bitstreams_raise_data_error(trained_tables):
+  tables, symbols = trained_tables
+  data = bitstream.encode(symbols[:4], tables)
+  flipped = bytearray(data)
+  flipped[len(data) // 2] ^= 0x10
+  other = entropy.coding_tables(EB(12), EB(12).init(jax.random.key(9), symbols[:1] * 1.0)["params"])
+  cases = {
+      "truncated": (data[:-3], "check failed"),
+      "corrupt": (bytes(flipped), "check failed"),
+      "other model": (data, "check failed") if other.digest() != tables.digest() else None,
+      "magic": (b"\x00" + data[1:], "not an ae_jax bitstream"),
+      "version": (data[:1] + b"\x09" + data[2:], "version 9"),
+      "empty": (b"", "too short"),
+      "not bytes": ("abc", "must be bytes"),
+  }
+  for name, case in cases.items():
+    if case is None:
+      continue
+    blob, message = case
+    with pytest.raises(DataError, match=message):
+      bitstream.decode(blob, other if name == "other model" else tables)
+
+
+def test_bad_symbols_raise_data_error(trained_tables):
+  tables, symbols = trained_tables
+  with pytest.raises(DataError, match=r"must be \(N, 12\)"):
+    bitstream.encode(symbols[:, :5], tables)
+  with pytest.raises(DataError, match="integers"):
+    bitstream.encode(symbols.astype(np.float32), tables)
+  far = symbols[:1].copy()
+  far[0, 0] = tables.lower[0] - 2 ** 21
+  with pytest.raises(DataError, match="out of range"):
+    bitstream.encode(far, tables)
+
+
+def test_solve_quantiles_finds_the_logistic_tails():
+  model = EB(2, filters=(), tail_mass=1e-3)
+  params = logistic_params(2, median=1.5)
+  params["quantiles"] = jnp.zeros((2, 3))
+  solved = entropy.solve_quantiles(model, params)
+  t = math.log(2.0 / 1e-3 - 1.0)
+  np.testing.assert_allclose(solved["quantiles"], [[1.5 - t, 1.5, 1.5 + t]] * 2, atol=1e-4)
+  assert float(model.apply({"params": solved}, method=EB.aux_loss)) == pytest.approx(0, abs=1e-3)

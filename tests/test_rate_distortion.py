@@ -1,0 +1,194 @@
+"""The rate_distortion family, the codec and `ae-jax compress` / `decompress`."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ae_jax import cli, codec as codec_lib, data as data_lib, vmap_trials
+from ae_jax.errors import ConfigError, DataError
+from ae_jax.families import build_model, get_family
+from ae_jax.families.rate_distortion import RateDistortionAutoencoder, uniform_noise
+from ae_jax.fit import fit
+
+
+def rd_cfg(cfg, **kw):
+  cfg.model.family = "rate_distortion"
+  cfg.model.latent_dim = 6
+  cfg.model.recon_loss = "bce"
+  cfg.objective.rd_lambda = 0.01
+  cfg.train.parallel = "jit"
+  cfg.train.num_devices = 1
+  for key, value in kw.items():
+    section, field = key.split("__")
+    cfg[section][field] = value
+  return cfg
+
+
+def init(cfg, shape=(8, 8, 1)):
+  model = build_model(cfg, shape)
+  return model, model.init(jax.random.key(0), jnp.zeros((2, *shape)))
+
+
+def test_terms_shapes_and_the_loss_by_hand(cfg, digits):
+  cfg = rd_cfg(cfg)
+  model, params = init(cfg)
+  x = jnp.asarray(digits[:5])
+  keys = jax.random.split(jax.random.key(1), 5)
+  t = get_family("rate_distortion").terms(model, params, {"x": x}, keys, None, cfg, False)
+  for name in ("loss", "distortion", "mse", "psnr", "bits", "bpp", "aux"):
+    chex.assert_shape(t[name], (5,))
+  recon = model.apply(params, x, method=RateDistortionAutoencoder.reconstruct)
+  mse = jnp.mean(jnp.square(recon - x).reshape(5, -1), -1)
+  np.testing.assert_allclose(t["mse"], mse, rtol=1e-5)
+  np.testing.assert_allclose(t["bpp"], t["bits"] / 64, rtol=1e-6)
+  np.testing.assert_allclose(t["loss"], mse + 0.01 * t["bits"] / 64 + t["aux"], rtol=1e-5)
+  np.testing.assert_allclose(t["psnr"], -10 * np.log10(mse), rtol=1e-5)
+
+
+def test_training_adds_noise_for_the_rate_and_rounds_for_the_decoder(cfg, digits):
+  x = jnp.asarray(digits[:4])
+  keys = jax.random.split(jax.random.key(2), 4)
+  noise = uniform_noise(keys, 6)
+  assert float(jnp.max(jnp.abs(noise))) <= 0.5
+  for quantization in ("ste", "noise"):
+    c = rd_cfg(cfg, model__rd_quantization=quantization)
+    model, params = init(c)
+    res = model.apply(params, x, noise=noise)
+    rounded = model.apply(params, x, method=RateDistortionAutoencoder.encode)
+    expect = rounded if quantization == "ste" else res["z"] + noise
+    np.testing.assert_allclose(res["y_hat"], expect, rtol=1e-6, atol=1e-6)
+    # What the decoder sees passes the gradient to the encoder (identity through rounding).
+    grad = jax.grad(lambda p: jnp.sum(model.apply(p, x, noise=noise)["y_hat"]))(params)
+    direct = jax.grad(lambda p: jnp.sum(model.apply(
+        p, x, method=RateDistortionAutoencoder.analysis)))(params)
+    np.testing.assert_allclose(grad["params"]["to_latent"]["kernel"],
+                               direct["params"]["to_latent"]["kernel"], rtol=1e-6)
+
+
+def test_validation_errors(cfg):
+  for key, value, message in (("model__rd_quantization", "ceil", "rd_quantization"),
+                              ("objective__rd_lambda", -1.0, "rd_lambda"),
+                              ("objective__rd_distortion", "l2", "rd_distortion")):
+    with pytest.raises(ConfigError, match=message):
+      build_model(rd_cfg(cfg.copy_and_resolve_references(), **{key: value}), (8, 8, 1))
+
+
+def test_lambda_is_traced_and_trades_rate_for_distortion(cfg, digits):
+  cfg = rd_cfg(cfg)
+  cfg.train.num_steps = 150
+  cfg.train.eval_every = cfg.train.log_every = cfg.train.checkpoint_every = 10 ** 9
+  cfg.data.val_fraction = 0.0
+  cfg.model.widths = (64,)
+  runs = vmap_trials.fit_trials(cfg, [{"objective.rd_lambda": 0.0},
+                                      {"objective.rd_lambda": 1.0}],
+                                train_data=array_data(digits[:512]))
+  bits = [r.trained.evaluate(digits[512:768])["bits"] for r in runs]
+  mse = [r.trained.evaluate(digits[512:768])["mse"] for r in runs]
+  assert bits[1] < 0.7 * bits[0]
+  assert mse[1] > mse[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, digits):
+  from ae_jax import configs
+  cfg = rd_cfg(configs.get_preset("tiny"))
+  cfg.data.name = str(npy(tmp_path_factory.mktemp("data") / "digits.npy", digits))
+  cfg.train.num_steps = 60
+  path = tmp_path_factory.mktemp("rd") / "work"
+  fit(cfg, path, progress=False)
+  return path
+
+
+def array_data(x):
+  return data_lib.sources.make_array_data(x, None, "digits")
+
+
+def npy(path, array):
+  np.save(path, array)
+  return path
+
+
+def test_codec_round_trip_is_exact_for_every_example(workdir, digits):
+  codec = codec_lib.Codec.load(workdir)
+  assert (workdir / codec_lib.TABLES_FILE).is_file()
+  x = digits[:64]
+  data = codec.compress(x)
+  out = codec.decompress(data)
+  chex.assert_shape(out, (64, 8, 8, 1))
+  np.testing.assert_array_equal(out, codec.reconstruct(x))
+  again = codec_lib.Codec.load(workdir)  # reads the saved tables
+  np.testing.assert_array_equal(again.decompress(data), out)
+  sizes = codec.bytes_per_example(x)
+  assert len(codec.compress(x[:1])) == sizes[0]
+  # The model's own test-time reconstruction, with the codec's params, rounds on the same grid.
+  model_recon = codec.model.apply(codec.params, x, method=RateDistortionAutoencoder.reconstruct)
+  np.testing.assert_allclose(out, model_recon, atol=1e-5)
+
+
+def test_codec_bad_input(workdir, digits, cfg):
+  codec = codec_lib.Codec.load(workdir)
+  with pytest.raises(DataError, match="expected examples of shape"):
+    codec.compress(digits[:2, :4])
+  with pytest.raises(DataError, match="NaN"):
+    codec.compress(np.full((1, 8, 8, 1), np.nan, np.float32))
+  with pytest.raises(DataError, match="check failed"):
+    codec.decompress(codec.compress(digits[:3])[:-4] + b"\0\0\0\0")
+  ae = fit(cfg, progress=False, train_data=array_data(digits[:64]))
+  with pytest.raises(ConfigError, match="entropy bottleneck"):
+    codec_lib.Codec.from_trained(ae)
+
+
+def test_cli_compress_and_decompress(workdir, digits, tmp_path, capsys):
+  from PIL import Image
+  x = digits[:10]
+  src = npy(tmp_path / "x.npy", x[..., 0])  # grey images without the channel axis
+  blob = tmp_path / "x.aejx"
+  assert cli.main(["compress", "--workdir", str(workdir), "--input", str(src),
+                   "--out", str(blob)]) == 0
+  assert "10 example(s)" in capsys.readouterr().out
+  back = tmp_path / "back.npy"
+  assert cli.main(["decompress", "--workdir", str(workdir), "--input", str(blob),
+                   "--out", str(back)]) == 0
+  codec = codec_lib.Codec.load(workdir)
+  np.testing.assert_array_equal(np.load(back), codec.reconstruct(x))
+  png = tmp_path / "one.png"
+  Image.fromarray((x[0, :, :, 0] * 255).round().astype(np.uint8)).save(png)
+  assert cli.main(["compress", "--workdir", str(workdir), "--input", str(png)]) == 0
+  assert cli.main(["decompress", "--workdir", str(workdir), "--input",
+                   str(png.with_suffix(".aejx")), "--out", str(tmp_path / "one_back.png")]) == 0
+  decoded = np.asarray(Image.open(tmp_path / "one_back.png"), np.float32) / 255
+  expect = codec.reconstruct(np.asarray(Image.open(png), np.float32)[None, :, :, None] / 255)
+  np.testing.assert_allclose(decoded, expect[0, :, :, 0], atol=0.5 / 255 + 1e-6)
+  blob.write_bytes(blob.read_bytes()[:-1])
+  assert cli.main(["decompress", "--workdir", str(workdir), "--input", str(blob)]) == 2
+  assert "check failed" in capsys.readouterr().err
+
+
+def test_ms_ssim():
+  from experiments.rate_distortion import ms_ssim
+  rng = np.random.default_rng(0)
+  a = rng.random((3, 28, 28, 1))
+  np.testing.assert_allclose(ms_ssim(a, a), 1.0, rtol=1e-12)
+  noisy = [ms_ssim(a, np.clip(a + s * rng.standard_normal(a.shape), 0, 1)).mean()
+           for s in (0.05, 0.2)]
+  assert 1.0 > noisy[0] > noisy[1] > 0
+  # A constant shift changes only luminance, at the coarsest scale: hand value.
+  b, c = np.full((1, 28, 28), 0.5), np.full((1, 28, 28), 0.6)
+  lum = (2 * 0.5 * 0.6 + 1e-4) / (0.25 + 0.36 + 1e-4)
+  np.testing.assert_allclose(ms_ssim(b, c), lum ** (0.3001 / (0.0448 + 0.2856 + 0.3001)),
+                             rtol=1e-9)
+
+
+def test_experiment_smoke(tmp_path):
+  if "mnist_t10k" not in data_lib.available():
+    pytest.skip("needs the shared mnist_t10k data (AE_JAX_DATA_DIR)")
+  from experiments import rate_distortion
+  points = rate_distortion.main(["--smoke", "--out", str(tmp_path)])
+  assert (tmp_path / "rate_distortion.png").is_file()
+  assert (tmp_path / "decoded_grid.png").is_file()
+  ours = [p for p in points if p["method"] == "ours" and p["split"] == "test"]
+  assert len(ours) == 2 and all(p["bytes"] >= 6 for p in ours)
