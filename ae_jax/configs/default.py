@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.layer_norm = False
   c.model.dropout = 0.0
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+  c.model.conv_impl = "auto"      # auto (fast path on CPU, XLA on GPU/TPU) | xla | fast
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
   c.model.sparsity = "l1"         # sparse family: l1 | kl | topk
   c.model.k = 4                   # top-k active latents
