@@ -113,11 +113,29 @@ def environment() -> dict[str, Any]:
       "python": platform.python_version(),
       "machine": platform.machine(),
       "processor": _cpu_model(),
+      "cpu_isa": cpu_isa_flags(),
       "cpu_count": os.cpu_count(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
   }
+
+
+# The ISA extensions that decide which matmul kernels XLA and PyTorch can use.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile",
+             "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def cpu_isa_flags() -> list[str]:
+  """Those of ISA_FLAGS that /proc/cpuinfo lists for this CPU (empty where unreadable)."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        have = set(line.split(":", 1)[1].split())
+        return [f for f in ISA_FLAGS if f in have]
+  except OSError:
+    pass
+  return []
 
 
 def _cpu_model() -> str:
