@@ -84,12 +84,16 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
   return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
+# Model settings that do not change the parameters: a checkpoint restores across them.
+_SAME_PARAMS = ("compute_dtype", "conv_impl")
+
+
 def check_architecture(meta: dict, cfg: ml_collections.ConfigDict, where: str) -> None:
   """Raise CheckpointError when the checkpoint's model config differs from cfg.model."""
   saved = json.loads(with_defaults(json.loads(meta["config"])).to_json())["model"]
   current = json.loads(cfg.to_json())["model"]
   diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current)
-          if saved.get(k) != current.get(k) and k != "compute_dtype"}
+          if saved.get(k) != current.get(k) and k not in _SAME_PARAMS}
   if diff:
     detail = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in
                        sorted(diff.items()))

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from ae_jax import conv as conv_lib
 from ae_jax.errors import ConfigError
 from ae_jax.registry import Registry
 
@@ -91,6 +92,7 @@ class ConvEncoder(nn.Module):
   activation: str = "relu"
   layer_norm: bool = False
   dtype: jnp.dtype | None = None
+  conv_impl: str = "auto"  # ae_jax.conv.IMPLS
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -98,8 +100,8 @@ class ConvEncoder(nn.Module):
     ndim = x.ndim - 2
     h = x
     for ch in self.channels:
-      h = nn.Conv(ch, (self.kernel_size,) * ndim, strides=(self.stride,) * ndim,
-                  padding="SAME", dtype=self.dtype)(h)
+      h = conv_lib.Conv(ch, (self.kernel_size,) * ndim, strides=(self.stride,) * ndim,
+                        padding="SAME", dtype=self.dtype, impl=self.conv_impl)(h)
       if self.layer_norm:
         h = nn.LayerNorm(dtype=self.dtype)(h)
       h = act(h)
@@ -115,6 +117,7 @@ class ConvDecoder(nn.Module):
   activation: str = "relu"
   layer_norm: bool = False
   dtype: jnp.dtype | None = None
+  conv_impl: str = "auto"  # ae_jax.conv.IMPLS
 
   @nn.compact
   def __call__(self, z, train: bool = False):
@@ -127,12 +130,14 @@ class ConvDecoder(nn.Module):
     h = nn.Dense(math.prod(small) * first, dtype=self.dtype)(z)
     h = act(h).reshape(z.shape[0], *small, first)
     for ch in reversed(self.channels):
-      h = nn.ConvTranspose(ch, (self.kernel_size,) * ndim, strides=(self.stride,) * ndim,
-                           padding="SAME", dtype=self.dtype)(h)
+      h = conv_lib.ConvTranspose(ch, (self.kernel_size,) * ndim,
+                                 strides=(self.stride,) * ndim, padding="SAME",
+                                 dtype=self.dtype, impl=self.conv_impl)(h)
       if self.layer_norm:
         h = nn.LayerNorm(dtype=self.dtype)(h)
       h = act(h)
-    return nn.Conv(out_ch, (self.kernel_size,) * ndim, padding="SAME", dtype=self.dtype)(h)
+    return conv_lib.Conv(out_ch, (self.kernel_size,) * ndim, padding="SAME", dtype=self.dtype,
+                         impl=self.conv_impl)(h)
 
 
 NETWORKS: Registry = Registry("network")
@@ -173,7 +178,9 @@ def _conv(name: str, rank: int):
     del decoder_input
     _check_conv_shape(name, input_shape, rank, cfg)
     kw = dict(kernel_size=cfg.kernel_size, stride=cfg.stride, activation=cfg.activation,
-              layer_norm=cfg.layer_norm, dtype=_dtype(cfg))
+              layer_norm=cfg.layer_norm, dtype=_dtype(cfg),
+              conv_impl=cfg.get("conv_impl", "auto"))
+    conv_lib.resolve_impl(kw["conv_impl"])  # a bad setting fails here, not at first call
     return (ConvEncoder(tuple(cfg.channels), **kw),
             ConvDecoder(tuple(cfg.channels), tuple(input_shape), **kw))
   build.__doc__ = f"Strided conv encoder and transposed-conv decoder over {rank}-D inputs."

@@ -26,8 +26,9 @@ CONV_CHANNELS = (32, 64)
 
 
 def config(family: str = "ae", network: str = "mlp", dtype: str = "float32",
-           batch_size: int = 256) -> ml_collections.ConfigDict:
-  """The ae_jax config of one benchmarked model (Adam 1e-3, MSE, or BCE for the VAE)."""
+           batch_size: int = 256, conv_impl: str = "auto") -> ml_collections.ConfigDict:
+  """The ae_jax config of one benchmarked model (Adam 1e-3, MSE, or BCE for the VAE);
+  `conv_impl` is `model.conv_impl` (ae_jax.conv.IMPLS)."""
   c = default.get_config()
   c.model.family = family
   c.model.network = "mlp" if network == "mlp" else "conv2d"
@@ -35,6 +36,7 @@ def config(family: str = "ae", network: str = "mlp", dtype: str = "float32",
   c.model.widths = MLP_WIDTHS
   c.model.channels = CONV_CHANNELS
   c.model.compute_dtype = dtype
+  c.model.conv_impl = conv_impl
   c.model.recon_loss = "bce" if family == "vae" else "mse"
   c.model.sparsity = "l1"
   c.train.batch_size = batch_size
@@ -72,13 +74,14 @@ def host_init(model, input_shape, seed: int = 0):
 
 
 def train_state(family: str = "ae", network: str = "mlp", dtype: str = "float32",
-                batch_size: int = 256, seed: int = 0, real_init: bool = False):
+                batch_size: int = 256, seed: int = 0, real_init: bool = False,
+                conv_impl: str = "auto"):
   """(config, model, family, TrainState) ready for `ae_jax.train.train_step`.
 
   With `real_init` the state comes from `ae_jax.train.create_train_state` (the
   codebase's own initialiser, slow to compile); otherwise from `host_init`.
   """
-  cfg = config(family, network, dtype, batch_size)
+  cfg = config(family, network, dtype, batch_size, conv_impl)
   shape = INPUT_SHAPES[network]
   model = families.build_model(cfg, shape)
   if real_init:

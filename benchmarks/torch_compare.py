@@ -15,11 +15,15 @@ with `--scan-steps` steps per call (`lax.scan`). PyTorch: the twins in
 All variants of one row are timed in turns, so a change in the machine's load falls on
 all of them alike; `--order blocks` times each variant in one block instead, which keeps
 PyTorch's spinning OpenMP threads from slowing the JAX calls that follow them.
+`--omp-wait-policy passive` (the default) sets OMP_WAIT_POLICY=PASSIVE before PyTorch
+starts, so its idle OpenMP threads sleep instead of spinning on the cores JAX's next
+call needs; `active` keeps OpenMP's spinning.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import jax
@@ -184,7 +188,11 @@ def main(argv=None) -> dict | None:
                       help="time the variants in turns (default) or each in one block")
   parser.add_argument("--scan-steps", type=int, default=None,
                       help="steps per call of the scanned JAX train step (default 8; 1 = off)")
+  parser.add_argument("--omp-wait-policy", choices=("passive", "active"), default="passive",
+                      help="OpenMP wait policy of PyTorch's threads (set before torch starts)")
   args = common.parse(parser, argv)
+  if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
   try:
     import torch  # pylint: disable=g-import-not-at-top
     from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
@@ -216,6 +224,7 @@ def main(argv=None) -> dict | None:
   env = common.environment()
   env["torch_threads"] = torch.get_num_threads()
   env["torch_device"] = args.torch_device
+  env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
   payload = {"benchmark": "torch_compare", "command": common.command_line(),
              "environment": env, "smoke": smoke, "dtype": "float32",
              "compile_backend": args.compile_backend, "order": args.order, "rows": rows,

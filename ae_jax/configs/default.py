@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.layer_norm = False
   c.model.dropout = 0.0
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+  c.model.conv_impl = "auto"      # auto (fast path on CPU, XLA on GPU/TPU) | xla | fast
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
 
   c.objective = ml_collections.ConfigDict()

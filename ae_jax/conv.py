@@ -1,0 +1,341 @@
+"""Convolutions that are fast on XLA:CPU, with the parameters of `nn.Conv` / `nn.ConvTranspose`.
+
+XLA:CPU runs the gradients of convolutions far below its matmul rate: an input-dilated
+(`lhs_dilation`) convolution, which is how `lax.conv_transpose` and the input gradient of
+a strided convolution are written, and the kernel gradient (a convolution over the batch
+axis) cost 5 to 15 times the forward pass (jax#31662, openxla/xla#34273). This module
+writes the same maths with operations XLA:CPU runs well:
+
+- a transposed convolution is interior padding of the input (`lax.pad`, as equinox#1259
+  does) followed by a stride-1 convolution, so no `lhs_dilation` appears;
+- `conv` has a `jax.custom_vjp`: the input gradient is interior padding of the output
+  gradient and a stride-1 convolution with the flipped kernel, the kernel gradient one
+  matmul over the strided taps of the padded input (im2col).
+
+`Conv` and `ConvTranspose` hold exactly the parameters of their Flax twins (`kernel` of
+shape (*kernel_size, C_in, C_out), `bias` of shape (C_out,), the same initialisers), so
+checkpoints move between the two paths. `impl="auto"` takes the fast path on the CPU
+backend and XLA's own convolutions on GPU and TPU; "xla" and "fast" force one.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ae_jax.errors import ConfigError
+
+IMPLS = ("auto", "xla", "fast")
+# Forward of a transposed convolution: "col2im" (one matmul, taps overlap-added) or
+# "conv" (interior padding + stride-1 XLA convolution); chosen on benchmarks.conv_profile.
+_TRANSPOSE_FORWARD = "subpixel"
+_DIMS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
+
+
+def resolve_impl(impl: str) -> str:
+  """'xla' or 'fast' for a setting in IMPLS; 'auto' is 'fast' on the CPU backend only."""
+  if impl not in IMPLS:
+    raise ConfigError(f"unknown conv_impl {impl!r}; valid settings are: {', '.join(IMPLS)} "
+                      "('auto' picks 'fast' on the CPU and 'xla' on GPU/TPU)")
+  if impl == "auto":
+    return "fast" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """(low, high) padding of a 'SAME' convolution along one axis, as XLA computes it."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def conv_padding(padding, spatial, kernel, strides) -> tuple[tuple[int, int], ...]:
+  """Explicit (low, high) pairs per spatial axis for 'SAME', 'VALID', an int or pairs."""
+  if isinstance(padding, str):
+    if padding.upper() == "SAME":
+      return tuple(same_padding(n, k, s) for n, k, s in zip(spatial, kernel, strides))
+    if padding.upper() == "VALID":
+      return ((0, 0),) * len(spatial)
+    raise ConfigError(f"padding {padding!r} is not supported by ae_jax.conv; use 'SAME', "
+                      "'VALID', an int or (low, high) pairs")
+  if isinstance(padding, int):
+    return ((padding, padding),) * len(spatial)
+  pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+  if len(pairs) != len(spatial):
+    raise ConfigError(f"padding {padding!r} gives {len(pairs)} axes, the input has "
+                      f"{len(spatial)} spatial axes")
+  return pairs
+
+
+def transpose_padding(kernel: int, stride: int, padding) -> tuple[int, int]:
+  """(low, high) edge padding of the interior-padded input of a transposed convolution,
+  following `lax.conv_transpose` for 'SAME' and 'VALID'."""
+  if padding == "SAME":
+    total = kernel + stride - 2
+    low = kernel - 1 if stride > kernel - 1 else -(-total // 2)
+  elif padding == "VALID":
+    total = kernel + stride - 2 + max(kernel - stride, 0)
+    low = kernel - 1
+  else:
+    raise ConfigError(f"ConvTranspose padding {padding!r} is not supported by ae_jax.conv; "
+                      "use 'SAME' or 'VALID'")
+  return low, total - low
+
+
+def _xla_conv(x, w, strides, pads):
+  return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DIMS[x.ndim - 2])
+
+
+def _taps(xp, kernel, strides, out):
+  """Strided windows of the padded input, one (B, *out, C) slice per kernel tap."""
+  taps = []
+  for t in itertools.product(*(range(k) for k in kernel)):
+    start = (0, *t, 0)
+    limit = (xp.shape[0], *(ti + (o - 1) * s + 1 for ti, o, s in zip(t, out, strides)),
+             xp.shape[-1])
+    taps.append(lax.slice(xp, start, limit, (1, *strides, 1)))
+  return taps
+
+
+def _pad(x, cfg):
+  """lax.pad of the spatial axes of x (B, *spatial, C) by (low, high, interior) triples."""
+  return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *cfg, (0, 0, 0)])
+
+
+def _patch_grad(a, b, kernel, strides, out):
+  """sum over rows of a[row, c] * tap_u(b)[row, o] for every tap u, as one matmul of a
+  (B, *out, C) with the im2col patches of b -> (*kernel, C, O) indexed by tap u."""
+  patches = jnp.stack(_taps(b, kernel, strides, out), axis=-2)
+  rows = math.prod(patches.shape[:-2])
+  g = jnp.dot(a.reshape(rows, -1).T, patches.reshape(rows, -1))
+  g = g.reshape(a.shape[-1], math.prod(kernel), patches.shape[-1])
+  return jnp.moveaxis(g, 0, 1).reshape(*kernel, a.shape[-1], patches.shape[-1])
+
+
+def _col2im(x, w, strides, lows, out):
+  """y (B, *out, O) with y[s*m + low - t] += x[m] @ w[t] for every position m of x
+  (B, *spatial, C) and tap t of w (*kernel, C, O): one matmul, then the taps are
+  spread out by the stride (interior padding) and summed in one fused loop."""
+  kernel = w.shape[:-2]
+  spatial = x.shape[1:-1]
+  z = jnp.dot(x, jnp.moveaxis(w, -2, 0).reshape(w.shape[-2], -1))
+  z = z.reshape(*x.shape[:-1], *kernel, w.shape[-1])
+  y = None
+  for i, t in enumerate(itertools.product(*(range(k) for k in kernel))):
+    zt = z.reshape(*x.shape[:-1], -1, w.shape[-1])[..., i, :]
+    cfg = [(lo - ti, p - (lo - ti) - (s * (n - 1) + 1), s - 1)
+           for lo, ti, p, s, n in zip(lows, t, out, strides, spatial)]
+    yt = _pad(zt, cfg)
+    y = yt if y is None else y + yt
+  return y
+
+
+def _subpixel(x, w, strides, pads):
+  """Transposed convolution as s**rank stride-1 convolutions of x, one per output phase.
+
+  With z the input spread out by the stride and padded by (lo, hi), y[p] = sum_t
+  z[p + t] w[t]; output p = s*m + r sees only the taps t = lo - r (mod s), each reading
+  x[m + (r + t - lo) / s]. So phase r is a convolution of x with those taps, and the
+  phases interleave (depth-to-space) into y: no multiplication by inserted zeros."""
+  kernel, spatial = w.shape[:-2], x.shape[1:-1]
+  rank = len(kernel)
+  out = [(n - 1) * s + 1 + lo + hi - k + 1
+         for n, s, (lo, hi), k in zip(spatial, strides, pads, kernel)]
+  rows = [-(-p // s) for p, s in zip(out, strides)]
+  phases = []
+  for r in itertools.product(*(range(s) for s in strides)):
+    taps, cfg = [], []
+    for ri, k, s, (lo, _), n, m in zip(r, kernel, strides, pads, spatial, rows):
+      t = [ti for ti in range(k) if (ti - lo + ri) % s == 0]
+      if not t:
+        break
+      first, last = (ri + t[0] - lo) // s, (ri + t[-1] - lo) // s
+      taps.append(slice(t[0], t[-1] + 1, s))
+      cfg.append((-first, m - 1 + last - (n - 1), 0))
+    if len(taps) < rank:
+      phases.append(jnp.zeros((x.shape[0], *rows, w.shape[-1]), x.dtype))
+      continue
+    sub = w[tuple(taps)]
+    phases.append(_xla_conv(_pad(x, cfg), sub, (1,) * rank, ((0, 0),) * rank))
+  y = jnp.stack(phases, axis=-2).reshape(x.shape[0], *rows, *strides, w.shape[-1])
+  perm = [0] + [a for d in range(rank) for a in (1 + d, 1 + rank + d)] + [1 + 2 * rank]
+  y = y.transpose(perm).reshape(x.shape[0], *(m * s for m, s in zip(rows, strides)),
+                                w.shape[-1])
+  return y[(slice(None), *(slice(0, p) for p in out))]
+
+
+def _flip(w):
+  return jnp.flip(w, axis=tuple(range(w.ndim - 2)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x, w, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...]):
+  """Correlation of x (B, *spatial, C) with w (*kernel, C, O), explicit (low, high)
+  padding per axis and the given strides -> (B, *out, O); gradients fast on the CPU."""
+  return _xla_conv(x, w, strides, pads)
+
+
+def _conv_fwd(x, w, strides, pads):
+  return _xla_conv(x, w, strides, pads), (x, w)
+
+
+def _conv_bwd(strides, pads, res, dy):
+  x, w = res
+  kernel, spatial, out = w.shape[:-2], x.shape[1:-1], dy.shape[1:-1]
+  rank = len(kernel)
+  # Input gradient: the output gradient spread out by the stride (interior padding)
+  # and correlated with the flipped kernel, channels swapped; a stride-1 convolution.
+  cfg = [(k - 1 - lo, n + lo - (o - 1) * s - 1, s - 1)
+         for k, s, (lo, _), n, o in zip(kernel, strides, pads, spatial, out)]
+  dx = _xla_conv(_pad(dy, cfg), _flip(w).swapaxes(-1, -2), (1,) * rank, ((0, 0),) * rank)
+  # Kernel gradient: one matmul with im2col patches of whichever operand is smaller:
+  # the strided taps of the padded input (C_in columns per tap), or, for stride 1, the
+  # shifted taps of the padded output gradient (C_out columns per tap).
+  xp = _pad(x, [(lo, hi, 0) for lo, hi in pads])
+  if all(s == 1 for s in strides) and w.shape[-1] < w.shape[-2]:
+    dyq = _pad(dy, [(k - 1, k - 1, 0) for k in kernel])
+    dw = _flip(_patch_grad(xp, dyq, kernel, strides, xp.shape[1:-1]))
+  else:
+    dw = jnp.moveaxis(_patch_grad(dy, xp, kernel, strides, out), -1, -2)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _transpose_cfg(kernel, strides, padding):
+  return [(*transpose_padding(k, s, padding), s - 1) for k, s in zip(kernel, strides)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_transpose(x, w, strides: tuple[int, ...], padding="SAME"):
+  """`lax.conv_transpose(x, w, strides, padding)` (kernel not flipped, as in
+  `nn.ConvTranspose`): x (B, *spatial, C), w (*kernel, C, O) -> (B, *out, O), written as
+  interior padding of x and a stride-1 convolution (no lhs_dilation); gradients by
+  strided convolution and im2col matmul."""
+  return _conv_transpose_fwd(x, w, strides, padding)[0]
+
+
+def _conv_transpose_fwd(x, w, strides, padding):
+  rank = x.ndim - 2
+  cfg = _transpose_cfg(w.shape[:rank], strides, padding)
+  if _TRANSPOSE_FORWARD == "subpixel":
+    return _subpixel(x, w, strides, [(lo, hi) for lo, hi, _ in cfg]), (x, w)
+  if _TRANSPOSE_FORWARD == "col2im":
+    out = [(n - 1) * s + 1 + lo + hi - k + 1
+           for n, s, (lo, hi, _), k in zip(x.shape[1:-1], strides, cfg, w.shape[:rank])]
+    return _col2im(x, w, strides, [lo for lo, _, _ in cfg], out), (x, w)
+  return _xla_conv(_pad(x, cfg), w, (1,) * rank, ((0, 0),) * rank), (x, w)
+
+
+def _conv_transpose_bwd(strides, padding, res, dy):
+  x, w = res
+  kernel, spatial = w.shape[:-2], x.shape[1:-1]
+  rank = len(kernel)
+  # y[p] = sum_t z[p + t] w[t] with z[s*m + lo] = x[m], so
+  # dx[m] = sum_t dy[s*m + lo - t] w[t]: a stride-s convolution of dy with the flipped
+  # kernel, and dw[t] = sum_m x[m] dy[s*m + lo - t]: x against the strided taps of dy.
+  cfg = []
+  for k, s, (lo, _, _), n, p in zip(kernel, strides, _transpose_cfg(kernel, strides, padding),
+                                    spatial, dy.shape[1:-1]):
+    low = k - 1 - lo
+    cfg.append((low, s * (n - 1) + k - low - p, 0))
+  dyq = _pad(dy, cfg)
+  dx = _xla_conv(dyq, _flip(w).swapaxes(-1, -2), strides, ((0, 0),) * rank)
+  dw = _flip(_patch_grad(x, dyq, kernel, strides, spatial))
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+def _flatten_batch(x, rank):
+  """x with all leading batch axes folded into one (and one added if there is none)."""
+  batch = x.shape[:x.ndim - rank - 1]
+  return x.reshape((-1, *x.shape[len(batch):])), batch
+
+
+def _tuple(v, rank):
+  return (v,) * rank if isinstance(v, int) else tuple(v)
+
+
+class Conv(nn.Module):
+  """`nn.Conv` twin (same `kernel`/`bias` names, shapes and initialisers).
+
+  Inputs (*batch, *spatial, C) -> (*batch, *out, features); `impl` in IMPLS.
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: str | int | Sequence = "SAME"
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel_size = _tuple(self.kernel_size, 1)
+    rank = len(kernel_size)
+    strides = _tuple(self.strides, rank)
+    kernel = self.param("kernel", self.kernel_init, (*kernel_size, inputs.shape[-1],
+                                                    self.features), self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    x, batch = _flatten_batch(x, rank)
+    pads = conv_padding(self.padding, x.shape[1:-1], kernel_size, strides)
+    if resolve_impl(self.impl) == "fast":
+      y = conv(x, kernel, strides, pads)
+    else:
+      y = _xla_conv(x, kernel, strides, pads)
+    if bias is not None:
+      y = y + bias
+    return y.reshape((*batch, *y.shape[1:]))
+
+
+class ConvTranspose(nn.Module):
+  """`nn.ConvTranspose` twin (same `kernel`/`bias` names, shapes and initialisers;
+  `transpose_kernel=False` and no kernel dilation, as the Flax default).
+
+  Inputs (*batch, *spatial, C) -> (*batch, *out, features); `impl` in IMPLS.
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] | None = None
+  padding: str = "SAME"
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, inputs):
+    kernel_size = _tuple(self.kernel_size, 1)
+    rank = len(kernel_size)
+    strides = _tuple(1 if self.strides is None else self.strides, rank)
+    kernel = self.param("kernel", self.kernel_init, (*kernel_size, inputs.shape[-1],
+                                                    self.features), self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    x, batch = _flatten_batch(x, rank)
+    if resolve_impl(self.impl) == "fast":
+      y = conv_transpose(x, kernel, strides, self.padding)
+    else:
+      y = lax.conv_transpose(x, kernel, strides, self.padding,
+                             dimension_numbers=_DIMS[rank])
+    if bias is not None:
+      y = y + bias
+    return y.reshape((*batch, *y.shape[1:]))

@@ -1,0 +1,160 @@
+"""Where the conv28 train step spends its time: each convolution of the conv28 autoencoder
+timed alone, forward, input gradient and kernel gradient, XLA's formulation against
+`ae_jax.conv`'s fast path, in turns; then the whole train step with each path.
+
+`python -m benchmarks.conv_profile [--smoke] [--batches 64,256] [--out conv_profile.json]`
+
+Layers (NHWC, 3x3 kernels): enc1 28x28x1 -> 14x14x32 stride 2; enc2 14x14x32 -> 7x7x64
+stride 2; dec1 7x7x64 -> 14x14x64 transposed stride 2; dec2 14x14x64 -> 28x28x32
+transposed stride 2; out 28x28x32 -> 28x28x1 stride 1. Each op is compiled ahead of
+time alone (`jax.vjp` with a fixed cotangent for the gradients); GFLOP/s count the
+useful multiply-adds only (no dilation zeros).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ae_jax import conv as fastconv
+from ae_jax import parallel, train
+from benchmarks import architectures, common
+
+# name: (input spatial, C_in, C_out, stride, transposed)
+LAYERS = {
+    "enc1": (28, 1, 32, 2, False),
+    "enc2": (14, 32, 64, 2, False),
+    "dec1": (7, 64, 64, 2, True),
+    "dec2": (14, 64, 32, 2, True),
+    "out": (28, 32, 1, 1, False),
+}
+OPS = ("forward", "grad_input", "grad_kernel")
+
+
+def layer_fn(name: str, impl: str):
+  """f(x, w) of one conv28 layer with the given path ('xla' or 'fast')."""
+  _, _, _, s, transposed = LAYERS[name]
+  strides = (s, s)
+  if transposed:
+    if impl == "xla":
+      return lambda x, w: lax.conv_transpose(x, w, strides, "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lambda x, w: fastconv.conv_transpose(x, w, strides, "SAME")
+  pads = tuple(fastconv.same_padding(LAYERS[name][0], 3, s) for _ in range(2))
+  if impl == "xla":
+    return lambda x, w: lax.conv_general_dilated(x, w, strides, pads,
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lambda x, w: fastconv.conv(x, w, strides, pads)
+
+
+def op_fn(f, op):
+  if op == "forward":
+    return lambda x, w, dy: f(x, w)
+  if op == "grad_input":
+    return lambda x, w, dy: jax.vjp(lambda x: f(x, w), x)[1](dy)[0]
+  return lambda x, w, dy: jax.vjp(lambda w: f(x, w), w)[1](dy)[0]
+
+
+def layer_inputs(name, batch):
+  n, cin, cout, s, transposed = LAYERS[name]
+  rng = np.random.default_rng(0)
+  out = n * s if transposed else -(-n // s)
+  x = jnp.asarray(rng.standard_normal((batch, n, n, cin), np.float32))
+  w = jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32) / np.sqrt(9 * cin))
+  dy = jnp.asarray(rng.standard_normal((batch, out, out, cout), np.float32))
+  useful = 2 * 9 * cin * cout * batch * (n * n if transposed else out * out)
+  return x, w, dy, useful
+
+
+def profile_layers(batches, impls, repeats, budget_s, log=print):
+  rows = []
+  for batch in batches:
+    for name in LAYERS:
+      x, w, dy, flops = layer_inputs(name, batch)
+      for op in OPS:
+        calls, compile_s = {}, {}
+        for impl in impls:
+          compiled, _, compile_s[impl] = common.aot_compile(op_fn(layer_fn(name, impl), op),
+                                                            x, w, dy)
+          calls[impl] = common.blocking(compiled, x, w, dy)
+        timings = common.time_interleaved(calls, repeats=repeats, min_repeats=2,
+                                          budget_s=budget_s)
+        row = {"batch": batch, "layer": name, "op": op}
+        for impl, t in timings.items():
+          ms = t.summary()["median_s"] * 1e3
+          row[f"{impl}_ms"] = ms
+          row[f"{impl}_gflops"] = flops / ms / 1e6
+        if "xla" in impls and "fast" in impls:
+          row["speedup"] = row["xla_ms"] / row["fast_ms"]
+        rows.append(row)
+        log("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in row.items()))
+  return rows
+
+
+def profile_train(batches, impls, repeats, budget_s, log=print):
+  rows = []
+  for batch in batches:
+    calls = {}
+    for impl in impls:
+      cfg, model, family, state = architectures.train_state("ae", "conv28", "float32", batch,
+                                                            conv_impl=impl)
+      step = functools.partial(train.train_step, model=model, family=family, config=cfg)
+      run = parallel.compile_step(step, "jit")
+      holder = {"state": state, "batch": {"x": jnp.asarray(
+          architectures.example_batch("conv28", batch))}, "rng": jax.random.key(0)}
+
+      def call(run=run, holder=holder):
+        holder["state"], m = run(holder["state"], holder["batch"], holder["rng"])
+        jax.block_until_ready((holder["state"], m))
+      t0 = time.perf_counter()
+      call()
+      log(f"train step b={batch} {impl}: first call {time.perf_counter() - t0:.1f} s")
+      calls[impl] = call
+    timings = common.time_interleaved(calls, repeats=repeats, min_repeats=2, budget_s=budget_s)
+    row = {"batch": batch, "layer": "train_step", "op": "all"}
+    for impl, t in timings.items():
+      ms = t.summary()["median_s"] * 1e3
+      row[f"{impl}_ms"] = ms
+      row[f"{impl}_eps"] = batch / ms * 1e3
+    if "xla" in impls and "fast" in impls:
+      row["speedup"] = row["xla_ms"] / row["fast_ms"]
+    rows.append(row)
+    log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in row.items()))
+  return rows
+
+
+def main(argv=None) -> dict:
+  parser = common.base_parser(__doc__.splitlines()[0])
+  parser.add_argument("--batches", type=common.int_list, default=None)
+  parser.add_argument("--impls", type=common.str_list, default=["xla", "fast"])
+  parser.add_argument("--no-train", action="store_true", help="skip the whole-step timing")
+  args = common.parse(parser, argv)
+  batches = args.batches or ([4] if args.smoke else [64, 256])
+  repeats = args.repeats or (2 if args.smoke else 5)
+  budget_s = args.budget or (0.05 if args.smoke else 0.5)
+  t0 = time.perf_counter()
+  rows = profile_layers(batches, args.impls, repeats, budget_s)
+  if not args.no_train:
+    rows += profile_train(batches, args.impls, repeats, budget_s)
+  payload = {"benchmark": "conv_profile", "command": common.command_line(),
+             "environment": common.environment(), "smoke": args.smoke, "dtype": "float32",
+             "rows": rows, "wall_s": time.perf_counter() - t0}
+  common.write_json(args.out, payload)
+  cols = [("batch", "batch"), ("layer", "layer"), ("op", "op")]
+  for impl in args.impls:
+    cols += [(f"{impl} ms", f"{impl}_ms"), (f"{impl} GFLOP/s", f"{impl}_gflops"),
+             (f"{impl} ex/s", f"{impl}_eps")]
+  cols.append(("xla/fast time", "speedup"))
+  print(common.rows_table(rows, cols))
+  return payload
+
+
+if __name__ == "__main__":
+  main()
