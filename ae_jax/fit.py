@@ -312,6 +312,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
   stop_at = steps if stop_after is None else min(steps, stop_after)
   bar = tqdm.tqdm(total=steps, initial=start, disable=not (progress and is_main), desc="train",
                   dynamic_ncols=True)
+  board = _open_board(cfg, workdir, model, scaler, input_shape, val if val is not None else train,
+                      steps, start) if cfg.train.get("tensorboard", False) and is_main else None
   t0 = time.time()
 
   def drain():
@@ -354,6 +356,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
         row = {"step": s, "split": "train", "time": round(time.time() - t0, 3),
                "timestamp": time.time(), **m}
         log.write(row)
+        if board is not None:
+          board.scalars(s, "train", m)
         bar.set_postfix(loss=f"{m['loss']:.4g}")
       bar.update(1)
       if is_eval:
@@ -361,6 +365,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
                        _eval_batch_size(cfg, getattr(eval_fn, "num_devices", 1)))
         log.write({"step": step, "split": "eval", "time": round(time.time() - t0, 3),
                    "timestamp": time.time(), **ev})
+        if board is not None:
+          board.evaluation(step, ev, distributed.to_local(state.params))
         if ev["loss"] < best:
           best, bad_evals = ev["loss"], 0
           if restore_best:
@@ -382,6 +388,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
         break
   finally:
     bar.close()
+    if board is not None:
+      board.close()
     if ckpts is not None:
       ckpts.close()
   params = (distributed.to_local(state.params) if best_params is None else
@@ -392,6 +400,24 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     from ae_jax import figures  # matplotlib is imported only when figures are drawn
     result.figure_paths = figures.training_figures(result, val if val is not None else train)
   return result
+
+
+# ---- TensorBoard (optional, train.tensorboard) -------------------------------------
+
+def _open_board(cfg, workdir, model, scaler, input_shape, data, steps: int, start: int):
+  """A `TrainingBoard` writing to workdir/tensorboard, drawing examples of `data`."""
+  from ae_jax import tensorboard
+  from ae_jax.train import learning_rate_schedule
+  if workdir is None:
+    raise ConfigError("train.tensorboard=true writes into the workdir; give a workdir or set "
+                      "train.tensorboard=false")
+  n = tensorboard.NUM_IMAGES
+  return tensorboard.TrainingBoard(
+      workdir / tensorboard.LOGDIR, Trained(cfg, model, None, scaler, input_shape),
+      scaler.inverse_transform(data.x[:n]), None if data.y is None else data.y[:n],
+      learning_rate=learning_rate_schedule(cfg, steps),
+      can_sample=get_family(cfg.model.family).can_sample,
+      images_every=cfg.train.get("tensorboard_images_every", 5), start_step=start)
 
 
 def _eval_batch_size(cfg, num_devices: int) -> int:
