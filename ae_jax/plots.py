@@ -87,7 +87,7 @@ def reconstructions(x: np.ndarray, x_hat: np.ndarray, *, n: int = 8, title: str 
 def latent_scatter(panels: Mapping[str, np.ndarray], labels: np.ndarray | None = None, *,
                    title: str = "", axis_names: Sequence[str] = ("dim 1", "dim 2")) -> Figure:
   """Side-by-side 2-D scatters {name: z (N, 2)}, coloured by class `labels` (N,)."""
-  fig = Figure(figsize=(4.0 * len(panels), 3.8))
+  fig = Figure(figsize=(4.2 * len(panels) + 0.6, 3.8), layout="constrained")
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   for ax, (name, z) in zip(axes, panels.items()):
     z = np.asarray(z)
