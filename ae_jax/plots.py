@@ -42,7 +42,8 @@ def image_grid(rows: Mapping[str, np.ndarray], *, n: int = 8, title: str = "",
   """One row per entry {label: images (N, H, W, C) in [0, 1]}, the first `n` of each."""
   rows = {k: np.asarray(v) for k, v in rows.items()}
   n = min(n, *(len(v) for v in rows.values()))
-  fig = Figure(figsize=(size * n + 1.0, size * len(rows) + (0.35 if title else 0.1)))
+  height = size * len(rows) + (0.45 if title else 0.1)
+  fig = Figure(figsize=(size * n + 1.0, height))
   axes = fig.subplots(len(rows), n, squeeze=False)
   for r, (label, imgs) in enumerate(rows.items()):
     for c in range(n):
@@ -53,7 +54,7 @@ def image_grid(rows: Mapping[str, np.ndarray], *, n: int = 8, title: str = "",
       axes[0, c].set_title(t, fontsize=8)
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout(pad=0.3)
+  fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.4 / height if title else 1))
   return fig
 
 

@@ -9,6 +9,7 @@ pytest.importorskip("sklearn")
 from experiments import gallery  # noqa: E402
 
 
+@pytest.mark.slow
 def test_gallery_smoke_writes_every_figure_under_the_size_limit(tmp_path):
   written = gallery.main(["--smoke", "--data", "digits", "--out", str(tmp_path)])
   names = {p.stem for p in written}
