@@ -80,3 +80,22 @@ def training_figures(trained, data, num: int = 8) -> dict[str, pathlib.Path]:
   x_hat = trained.reconstruct(x, cond)
   paths["reconstructions"] = reconstruction_grid(x, x_hat, out / "reconstructions.png")
   return paths
+
+
+def sample_grid(x: np.ndarray, path, label: str = "sample") -> pathlib.Path:
+  """One row of generated examples: images (N, H, W, C), or one curve per panel for
+  sequences (N, T, C) and vectors (N, D)."""
+  if x.ndim == 4:
+    lo, hi = float(x.min()), float(x.max())
+    x = (x - lo) / (hi - lo) if hi - lo > 1e-8 and (lo < 0 or hi > 1) else x
+    return image_rows([x], [label], path)
+  n = x.shape[0]
+  fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2), squeeze=False, sharey=True)
+  for i in range(n):
+    axes[0, i].plot(x[i].reshape(x.shape[1], -1)[:, 0], lw=1)
+    axes[0, i].set_xticks([])
+  axes[0, 0].set_ylabel(label, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -27,7 +27,7 @@ from ae_jax import checkpoint as ckpt_lib
 from ae_jax import data as data_lib
 from ae_jax import distributed
 from ae_jax import parallel
-from ae_jax.errors import DataError, NonFiniteError
+from ae_jax.errors import ConfigError, DataError, NonFiniteError
 from ae_jax.families import FAMILIES, build_model, get_family
 from ae_jax.loop import run_steps
 from ae_jax.prepare import prepare_data, total_steps, validate_train_config  # noqa: F401
@@ -159,6 +159,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
   stop_at = start if stopped_early else steps if stop_after is None else min(steps, stop_after)
   bar = tqdm.tqdm(total=steps, initial=start, disable=not (progress and is_main), desc="train",
                   dynamic_ncols=True)
+  board = _open_board(cfg, workdir, model, scaler, input_shape, val if val is not None else train,
+                      steps, start) if cfg.train.get("tensorboard", False) and is_main else None
   t0 = time.time()
 
   def on_metrics(host_rows):
@@ -184,6 +186,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     m = {k: float(v) for k, v in m.items()}
     log.write({"step": s, "split": "train", "time": round(time.time() - t0, 3),
                "timestamp": time.time(), **m})
+    if board is not None:
+      board.scalars(s, "train", m)
     bar.set_postfix(loss=f"{m['loss']:.4g}")
 
   def on_eval(step, state) -> bool:
@@ -192,6 +196,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
                   eval_batch_size(cfg, getattr(evaluator, "num_devices", 1)))
     log.write({"step": step, "split": "eval", "time": round(time.time() - t0, 3),
                "timestamp": time.time(), **ev})
+    if board is not None:
+      board.evaluation(step, ev, distributed.to_local(state.params))
     if ev["loss"] < best:
       best, bad_evals = ev["loss"], 0
       if keep_best:
@@ -230,6 +236,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
         after_step=after_step, on_step=lambda: bar.update(1))
   finally:
     bar.close()
+    if board is not None:
+      board.close()
     if ckpts is not None:
       ckpts.close()
   params = (distributed.to_local(state.params) if best_params is None else
@@ -240,3 +248,21 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     from ae_jax import figures  # matplotlib is imported only when figures are drawn
     result.figure_paths = figures.training_figures(result, val if val is not None else train)
   return result
+
+
+# ---- TensorBoard (optional, train.tensorboard) -------------------------------------
+
+def _open_board(cfg, workdir, model, scaler, input_shape, data, steps: int, start: int):
+  """A `TrainingBoard` writing to workdir/tensorboard, drawing examples of `data`."""
+  from ae_jax import tensorboard
+  from ae_jax.train import learning_rate_schedule
+  if workdir is None:
+    raise ConfigError("train.tensorboard=true writes into the workdir; give a workdir or set "
+                      "train.tensorboard=false")
+  n = tensorboard.NUM_IMAGES
+  return tensorboard.TrainingBoard(
+      workdir / tensorboard.LOGDIR, Trained(cfg, model, None, scaler, input_shape),
+      scaler.inverse_transform(data.x[:n]), None if data.y is None else data.y[:n],
+      learning_rate=learning_rate_schedule(cfg, steps),
+      can_sample=get_family(cfg.model.family).can_sample,
+      images_every=cfg.train.get("tensorboard_images_every", 5), start_step=start)

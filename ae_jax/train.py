@@ -22,21 +22,26 @@ from ae_jax.families import Family, get_family, scalar_metrics
 TrainState = train_state.TrainState
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """optax optimizer from cfg.optim: Adam/AdamW/SGD, optional clipping and schedule."""
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int):
+  """The learning rate of cfg.optim: a float (constant) or an optax schedule of the step."""
   o = cfg.optim
   if o.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate must be > 0, got {o.learning_rate}")
   if o.schedule == "constant":
-    lr = o.learning_rate
-  elif o.schedule == "cosine":
-    lr = optax.cosine_decay_schedule(o.learning_rate, max(total_steps, 1))
-  elif o.schedule == "warmup_cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps,
-                                            max(total_steps, o.warmup_steps + 1))
-  else:
-    raise ConfigError(f"unknown optim.schedule {o.schedule!r}; valid: constant, cosine, "
-                      "warmup_cosine")
+    return o.learning_rate
+  if o.schedule == "cosine":
+    return optax.cosine_decay_schedule(o.learning_rate, max(total_steps, 1))
+  if o.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps,
+                                              max(total_steps, o.warmup_steps + 1))
+  raise ConfigError(f"unknown optim.schedule {o.schedule!r}; valid: constant, cosine, "
+                    "warmup_cosine")
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """optax optimizer from cfg.optim: Adam/AdamW/SGD, optional clipping and schedule."""
+  o = cfg.optim
+  lr = learning_rate_schedule(cfg, total_steps)
   if o.name == "adam":
     tx = optax.adam(lr)
   elif o.name == "adamw":

@@ -63,6 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.nonfinite = "raise"     # raise | skip
   c.train.max_skipped_steps = 10
   c.train.figures = True
+  c.train.tensorboard = False     # also write TensorBoard event files to workdir/tensorboard
+  c.train.tensorboard_images_every = 5  # evaluations between reconstruction/sample images
   return c
 
 

@@ -1,0 +1,53 @@
+"""examples/autoencoders_intro.ipynb: stored without outputs, and runs top to bottom."""
+
+import os
+import pathlib
+import re
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "examples" / "autoencoders_intro.ipynb"
+
+
+def _code_cells(nb):
+  return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def test_notebook_is_stored_stripped_with_install_cell_and_badge():
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  nbformat.validate(nb)
+  assert NOTEBOOK.stat().st_size < 50_000
+  for cell in _code_cells(nb):
+    assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+  badge = re.search(r"colab\.research\.google\.com/github/[^/]+/[^/]+/blob/main/(\S+?)\)",
+                    nb.cells[0].source)
+  assert badge and badge.group(1) == NOTEBOOK.relative_to(ROOT).as_posix()
+  first = _code_cells(nb)[0].source
+  assert "pip" in first and "ae_jax" in first
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+  nbclient = pytest.importorskip("nbclient")
+  pytest.importorskip("ipykernel")
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  cells = _code_cells(nb)
+  for cell in cells:
+    assert not [o for o in cell.outputs if o.output_type == "error"], cell.source[:60]
+  plotting = [c for c in cells if re.search(r"^plots\.\w+\(", c.source, re.M)]
+  assert len(plotting) >= 10
+  for cell in plotting:
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs), cell.source[:60]
+  text = "".join(o.get("text", "") for c in cells for o in c.outputs)
+  for expected in ("test reconstruction MSE", "PCA MSE", "dead latents", "PSNR", "ELBO",
+                   "ROC-AUC", "linear-probe accuracy", "bytes per image", "in the holes",
+                   "the whole notebook ran in"):
+    assert expected in text
+  assert not re.search(r"\bnan\b", text)
