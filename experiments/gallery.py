@@ -26,7 +26,7 @@ from ae_jax.anomaly import AutoencoderDetector
 from ae_jax.applications import (compression, denoise, features, generation, inpaint, metrics,
                                  superres)
 from ae_jax.fit import fit
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "gallery"
 MAX_BYTES = 150_000

@@ -22,7 +22,7 @@ import numpy as np
 from ae_jax import configs, vmap_trials
 from ae_jax.applications import compress, metrics
 from ae_jax.codec import Codec
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "rate_distortion"
 BUDGETS = (32, 64, 128)

@@ -23,7 +23,7 @@ import optax
 from ae_jax import configs, fit
 from ae_jax import data as data_lib
 from ae_jax.errors import ConfigError
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "sparse_dictionary"
 VAL_SIZE = 1000

@@ -27,7 +27,7 @@ import numpy as np
 from ae_jax import configs, data as data_lib, families, likelihood, parallel
 from ae_jax.fit import Trained, evaluate
 from ae_jax.train import create_train_state, train_step
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "vae_binarized_mnist"
 SHAPE = (28, 28, 1)
