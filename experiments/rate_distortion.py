@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from ae_jax import configs, vmap_trials
-from ae_jax.applications import compress, metrics
+from ae_jax.applications import compression as compress, metrics
 from ae_jax.codec import Codec
 from ae_jax import results as _io
 
