@@ -27,14 +27,17 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 def _require_vae(trained):
   family = trained.config.model.family
-  if family not in ("vae", "cvae"):
-    raise ConfigError(f"a likelihood needs a VAE family (vae, cvae); this model is {family!r}")
+  if not families.get_family(family).can_sample:
+    raise ConfigError(f"a likelihood needs a family with a prior (vae, cvae); this model is "
+                      f"{family!r}")
 
 
 def _cond(trained, cond):
-  if trained.config.model.family == "cvae" and cond is None:
-    raise ConfigError("family 'cvae' conditions on labels: pass them as `cond` (data with labels)")
-  return cond if trained.config.model.family == "cvae" else None
+  conditional = families.get_family(trained.config.model.family).conditional
+  if conditional and cond is None:
+    raise ConfigError(f"family {trained.config.model.family!r} conditions on labels: pass them "
+                      "as `cond` (data with labels)")
+  return cond if conditional else None
 
 
 @functools.lru_cache(maxsize=16)

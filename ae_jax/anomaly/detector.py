@@ -30,7 +30,7 @@ from ae_jax import data as data_lib
 from ae_jax.anomaly.scores import MAX_CODES, SCORES, TrainStats, knn_distance, reconstruction
 from ae_jax.anomaly.thresholds import THRESHOLDS
 from ae_jax.errors import CheckpointError, ConfigError, DataError
-from ae_jax.families import build_model
+from ae_jax.families import build_model, get_family
 from ae_jax.fit import fit
 from ae_jax.train import init_params
 
@@ -211,9 +211,9 @@ class AutoencoderDetector:
   def _validate(self) -> None:
     THRESHOLDS.get(self.threshold)
     score = SCORES.get(self.score)
-    if self.family == "cvae":
-      raise ConfigError("family 'cvae' conditions on class labels, which anomaly detection "
-                        "does not have at scoring time; use family='vae'")
+    if get_family(self.family).conditional:
+      raise ConfigError(f"family {self.family!r} conditions on class labels, which anomaly "
+                        "detection does not have at scoring time; use family='vae'")
     if score.needs_vae and self.family != "vae":
       raise ConfigError(f"score {self.score!r} needs family='vae', got {self.family!r}; "
                         "use score='mse' or 'mae' for other families")
