@@ -34,6 +34,20 @@ def get_activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
+def dense_layers(module, h, train: bool):
+  """Dense -> (LayerNorm) -> activation -> (Dropout) for each of `module.widths`, created in
+  the scope of `module` (call from its compact `__call__`): h (B, F) -> (B, widths[-1])."""
+  act = get_activation(module.activation)
+  for width in module.widths:
+    h = nn.Dense(width, dtype=module.dtype)(h)
+    if module.layer_norm:
+      h = nn.LayerNorm(dtype=module.dtype)(h)
+    h = act(h)
+    if module.dropout > 0:
+      h = nn.Dropout(module.dropout, deterministic=not train)(h)
+  return h
+
+
 class MLPEncoder(nn.Module):
   """Flattens (B, ...) inputs and applies Dense layers of the given widths."""
   widths: Sequence[int]
@@ -44,16 +58,7 @@ class MLPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    act = get_activation(self.activation)
-    h = x.reshape(x.shape[0], -1)
-    for width in self.widths:
-      h = nn.Dense(width, dtype=self.dtype)(h)
-      if self.layer_norm:
-        h = nn.LayerNorm(dtype=self.dtype)(h)
-      h = act(h)
-      if self.dropout > 0:
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    return h
+    return dense_layers(self, x.reshape(x.shape[0], -1), train)
 
 
 class MLPDecoder(nn.Module):
@@ -67,15 +72,7 @@ class MLPDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z, train: bool = False):
-    act = get_activation(self.activation)
-    h = z
-    for width in self.widths:
-      h = nn.Dense(width, dtype=self.dtype)(h)
-      if self.layer_norm:
-        h = nn.LayerNorm(dtype=self.dtype)(h)
-      h = act(h)
-      if self.dropout > 0:
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = dense_layers(self, z, train)
     out = nn.Dense(math.prod(self.output_shape), dtype=self.dtype)(h)
     return out.reshape(z.shape[0], *self.output_shape)
 
