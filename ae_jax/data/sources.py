@@ -187,11 +187,7 @@ def _load_ecg5000(arg: str | None, split: str | None) -> ArrayData:
   or None for all three in that order.
   """
   _no_arg("ecg5000", arg)
-  names = ECG5000_SPLITS if split is None else tuple(split.split("+"))
-  unknown = [s for s in names if s not in ECG5000_SPLITS]
-  if unknown:
-    raise ConfigError(f"ecg5000 split must be None or a '+'-joined subset of "
-                      f"{ECG5000_SPLITS}, got {split!r}")
+  names = _split_names("ecg5000", split, ECG5000_SPLITS, ECG5000_SPLITS)
   tables = []
   for part in names:
     path = _shared_file("ecg5000", f"ECG5000_{part.upper()}.npy")
@@ -204,6 +200,15 @@ def _load_ecg5000(arg: str | None, split: str | None) -> ArrayData:
                          "sequence")
 
 
+def _split_names(source: str, split: str | None, valid: tuple, default: tuple) -> tuple:
+  """The parts of a '+'-joined split of `source` (`default` for None), each in `valid`."""
+  names = default if split is None else tuple(split.split("+"))
+  if any(s not in valid for s in names):
+    raise ConfigError(f"{source} split must be None or a '+'-joined subset of {valid}, "
+                      f"got {split!r}")
+  return names
+
+
 @DATASETS.register("binarized_mnist")
 def _load_binarized_mnist(arg: str | None, split: str | None) -> ArrayData:
   """Larochelle and Murray's statically binarized MNIST as (N, 28, 28, 1) images in {0, 1}.
@@ -213,11 +218,7 @@ def _load_binarized_mnist(arg: str | None, split: str | None) -> ArrayData:
   `tfds:binarized_mnist` (whose 'validation' split is called 'valid' here).
   """
   _no_arg("binarized_mnist", arg)
-  names = ("train",) if split is None else tuple(split.split("+"))
-  unknown = [s for s in names if s not in BINARIZED_MNIST_SPLITS]
-  if unknown:
-    raise ConfigError(f"binarized_mnist split must be None or a '+'-joined subset of "
-                      f"{BINARIZED_MNIST_SPLITS}, got {split!r}")
+  names = _split_names("binarized_mnist", split, BINARIZED_MNIST_SPLITS, ("train",))
   parts = []
   for part in names:
     path = _shared_file("binarized_mnist", f"{part}.npz")
