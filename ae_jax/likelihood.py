@@ -28,8 +28,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 def _require_vae(trained):
   family = trained.config.model.family
   if not families.get_family(family).can_sample:
-    raise ConfigError(f"a likelihood needs a family with a prior (vae, cvae); this model is "
-                      f"{family!r}")
+    raise ConfigError(f"a likelihood needs a VAE family (one with a prior: vae, cvae); this "
+                      f"model is {family!r}")
 
 
 def _cond(trained, cond):
