@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import data
 from ae_jax.applications import denoise, features, inpaint, metrics, superres
 from ae_jax.errors import ConfigError
 from ae_jax.families import build_model
@@ -192,21 +191,18 @@ def test_linear_probe_separable():
 
 # ---- experiment scripts -------------------------------------------------------------
 
-def _needs(name: str):
-  root = data.data_dir()
-  if root is None or not (root / name).exists():
-    pytest.skip(f"shared data {name}/ is not available (set AE_JAX_DATA_DIR)")
+def _script(name: str, dataset: str, figures: list[str]):
+  return pytest.param(name, figures, marks=pytest.mark.shared_data(dataset), id=name)
 
 
-@pytest.mark.parametrize("script,dataset,figures", [
-    ("denoise", "mnist_t10k", ["denoise_grid.png"]),
-    ("denoise_ecg", "ecg5000", ["ecg_denoise.png"]),
-    ("features", "mnist_t10k", ["latent_maps.png", "reconstructions.png"]),
-    ("inpaint", "mnist_t10k", ["inpaint_grid.png"]),
-    ("superres", "mnist_t10k", ["superres_grid.png"]),
+@pytest.mark.parametrize("script,figures", [
+    _script("denoise", "mnist_t10k", ["denoise_grid.png"]),
+    _script("denoise_ecg", "ecg5000", ["ecg_denoise.png"]),
+    _script("features", "mnist_t10k", ["latent_maps.png", "reconstructions.png"]),
+    _script("inpaint", "mnist_t10k", ["inpaint_grid.png"]),
+    _script("superres", "mnist_t10k", ["superres_grid.png"]),
 ])
-def test_experiment_smoke(script, dataset, figures, tmp_path):
-  _needs(dataset)
+def test_experiment_smoke(script, figures, tmp_path):
   module = __import__(f"experiments.{script}", fromlist=["main"])
   result = module.main(["--smoke", "--out", str(tmp_path)])
   assert result["smoke"]

@@ -171,9 +171,7 @@ def test_torch_reference_has_the_same_network(digits):
 
 # ---- smoke runs of the experiment scripts ---------------------------------------------
 
-needs_mnist = pytest.mark.skipif(
-    data_lib.data_dir() is None or not (data_lib.data_dir() / "mnist_t10k").exists(),
-    reason="the shared MNIST files (../shared/data/mnist_t10k) are not here")
+needs_mnist = pytest.mark.shared_data("mnist_t10k")
 
 
 @pytest.fixture
