@@ -86,7 +86,7 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 def check_architecture(meta: dict, cfg: ml_collections.ConfigDict, where: str) -> None:
   """Raise CheckpointError when the checkpoint's model config differs from cfg.model."""
-  saved = json.loads(meta["config"])["model"]
+  saved = json.loads(with_defaults(json.loads(meta["config"])).to_json())["model"]
   current = json.loads(cfg.to_json())["model"]
   diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current)
           if saved.get(k) != current.get(k) and k != "compute_dtype"}
@@ -144,6 +144,19 @@ def restore_newest_readable(manager: ocp.CheckpointManager, cfg, state, where: s
   return result
 
 
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (as a dict) with the fields added since it was written set to their
+  defaults, so that older checkpoints keep loading."""
+  from ae_jax import configs  # pylint: disable=g-import-not-at-top
+  merged = configs.get_preset("default").to_dict()
+  for section, values in saved.items():
+    if isinstance(values, dict) and isinstance(merged.get(section), dict):
+      merged[section] = {**merged[section], **values}
+    else:
+      merged[section] = values
+  return ml_collections.ConfigDict(merged)
+
+
 def load_config(workdir, best: bool = False) -> tuple[ml_collections.ConfigDict, dict, int]:
   """The config, meta record and step of a workdir's newest readable (or best) checkpoint."""
   workdir = pathlib.Path(workdir)
@@ -160,7 +173,7 @@ def load_config(workdir, best: bool = False) -> tuple[ml_collections.ConfigDict,
         warnings.warn(f"checkpoint step {step} in {sub} is unreadable ({type(e).__name__}); "
                       "falling back to the previous one", RuntimeWarning)
         continue
-      return ml_collections.ConfigDict(json.loads(meta["config"])), meta, step
+      return with_defaults(json.loads(meta["config"])), meta, step
   finally:
     manager.close()
   raise CheckpointError(f"no readable checkpoint in {sub}")

@@ -6,120 +6,19 @@ Paths are used as given, never passed through a shell.
 """
 
 import argparse
-import ast
-import importlib.util
 import json
 import pathlib
 import sys
 import traceback
 import warnings
 
-import ml_collections
 import numpy as np
 
+from ae_jax.configs.overrides import (apply_overrides, load_config, parse_value,  # noqa: F401
+                                     set_value)
 from ae_jax.errors import AeJaxError, ConfigError
 
 DEFAULT_WORKDIR = "workdir"
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """A preset name, a JSON file (as written to workdir/config.json) or a .py with get_config()."""
-  from ae_jax import configs
-  path = pathlib.Path(spec)
-  if spec in configs.PRESETS:
-    return configs.get_preset(spec)
-  if path.suffix == ".json" and path.is_file():
-    base = configs.get_preset("default")
-    try:
-      loaded = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-      raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-    return _merge(base, loaded, str(path))
-  if path.suffix == ".py" and path.is_file():
-    module_spec = importlib.util.spec_from_file_location("user_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config()
-  raise ConfigError(f"--config {spec!r} is neither a preset ({', '.join(configs.PRESETS)}) "
-                    "nor an existing .json or .py config file")
-
-
-def _merge(base: ml_collections.ConfigDict, loaded: dict, where: str) -> ml_collections.ConfigDict:
-  flat = {}
-
-  def walk(prefix, d):
-    for k, v in d.items():
-      if isinstance(v, dict):
-        walk(f"{prefix}{k}.", v)
-      else:
-        flat[f"{prefix}{k}"] = v
-  walk("", loaded)
-  for key, value in flat.items():
-    set_value(base, key, value, where)
-  return base
-
-
-def parse_value(text: str, current):
-  """Parse a command-line string into the type of the current value."""
-  if isinstance(current, bool):
-    if text.lower() in ("true", "1", "yes"):
-      return True
-    if text.lower() in ("false", "0", "no"):
-      return False
-    raise ValueError(f"expected true/false, got {text!r}")
-  if isinstance(current, (tuple, list)):
-    value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
-    return tuple(value)
-  if isinstance(current, str):
-    return text
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def set_value(cfg: ml_collections.ConfigDict, key: str, value, where: str = "command line"):
-  """Set a dotted key, raising ConfigError for unknown keys or values of the wrong type."""
-  parts = key.split(".")
-  node = cfg
-  for i, part in enumerate(parts[:-1]):
-    if part not in node:
-      raise ConfigError(f"unknown config key {'.'.join(parts[:i + 1])!r} ({where}); valid "
-                        f"keys here: {', '.join(sorted(node.keys()))}")
-    node = node[part]
-  leaf = parts[-1]
-  if leaf not in node:
-    raise ConfigError(f"unknown config key {key!r} ({where}); valid keys here: "
-                      f"{', '.join(sorted(node.keys()))}")
-  current = node[leaf]
-  if isinstance(value, str) and not isinstance(current, str):
-    try:
-      value = parse_value(value, current)
-    except (ValueError, SyntaxError) as e:
-      raise ConfigError(f"config.{key}: cannot read {value!r} as {type(current).__name__} "
-                        f"({e})") from None
-  if isinstance(current, tuple) and isinstance(value, list):
-    value = tuple(value)
-  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-    value = float(value)
-  try:
-    node[leaf] = value
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"config.{key} = {value!r} has the wrong type: expected "
-                      f"{type(current).__name__} ({e})") from None
-
-
-def apply_overrides(cfg, overrides: list[str]) -> ml_collections.ConfigDict:
-  for item in overrides:
-    if not item.startswith("--config."):
-      raise ConfigError(f"unrecognised argument {item!r}; overrides look like "
-                        "--config.model.latent_dim=16")
-    body = item[len("--config."):]
-    if "=" not in body:
-      raise ConfigError(f"override {item!r} has no value; write --config.{body}=VALUE")
-    key, value = body.split("=", 1)
-    set_value(cfg, key, value)
-  return cfg
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
       s.add_argument("--data", default="", help="dataset spec; default: the run's own data")
       s.add_argument("--split", default="", help="split of --data")
     s.add_argument("--out", default="", help="output file (default: in the workdir)")
+    if name == "evaluate":
+      s.add_argument("--nll-samples", type=int, default=0, metavar="K",
+                     help="VAE families: add the importance-sampled NLL (K samples), the "
+                     "ELBO and active units over the whole split, with standard errors")
     if name == "sample":
       s.add_argument("--num", type=int, default=16)
       s.add_argument("--seed", type=int, default=0)
@@ -210,7 +113,10 @@ def run(argv: list[str]) -> int:
     print(f"trained {cfg.model.family}/{cfg.model.network} on {cfg.data.name} to step "
           f"{trained.step}; workdir: {trained.workdir}")
     evals = [r for r in trained.history if r["split"] == "eval"]
-    if evals:
+    if evals and cfg.train.patience:
+      print(f"validation loss: {min(r['loss'] for r in evals):.5g} (the best evaluation, "
+            f"kept as the final model; last {evals[-1]['loss']:.5g})")
+    elif evals:
       print(f"validation loss: {evals[-1]['loss']:.5g}")
     for name, path in trained.figure_paths.items():
       print(f"{name}: {path}")
@@ -218,7 +124,7 @@ def run(argv: list[str]) -> int:
   if args.command == "sweep":
     from ae_jax import sweep
     return sweep.run_cli(args, apply_overrides(load_config(args.config), extra))
-  from ae_jax.fit import Trained
+  from ae_jax.trained import Trained
   trained = Trained.load(args.workdir, best=args.best)
   if args.command == "sample":
     samples = trained.sample(args.num, args.seed)
@@ -233,17 +139,21 @@ def run(argv: list[str]) -> int:
   data = _data_for(trained, args)
   if args.command == "evaluate":
     metrics = trained.evaluate(data)
+    if args.nll_samples:
+      from ae_jax import likelihood
+      metrics.update(likelihood.likelihood_metrics(trained, data.x, num_samples=args.nll_samples,
+                                                   cond=data.y))
     out = _out(args, trained, "evaluate.json")
     out.write_text(json.dumps({"data": data.name, **metrics}, indent=2))
     print(json.dumps(metrics, indent=2))
     print(f"wrote {out}")
   elif args.command == "encode":
-    z = trained.encode(data.x, data.y if trained.config.model.family == "cvae" else None)
+    z = trained.encode(data.x, data.y if trained.conditional else None)
     out = _out(args, trained, "latents.npy")
     np.save(out, z)
     print(f"wrote latents {z.shape} to {out}")
   elif args.command == "reconstruct":
-    cond = data.y if trained.config.model.family == "cvae" else None
+    cond = data.y if trained.conditional else None
     x_hat = trained.reconstruct(data.x, cond)
     out = _out(args, trained, "reconstructions.npy")
     np.save(out, x_hat)

@@ -1,7 +1,8 @@
 """Input corruptions for denoising and inpainting, drawn per example from a PRNG key.
 
 Each corruption takes (key, x, level, cfg) for ONE example x (no batch axis) and
-returns the corrupted example; `block_mask` also serves inpainting. Chosen by name
+returns the corrupted example; `block_mask` also serves inpainting, `downsample` serves
+super-resolution and `noise_wander` models ECG noise. Chosen by name
 through `CORRUPTIONS`.
 """
 
@@ -75,3 +76,37 @@ def block(key, x, level, cfg):
   del level
   mask = block_mask(key, x.shape, cfg.block_size, cfg.get("block_region", None))
   return x * (1 - mask).astype(x.dtype)
+
+
+@CORRUPTIONS.register("noise_wander")
+def noise_wander(key, x, level, cfg):
+  """Signal noise for one (T, C) example: Gaussian of std level x the example's std plus
+  baseline wander, a sine of random phase, period `wander_period` (default T) samples
+  and amplitude `wander` (default 0.3) x the example's std. No clipping."""
+  k_noise, k_phase = jax.random.split(key)
+  std = jnp.std(x)
+  period = cfg.get("wander_period", None) or x.shape[0]
+  phase = jax.random.uniform(k_phase, (), x.dtype, 0.0, 2 * jnp.pi)
+  t = jnp.arange(x.shape[0], dtype=x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+  wander = cfg.get("wander", 0.3) * std * jnp.sin(2 * jnp.pi * t / period + phase)
+  return x + level * std * jax.random.normal(k_noise, x.shape, x.dtype) + wander
+
+
+def box_downsample(x, factor: int = 2):
+  """Mean of each factor x factor block: (N, H, W, C) -> (N, H/f, W/f, C)."""
+  n, h, w, c = x.shape
+  return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def repeat_upsample(x, factor: int = 2):
+  """Nearest-neighbour upsampling by repetition: (N, h, w, C) -> (N, h*f, w*f, C)."""
+  return x.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+@CORRUPTIONS.register("downsample")
+def downsample(key, x, level, cfg):
+  """One (H, W, C) image -> its 2x2 (cfg.factor) box average repeated back to (H, W, C)."""
+  del key, level
+  factor = cfg.get("factor", 2)
+  small = box_downsample(x[None], factor)
+  return jnp.asarray(repeat_upsample(small, factor)[0])

@@ -75,7 +75,7 @@ def training_figures(trained, data, num: int = 8) -> dict[str, pathlib.Path]:
   paths = {"loss_curve": loss_curve(trained.history, out / "loss_curve.png")}
   x = trained.scaler.inverse_transform(data.x[:num])
   cond = None
-  if trained.config.model.family == "cvae" and data.y is not None:
+  if trained.conditional and data.y is not None:
     cond = data.y[:num]
   x_hat = trained.reconstruct(x, cond)
   paths["reconstructions"] = reconstruction_grid(x, x_hat, out / "reconstructions.png")

@@ -182,3 +182,99 @@ def _conv(name: str, rank: int):
 
 NETWORKS.register("conv2d")(_conv("conv2d", 2))
 NETWORKS.register("conv1d")(_conv("conv1d", 1))
+
+
+# ---- sub-pixel convolutions -------------------------------------------------------------
+
+def space_to_depth(h, factor: int = 2):
+  """(B, *spatial, C) -> (B, *spatial / factor, C * factor^d): each block becomes channels."""
+  b, *spatial, c = h.shape
+  split = [v for s in spatial for v in (s // factor, factor)]
+  h = h.reshape(b, *split, c)
+  d = len(spatial)
+  order = [0] + [1 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)] + [1 + 2 * d]
+  return h.transpose(order).reshape(b, *(s // factor for s in spatial), c * factor ** d)
+
+
+def depth_to_space(h, factor: int = 2):
+  """(B, *spatial, C) -> (B, *spatial * factor, C / factor^d), the inverse of space_to_depth."""
+  b, *spatial, c = h.shape
+  d = len(spatial)
+  h = h.reshape(b, *spatial, *(factor,) * d, c // factor ** d)
+  order = [0] + [v for i in range(d) for v in (1 + i, 1 + d + i)] + [1 + 2 * d]
+  return h.transpose(order).reshape(b, *(s * factor for s in spatial), c // factor ** d)
+
+
+class SubpixelEncoder(nn.Module):
+  """Halves the resolution once per entry of `channels` with a space-to-depth step and a
+  convolution, then one more convolution: (B, *spatial, C) -> (B, *spatial / 2^L, c_L),
+  flattened to (B, F) when `flatten`. No strided convolutions: on CPU they cost several
+  times more than these reshapes."""
+  channels: Sequence[int]
+  kernel_size: int = 3
+  activation: str = "relu"
+  flatten: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    act = get_activation(self.activation)
+    k = (self.kernel_size,) * (x.ndim - 2)
+    h = x
+    for ch in self.channels:
+      h = act(nn.Conv(ch, k)(space_to_depth(h)))
+    h = act(nn.Conv(self.channels[-1], k)(h))
+    return h.reshape(h.shape[0], -1) if self.flatten else h
+
+
+class SubpixelDecoder(nn.Module):
+  """The mirror of `SubpixelEncoder`: a convolution, then per level a convolution and a
+  sub-pixel (depth-to-space) step. Takes a latent vector (B, L), mapped by a dense layer
+  to the smallest feature map, or, with `from_vector=False`, that feature map itself.
+  Returns (B, *output_shape) raw outputs."""
+  channels: Sequence[int]
+  output_shape: Sequence[int]
+  kernel_size: int = 3
+  activation: str = "relu"
+  from_vector: bool = True
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    del train
+    act = get_activation(self.activation)
+    *spatial, out_ch = self.output_shape
+    ndim = len(spatial)
+    k, one = (self.kernel_size,) * ndim, (1,) * ndim
+    h = z
+    if self.from_vector:
+      small = [s // 2 ** len(self.channels) for s in spatial]
+      h = act(nn.Dense(math.prod(small) * self.channels[-1])(z))
+      h = h.reshape(z.shape[0], *small, self.channels[-1])
+    h = act(nn.Conv(self.channels[-1], k)(h))
+    outs = [*reversed(self.channels[:-1]), out_ch]
+    for i, (ch, out) in enumerate(zip(reversed(self.channels), outs)):
+      h = depth_to_space(nn.Conv(out * 2 ** ndim, one)(act(nn.Conv(ch, k)(h))))
+      if i < len(outs) - 1:
+        h = act(h)
+    return h
+
+
+def check_subpixel(name: str, input_shape, channels) -> None:
+  if len(input_shape) not in (2, 3):
+    raise ConfigError(f"{name} needs (T, C) or (H, W, C) examples, got {tuple(input_shape)}; "
+                      "use network='mlp' for flat vectors")
+  factor = 2 ** len(channels)
+  if any(s % factor for s in input_shape[:-1]):
+    raise ConfigError(f"{name} with {len(channels)} resolutions needs spatial sizes "
+                      f"divisible by {factor}, got {tuple(input_shape[:-1])}; change "
+                      "model.channels")
+
+
+@NETWORKS.register("subpixel")
+def subpixel(cfg: ml_collections.ConfigDict, input_shape, decoder_input: int):
+  """`SubpixelEncoder` and `SubpixelDecoder` over 1-D or 2-D inputs (dense bottleneck)."""
+  del decoder_input
+  check_subpixel("network 'subpixel'", input_shape, cfg.channels)
+  kw = dict(kernel_size=cfg.kernel_size, activation=cfg.activation)
+  return (SubpixelEncoder(tuple(cfg.channels), **kw),
+          SubpixelDecoder(tuple(cfg.channels), tuple(input_shape), **kw))

@@ -17,7 +17,7 @@ import optax
 from flax.training import train_state
 
 from ae_jax.errors import ConfigError
-from ae_jax.families import Family, scalar_metrics
+from ae_jax.families import Family, get_family, scalar_metrics
 
 TrainState = train_state.TrainState
 
@@ -57,8 +57,13 @@ def init_params(model, input_shape, rng, *, conditional: bool = False):
   return model.init({"params": rng, "dropout": rng}, x, cond)
 
 
-def create_train_state(cfg, model, input_shape, rng, total_steps: int) -> TrainState:
+def create_train_state(cfg, model, input_shape, rng, total_steps: int, data=None) -> TrainState:
+  """A fresh TrainState; `data` (N, *input_shape), a sample of the scaled training data,
+  feeds the family's data-dependent initialisation when it has one."""
   params = init_params(model, input_shape, rng, conditional=bool(getattr(model, "num_classes", 0)))
+  init_from_data = get_family(cfg.model.family).init_from_data
+  if data is not None and init_from_data is not None:
+    params = init_from_data(params, data, cfg)
   return TrainState.create(apply_fn=model.apply, params=params,
                            tx=make_optimizer(cfg, total_steps))
 
@@ -76,19 +81,37 @@ def _weighted_sums(terms, weights):
   return jax.tree.map(reduce, terms)
 
 
-def _objective(params, batch, rng, step, *, model, family: Family, config, axis_name):
-  """(this device's share of the global loss, (per-term weighted sums, weight total))."""
+def _means(sums, count):
+  return jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums)
+
+
+def _objective(params, batch, rng, step, *, model, family: Family, config, axis_name,
+               train: bool = True):
+  """(this device's share of the global loss, (per-term weighted sums, weight total)).
+
+  The loss is `finalize(global means)["loss"]`. Terms that depend on batch statistics
+  (the sparsity KL of mean activations) are not linear in the examples, so each device
+  cannot simply finalize its own means: it uses the first-order surrogate
+  g(G) + <dg/dG, m_local - stop_gradient(m_local)>, with G the global means (stopped) and
+  g the family's finalized loss. Its value is the global loss, and the pmean of the
+  devices' gradients, each weighted by its share of the examples, is exactly the
+  gradient of the global objective, whatever the number of devices.
+  """
   x = batch["x"]
   weights = batch.get("mask", jnp.ones((x.shape[0],), jnp.float32))
   keys = example_keys(jax.random.fold_in(rng, 0), x.shape[0], axis_name)
-  dropout_rng = jax.random.fold_in(rng, 1)
-  if axis_name is not None:
-    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
-  terms = family.terms(model, params, batch, keys, step, config, dropout_rng)
+  terms = family.terms(model, params, batch, keys, step, config, train)
   sums = _weighted_sums(terms, weights)
   count = jnp.sum(weights)
-  means = family.finalize(jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums), config)
-  loss = means["loss"]
+  local = _means(sums, count)
+  if axis_name is None:
+    global_means = jax.lax.stop_gradient(local)
+  else:
+    global_means = _means(*jax.lax.psum(jax.lax.stop_gradient((sums, count)), axis_name))
+  finalized_loss = lambda m: family.finalize(m, config)["loss"]
+  value, slope = jax.value_and_grad(finalized_loss)(global_means)
+  drift = jax.tree.map(lambda a, b: jnp.sum(a * (b - jax.lax.stop_gradient(b))), slope, local)
+  loss = value + sum(jax.tree.leaves(drift))
   if axis_name is not None:
     # Weight each device's mean by its share of the examples, so that the pmean of the
     # gradients is the gradient of the global weighted mean even when masks differ.
@@ -97,11 +120,10 @@ def _objective(params, batch, rng, step, *, model, family: Family, config, axis_
   return loss, (sums, count)
 
 
-def _global_metrics(sums, count, family, config, axis_name):
+def _global_means(sums, count, family, config, axis_name):
   if axis_name is not None:
     sums, count = jax.lax.psum((sums, count), axis_name)
-  means = family.finalize(jax.tree.map(lambda s: s / jnp.maximum(count, 1e-12), sums), config)
-  return scalar_metrics(means)
+  return family.finalize(_means(sums, count), config)
 
 
 def _pmean(x, axis_name):
@@ -122,12 +144,16 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: 
                                 family=family, config=config, axis_name=axis_name)
   (_, (sums, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   grads = _pmean(grads, axis_name)
-  metrics = _global_metrics(sums, count, family, config, axis_name)
+  means = _global_means(sums, count, family, config, axis_name)
+  metrics = scalar_metrics(means)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   metrics["grad_norm"] = grad_norm
   metrics["finite"] = finite.astype(jnp.float32)
   new_state = state.apply_gradients(grads=grads)
+  if family.post_update is not None:
+    new_state = new_state.replace(
+        params=family.post_update(new_state.params, state.params, means, config))
   if config.train.nonfinite == "skip":
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                              state.replace(step=state.step + 1))
@@ -137,9 +163,14 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: 
 def eval_step(params, batch: dict[str, Any], rng, *, model, family: Family,
               config: ml_collections.ConfigDict, axis_name: str | None = None):
   """Weighted per-term sums and the weight total of one (padded, masked) batch, summed
-  over devices: the host adds them over batches and calls `finalize_eval` at the end."""
-  _, (sums, count) = _objective(params, batch, rng, jnp.asarray(0), model=model, family=family,
-                                config=config, axis_name=axis_name)
+  over devices: the host adds them over batches and calls `finalize_eval` at the end.
+
+  Deterministic: the model runs with `train=False` (no dropout) and the objective at its
+  target values (`step=None`: the full beta, not its warm-up). Noise the metric itself
+  needs (corruptions, posterior samples) comes from each example's fixed key.
+  """
+  _, (sums, count) = _objective(params, batch, rng, None, model=model, family=family,
+                                config=config, axis_name=axis_name, train=False)
   if axis_name is not None:
     sums, count = jax.lax.psum((sums, count), axis_name)
   return sums, count

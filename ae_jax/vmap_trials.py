@@ -36,17 +36,43 @@ import optax
 import tqdm
 
 from ae_jax import data as data_lib
+from ae_jax import results
+from ae_jax.configs.overrides import with_overrides  # noqa: F401  (re-exported)
 from ae_jax.errors import ConfigError
-from ae_jax.families import build_model, get_family, validate_config
-from ae_jax.fit import (Trained, _eval_batch_size, prepare_data, total_steps,
-                        validate_train_config)
-from ae_jax.train import TrainState, eval_step, finalize_eval, init_params, make_optimizer, train_step
+from ae_jax.families import FAMILIES, build_model, get_family, validate_config
+from ae_jax.loop import run_steps
+from ae_jax.prepare import prepare_data, total_steps, validate_train_config
+from ae_jax.train import (TrainState, eval_step, finalize_eval, init_params, make_optimizer,
+                          train_step)
+from ae_jax.trained import Trained, eval_batch_size
 
 OPTIM_HPARAMS = ("optim.learning_rate", "optim.weight_decay")
-OBJECTIVE_HPARAMS = ("objective.beta", "objective.l1_weight", "objective.kl_weight",
-                     "objective.kl_rho", "objective.noise_level", "objective.commitment",
-                     "objective.output_sigma")
-VMAPPABLE = ("seed", *OPTIM_HPARAMS, *OBJECTIVE_HPARAMS)
+
+
+def objective_hparams(family: str | None = None) -> tuple[str, ...]:
+  """The objective fields that may be traced: those of `family` (its `Family.hparams`), or
+  with None the union over every registered family, sorted by family name."""
+  names = [family] if family is not None else FAMILIES.names()
+  out = []
+  for name in names:
+    out += [k for k in get_family(name).hparams if k not in out]
+  return tuple(out)
+
+
+def vmappable() -> tuple[str, ...]:
+  """Config keys whose values trials may differ in and still train together: the seed,
+  the learning rate and weight decay, and every family's objective hparams (a field its
+  family does not read is a constant to it)."""
+  return ("seed", *OPTIM_HPARAMS, *objective_hparams())
+
+
+def __getattr__(name):
+  # OBJECTIVE_HPARAMS and VMAPPABLE as before, computed from the complete family registry.
+  if name == "OBJECTIVE_HPARAMS":
+    return objective_hparams()
+  if name == "VMAPPABLE":
+    return vmappable()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass
@@ -72,18 +98,9 @@ class TrialRun:
     return float(evals[-1]["loss"]) if evals else math.nan
 
 
-def with_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-  """A copy of cfg with dotted-key overrides applied (type checked like the CLI's)."""
-  from ae_jax.cli import set_value
-  out = ml_collections.ConfigDict(cfg.to_dict())
-  for key, value in overrides.items():
-    set_value(out, key, value, "trial overrides")
-  return out
-
-
 def not_vmappable(keys) -> list[str]:
   """The keys among `keys` that change more than a value (shapes, code paths)."""
-  return sorted(set(keys) - set(VMAPPABLE))
+  return sorted(set(keys) - set(vmappable()))
 
 
 def can_vmap(cfg: ml_collections.ConfigDict, keys) -> bool:
@@ -159,7 +176,7 @@ def _program(cfg, input_shape, steps) -> _Program:
   """The program of cfg's model, objective and optimizer; the data, the seed and the
   vmappable values (traced per trial) do not enter it."""
   parts = json.loads(cfg.to_json())
-  for name in VMAPPABLE[1:]:
+  for name in (*OPTIM_HPARAMS, *objective_hparams(cfg.model.family)):
     section, field = name.split(".")
     parts[section].pop(field)
   key = json.dumps([{k: parts[k] for k in ("model", "objective", "optim")},
@@ -178,7 +195,7 @@ def _check(cfg, overrides):
   bad = not_vmappable(keys)
   if bad:
     raise ConfigError(f"trials over {', '.join(bad)} change shapes or code paths and cannot "
-                      f"be vmapped; vmappable fields are: {', '.join(VMAPPABLE)}")
+                      f"be vmapped; vmappable fields are: {', '.join(vmappable())}")
   if cfg.train.patience:
     raise ConfigError("train.patience (early stopping) stops each trial at its own step; "
                       "run such trials one by one, or set train.patience=0")
@@ -277,7 +294,7 @@ def trial_state(cfg: ml_collections.ConfigDict, cfgs: Sequence[ml_collections.Co
   step (batch shared with batch_axis=None, or (T, B, ...) with 0); `state` is a
   TrainState whose leaves have a leading trial axis T, each trial's parameters
   initialised as `fit` does from its seed; `rngs` (T,) step keys; `hparams` the
-  objective values {'objective.beta': (T,), ...}.
+  values of the family's traced objective fields {'objective.beta': (T,), ...}.
   """
   prog = _program(cfg, input_shape, steps)
   model = prog.model
@@ -290,7 +307,7 @@ def trial_state(cfg: ml_collections.ConfigDict, cfgs: Sequence[ml_collections.Co
   state = TrainState(step=jnp.zeros((len(cfgs),), jnp.int32), apply_fn=model.apply,
                      params=jax.tree.map(jnp.asarray, params), tx=prog.tx, opt_state=opt_state)
   rngs = jax.vmap(jax.random.key)(jnp.asarray([c.seed for c in cfgs]) + 1)
-  hparams = {k: jnp.asarray(_column(cfgs, k)) for k in OBJECTIVE_HPARAMS}
+  hparams = {k: jnp.asarray(_column(cfgs, k)) for k in objective_hparams(cfg.model.family)}
   return prog, state, rngs, hparams
 
 
@@ -300,7 +317,7 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
 
   Args:
     cfg: the base config; each trial is `cfg` with its overrides, whose keys must be in
-      `VMAPPABLE`. `train.parallel` is ignored: the trials run under `jit(vmap)` on one
+      `vmappable()`. `train.parallel` is ignored: the trials run under `jit(vmap)` on one
       device. `train.patience` must be 0.
     overrides: T dicts {'optim.learning_rate': 3e-3, 'seed': 1, ...}.
     train_data / eval_data: as for `fit`.
@@ -344,17 +361,15 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
   batches = _Batches([p[0] for p in prepared], trial_group, base.train.batch_size, list(groups))
   vals = [p[1] for p in prepared]
   eval_rngs = jax.vmap(jax.random.key)(seeds + 1)
-  eval_bs = _eval_batch_size(base, 1)
+  eval_bs = eval_batch_size(base, 1)
 
   histories: list[list[dict]] = [[] for _ in cfgs]
   errors: list[str | None] = [None] * num_trials
   skipped = np.zeros(num_trials, int)
-  pending: list[tuple[int, dict]] = []
 
-  def drain():
-    host = [(s, jax.device_get(m)) for s, m in pending]
-    pending.clear()
-    for s, m in host:
+  def on_metrics(host_rows):
+    """Record each trial's first failure; log the newest step's metrics of every trial."""
+    for s, m in host_rows:
       for t in np.flatnonzero(np.asarray(m["finite"]) < 1):
         if errors[t] is not None:
           continue
@@ -366,7 +381,11 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
           if skipped[t] > base.train.max_skipped_steps:
             errors[t] = (f"{skipped[t]} non-finite steps were skipped (the last at step {s}), "
                          f"more than train.max_skipped_steps={base.train.max_skipped_steps}")
-    return host[-1] if host else None
+    s, m = host_rows[-1]
+    now = round(time.time() - t0, 3)
+    for t in range(num_trials):
+      histories[t].append({"step": s, "split": "train", "time": now,
+                           **{k: float(v[t]) for k, v in m.items()}})
 
   def evaluate(state):
     total, count = None, 0.0
@@ -385,28 +404,24 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
     return [finalize_eval(family, cfgs[t], jax.tree.map(lambda v: v[t], total), count[t])
             for t in range(num_trials)]
 
+  def on_eval(step, state) -> bool:
+    now = round(time.time() - t0, 3)
+    for t, ev in enumerate(evaluate(state)):
+      histories[t].append({"step": step, "split": "eval", "time": now, **ev})
+    return False
+
   bar = tqdm.tqdm(total=steps, disable=not progress, desc=f"train x{num_trials}",
                   dynamic_ncols=True)
   t0 = time.time()
-  for step in range(1, steps + 1):
-    batch, axis = batches.next()
-    state, metrics = prog.step(axis)(state, batch, rngs, hparams)
-    pending.append((step, metrics))
-    is_log = step % base.train.log_every == 0 or step == steps
-    is_eval = val0 is not None and (step % base.train.eval_every == 0 or step == steps)
-    if is_log or is_eval:
-      s, m = drain()
-      now = round(time.time() - t0, 3)
-      for t in range(num_trials):
-        histories[t].append({"step": s, "split": "train", "time": now,
-                             **{k: float(v[t]) for k, v in m.items()}})
-    if is_eval:
-      now = round(time.time() - t0, 3)
-      for t, ev in enumerate(evaluate(state)):
-        histories[t].append({"step": step, "split": "eval", "time": now, **ev})
-    bar.update(1)
-  bar.close()
-  drain()
+  try:
+    state, _ = run_steps(
+        # A batch is (batch, its trial axis): shared (None) or one per trial (0).
+        state, lambda st, ba: prog.step(ba[1])(st, ba[0], rngs, hparams), batches.next,
+        start=0, stop_at=steps, last_step=steps, log_every=base.train.log_every,
+        eval_every=base.train.eval_every, evaluates=val0 is not None, on_metrics=on_metrics,
+        on_eval=on_eval, on_step=lambda: bar.update(1))
+  finally:
+    bar.close()
 
   final_params = jax.device_get(state.params)
   runs = []
@@ -470,17 +485,12 @@ def _reconstruct_fn(model, x_axis):
 
 
 def mean_std(values) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1; 0 for one value) ignoring NaNs."""
-  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-  if v.size == 0:
-    return math.nan, math.nan
-  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+  """Mean and sample standard deviation over seeds (`results.mean_std` with ddof=1; 0 for
+  one value) ignoring NaNs."""
+  return results.mean_std(values, ddof=1)
 
 
 def format_mean_std(values, digits: int = 4) -> str:
-  """'mean ± std' over seeds with `digits` significant digits; one value prints alone."""
-  values = list(values)
-  mean, std = mean_std(values)
-  if len(values) == 1 or math.isnan(std):
-    return f"{mean:.{digits}g}"
-  return f"{mean:.{digits}g} ± {std:.2g}"
+  """'mean ± std' over seeds (sample std, ddof=1) with `digits` significant digits; one
+  value prints alone."""
+  return results.format_mean_std(values, ddof=1, digits=digits)

@@ -1,4 +1,5 @@
-"""What every benchmark shares: command-line flags, timing, environment, FLOPs, output.
+"""What every benchmark shares: command-line flags, timing, FLOPs; the environment, JSON and
+tables through `ae_jax.results`, the toolkit the experiments use too.
 
 Timing follows one recipe: inputs are on the device before the clock starts, the
 function is compiled ahead of time and warmed up, every call is blocked on, and a
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
-import json
 import math
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
 from typing import Any, Callable, Sequence
+
+from ae_jax import results
 
 CPU_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
@@ -89,45 +89,9 @@ def str_list(text: str) -> list[str]:
   return [v for v in text.split(",") if v]
 
 
-def package_version(name: str) -> str | None:
-  try:
-    return importlib.metadata.version(name)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
-def environment() -> dict[str, Any]:
-  """Device kind, versions and host facts to store beside every figure."""
-  import jax  # pylint: disable=g-import-not-at-top
-  devices = jax.devices()
-  return {
-      "device_kind": devices[0].device_kind,
-      "platform": devices[0].platform,
-      "device_count": len(devices),
-      "jax": jax.__version__,
-      "jaxlib": package_version("jaxlib"),
-      "flax": package_version("flax"),
-      "optax": package_version("optax"),
-      "numpy": package_version("numpy"),
-      "torch": package_version("torch"),
-      "python": platform.python_version(),
-      "machine": platform.machine(),
-      "processor": _cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-  }
-
-
-def _cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
+# Environment, JSON and tables come from the one results toolkit (ae_jax.results).
+environment = results.environment
+package_version = results.package_version
 
 
 @dataclasses.dataclass
@@ -253,44 +217,25 @@ def _count(jaxpr) -> float:
   return total
 
 
+def _compact(v) -> str:
+  if v is None:
+    return "—"
+  if isinstance(v, float):
+    if v == 0 or 0.01 <= abs(v) < 1e5:
+      return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+    return f"{v:.3g}"
+  return str(v)
+
+
 def rows_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
   """A markdown table of `rows` with (header, key) columns; floats printed compactly."""
-  def fmt(v):
-    if v is None:
-      return "—"
-    if isinstance(v, float):
-      if v == 0 or 0.01 <= abs(v) < 1e5:
-        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
-      return f"{v:.3g}"
-    return str(v)
-  lines = ["| " + " | ".join(h for h, _ in columns) + " |",
-           "|" + "|".join("---" for _ in columns) + "|"]
-  for row in rows:
-    lines.append("| " + " | ".join(fmt(row.get(k)) for _, k in columns) + " |")
-  return "\n".join(lines)
+  return results.markdown_table(rows, list(columns), fmt=_compact).rstrip("\n")
 
 
 def write_json(path: pathlib.Path | None, payload: dict) -> None:
-  if path is None:
-    return
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
-  print(f"wrote {path}")
-
-
-def _json_default(value):
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return str(value)
+  """The benchmark's JSON (nothing when path is None), announced on stdout."""
+  results.write_json(path, payload, indent=1, announce=True)
 
 
 def command_line() -> str:
-  return "python -m " + " ".join([_module_name()] + sys.argv[1:])
-
-
-def _module_name() -> str:
-  main = sys.modules.get("__main__")
-  spec = getattr(main, "__spec__", None)
-  return spec.name if spec is not None else pathlib.Path(sys.argv[0]).stem
+  return results.command()

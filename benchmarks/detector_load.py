@@ -8,7 +8,6 @@ after scoring and the growth; the data on disk never has to fit in memory at onc
 """
 
 import argparse
-import json
 import pathlib
 import platform
 import resource
@@ -18,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from ae_jax import results
 from ae_jax.anomaly import AutoencoderDetector
 
 
@@ -78,16 +78,15 @@ def main(argv=None) -> dict:
       "peak_rss_growth_mib": round(rss_after - rss_before, 1),
       "data_mib_on_disk": round(rows * args.dim * 4 / 2**20, 1),
       "share_flagged": round(flagged, 4), "all_finite": bool(np.isfinite(scores).all()),
+      "command": results.command(), "environment": results.environment(),
   }
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
-  print("| rows × dim | data on disk MiB | score s | examples/s | peak RSS MiB before → after "
-        "scoring |")
-  print("|---|---|---|---|---|")
-  print(f"| {rows:,} × {args.dim} | {result['data_mib_on_disk']} | {result['score_s']} | "
-        f"{result['examples_per_s']:,} | {result['peak_rss_mib_before_scoring']} → "
-        f"{result['peak_rss_mib_after_scoring']} |")
+  results.write_json(args.out, result)
+  print(results.markdown_table([{
+      "rows × dim": f"{rows:,} × {args.dim}", "data on disk MiB": result["data_mib_on_disk"],
+      "score s": result["score_s"], "examples/s": f"{result['examples_per_s']:,}",
+      "peak RSS MiB before → after scoring": f"{result['peak_rss_mib_before_scoring']} → "
+                                             f"{result['peak_rss_mib_after_scoring']}"}],
+      fmt=str), end="")
   return result
 
 

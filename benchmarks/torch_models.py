@@ -146,3 +146,48 @@ def mlp_autoencoder_from_flax(flax_params: dict) -> Autoencoder:
 
 def parameter_count(module: nn.Module) -> int:
   return sum(p.numel() for p in module.parameters())
+
+
+class TopKSAE(nn.Module):
+  """A TopK sparse autoencoder (a linear dictionary), the PyTorch twin of the `sparse`
+  family with `model.dictionary=True, model.sparsity='topk'`:
+
+    z = topk_k(relu((x - b_pre) @ W_enc + b_enc)),  x_hat = z @ W_dec + b_pre,
+
+  W_enc (D, L), W_dec (L, D) with unit-norm rows (re-projected by `project_decoder`
+  after every optimizer step), the encoder initialised as the decoder's transpose.
+  """
+
+  def __init__(self, features: int, latents: int, k: int, seed: int = 0):
+    super().__init__()
+    gen = torch.Generator().manual_seed(seed)
+    w_dec = torch.randn(latents, features, generator=gen)
+    w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+    self.k = k
+    self.w_dec = nn.Parameter(w_dec)
+    self.w_enc = nn.Parameter(w_dec.T.clone())
+    self.b_enc = nn.Parameter(torch.zeros(latents))
+    self.b_pre = nn.Parameter(torch.zeros(features))
+
+  def encode(self, x):
+    pre = torch.relu((x - self.b_pre) @ self.w_enc + self.b_enc)
+    values, idx = torch.topk(pre, self.k, dim=-1)
+    return torch.zeros_like(pre).scatter_(-1, idx, values)
+
+  def forward(self, x):
+    return self.encode(x) @ self.w_dec + self.b_pre
+
+  @torch.no_grad()
+  def project_decoder(self):
+    self.w_dec.div_(self.w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def topk_sae_train_step(model: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> float:
+  """One Adam step on the per-example MSE (mean over features and examples), then the
+  decoder rows are projected back to unit norm. Returns the loss."""
+  opt.zero_grad(set_to_none=True)
+  loss = torch.nn.functional.mse_loss(model(x), x)
+  loss.backward()
+  opt.step()
+  model.project_decoder()
+  return loss.detach()

@@ -9,7 +9,6 @@ steps and then holds both flat.
 """
 
 import argparse
-import json
 import pathlib
 import platform
 import threading
@@ -18,7 +17,7 @@ import time
 import jax
 from jax import monitoring
 
-from ae_jax import configs
+from ae_jax import configs, results
 from ae_jax.fit import fit
 
 
@@ -81,16 +80,14 @@ def main(argv=None) -> dict:
       "rss_mib_max_after_20pct": round(max(late), 1) if late else None,
       "rss_growth_after_20pct_mib": round(samples[-1][1] - late[0], 1) if late else None,
       "final_loss": train_rows[-1]["loss"],
+      "command": results.command(), "environment": results.environment(),
   }
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
-  print("| steps | wall s | steps/s | compiles (total / after 20%) | RSS MiB at 20% → end "
-        "(max) |")
-  print("|---|---|---|---|---|")
-  print(f"| {steps} | {result['wall_s']} | {result['steps_per_s']} | {len(compiles)} / "
-        f"{result['compiles_after_first_20pct']} | {result['rss_mib_at_20pct']} → "
-        f"{result['rss_mib_end']} ({result['rss_mib_max_after_20pct']}) |")
+  results.write_json(args.out, result)
+  print(results.markdown_table([{
+      "steps": steps, "wall s": result["wall_s"], "steps/s": result["steps_per_s"],
+      "compiles (total / after 20%)": f"{len(compiles)} / {result['compiles_after_first_20pct']}",
+      "RSS MiB at 20% → end (max)": f"{result['rss_mib_at_20pct']} → {result['rss_mib_end']} "
+                                    f"({result['rss_mib_max_after_20pct']})"}], fmt=str), end="")
   return result
 
 

@@ -10,13 +10,16 @@ API:
   fit_anchor(name, seed, x_fit, *x_score) -> (training scores, [scores of each x_score],
     seconds).
   roc_figure(path, curves, title): ROC curves {label: (y, scores)}.
-  mean_std(values) -> (mean, std) with std over seeds (population std, 0 for one value).
+  mean_std(values) -> (mean, std) with std over seeds (population std, ddof=0; 0 for one
+    value), from ae_jax.results.mean_std.
 """
 
 import pathlib
 import time
 
 import numpy as np
+
+from ae_jax import results
 
 ANCHORS = ("IForest", "ECOD", "PyOD-AE", "KNN", "PCA")
 
@@ -89,10 +92,9 @@ def fit_anchor(name: str, seed: int, x_fit, *x_score):
 
 
 def mean_std(values) -> tuple[float, float]:
-  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
-  if v.size == 0:
-    return float("nan"), float("nan")
-  return float(v.mean()), float(v.std())
+  """(mean, population std over seeds): `ae_jax.results.mean_std` with ddof=0, the
+  spread every anomaly table reports."""
+  return results.mean_std(values, ddof=0)
 
 
 def roc_figure(path, curves: dict, title: str = "") -> pathlib.Path:

@@ -3,24 +3,24 @@
 Every choice (architecture, epochs, hyperparameters, baseline filter settings, operating
 points) is made on a validation split carved from the training data; the reported test
 split is scored once, at the end, for the chosen setting only. Each result JSON carries
-`protocol(...)`: the data, the splits, what was tuned on what, the budget and the CPU.
+`protocol(...)`: the data, the splits, what was tuned on what, the budget and the CPU
+(the model name from `ae_jax.results.cpu_info`, the same as in the result's environment).
 
 API:
   VAL_SEED: the seed of the fixed train / validation carving (independent of --seed).
   carve_validation(train, num_val, seed=VAL_SEED) -> (fit_part, val) ArrayData: a fixed,
     seeded random `num_val` examples of the training split for validation, the rest to fit.
   select(scores, higher=True) -> int: the index of the best validation score (first on ties).
-  cpu_model() -> str: lscpu's "Model name" (else /proc/cpuinfo, else platform.processor()).
   protocol(data, splits, tuned, budget, untuned=()) -> dict: the record for result.json.
   rows(record) -> list[dict]: the same record as table rows ({"item", "value"}) for table.md.
 """
 
-import platform
-import subprocess
 import time
 from typing import Sequence
 
 import numpy as np
+
+from ae_jax import results
 
 VAL_SEED = 12345
 
@@ -44,24 +44,6 @@ def select(scores: Sequence[float], higher: bool = True) -> int:
   return int(np.argmax(values) if higher else np.argmin(values))
 
 
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except (OSError, subprocess.SubprocessError):
-    pass
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def protocol(data: str, splits: dict, tuned: Sequence[str], budget: dict,
              untuned: Sequence[str] = ()) -> dict:
   """The protocol record of one run.
@@ -74,7 +56,7 @@ def protocol(data: str, splits: dict, tuned: Sequence[str], budget: dict,
           "fixed_beforehand": list(untuned),
           "test": "scored once, after every choice, for the chosen setting only",
           "budget": {**budget, "cpu_seconds": round(time.process_time(), 1)},
-          "cpu_model": cpu_model()}
+          "cpu_model": results.cpu_info()["model"]}
 
 
 def rows(record: dict) -> list[dict]:

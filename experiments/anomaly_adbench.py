@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from experiments import _anomaly_common as common
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "anomaly_adbench"
 ANCHORS_ISSUE = {"IForest": 0.853, "PyOD-AE": 0.813, "ECOD": 0.804}

@@ -19,7 +19,7 @@ import numpy as np
 from ae_jax import data as data_lib
 from ae_jax.anomaly import THRESHOLDS, AutoencoderDetector
 from experiments import _anomaly_common as common
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "anomaly_ecg5000"
 GOALS = {"roc_auc": 0.99, "accuracy": 0.96}

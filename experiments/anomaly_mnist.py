@@ -17,7 +17,7 @@ import numpy as np
 
 from ae_jax.anomaly import AutoencoderDetector
 from experiments import _anomaly_common as common
-from experiments import _io
+from ae_jax import results as _io
 
 NAME = "anomaly_mnist"
 GOAL = 0.96

@@ -17,9 +17,10 @@ import time
 import numpy as np
 
 from ae_jax import configs, data as data_lib
-from ae_jax.applications import compress, metrics
+from ae_jax.applications import compression as compress, metrics
 from ae_jax.fit import fit
-from experiments import _io, _protocol
+from ae_jax import results as _io
+from experiments import _protocol
 
 NAME = "compression"
 GOALS = {64: 26.0, 128: 29.0}

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from ae_jax import fit
+from ae_jax import fit, results
 from ae_jax.applications import denoise, metrics
-from experiments import _io, _protocol
+from experiments import _protocol
 
 NAME = "denoise"
 NOISES = (("gaussian", 0.2), ("gaussian", 0.4), ("gaussian", 0.5), ("salt_pepper", 0.2))
@@ -145,20 +145,17 @@ def grid_entry(text: str) -> tuple[int, int]:
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
+  p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k")
   p.add_argument("--dae-grid", nargs="+", type=grid_entry, default=[(4, 16), (12, 64)],
                  metavar="EPOCHS:BATCH",
                  help="autoencoder training budgets; the best on validation is kept")
   p.add_argument("--val-size", type=int, default=1000,
                  help="training images held out for validation")
   args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
+  out, train, test = results.setup(args, NAME, smoke=(160, 16))
   settings = {"channels": (32, 64), "latent_dim": 784, "dae_grid": args.dae_grid,
               "tune_images": 100, "val_size": args.val_size}
   if args.smoke:
-    train, test = _io.smoke_subset(train, 160), _io.smoke_subset(test, 16)
     settings.update(channels=(4, 8), dae_grid=[(1, 32)], tune_images=8, val_size=32)
   train, val = _protocol.carve_validation(train, settings["val_size"])
   if not have_skimage():
@@ -172,7 +169,7 @@ def main(argv=None):
     rows += noise_rows
     val_rows += noise_val
     goals.append(goal_row(noise, level, noise_rows))
-    print(_io.markdown_table(noise_val), _io.markdown_table(noise_rows), flush=True)
+    print(results.markdown_table(noise_val), results.markdown_table(noise_rows), flush=True)
   figure = draw(shown, out / "denoise_grid.png")
   seconds = round(time.time() - t_start, 1)
   record = _protocol.protocol(
@@ -192,11 +189,11 @@ def main(argv=None):
   result = {"data": args.data, "smoke": args.smoke, "settings": settings, "rows": rows,
             "validation": val_rows, "goals": goals, "protocol": record,
             "figure": figure.name, "seconds": seconds}
-  _io.write_results(out, result, {"Protocol": _protocol.rows(record),
-                                  "Validation PSNR of each DAE budget": val_rows,
-                                  "Test PSNR / SSIM (mean per image)": rows,
-                                  "Goals": goals}, title="Image denoising (MNIST)")
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Protocol": _protocol.rows(record),
+                                      "Validation PSNR of each DAE budget": val_rows,
+                                      "Test PSNR / SSIM (mean per image)": rows,
+                                      "Goals": goals}, title="Image denoising (MNIST)",
+                        echo=["Goals"])
   return result
 
 

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from ae_jax import configs, data, fit
+from ae_jax import configs, data, fit, results
 from ae_jax.applications import denoise, metrics
-from experiments import _io, _protocol
+from experiments import _protocol
 
 NAME = "denoise_ecg"
 LEVEL, WANDER = 0.5, 0.3
@@ -40,18 +40,8 @@ def model_config(epochs: int, channels=(32, 64), latent_dim: int = 64, batch_siz
   c.objective.noise_level = LEVEL
   c.objective.wander = WANDER
   c.objective.noise_clip = False
-  c.optim.learning_rate = 2e-3
-  c.optim.schedule = "cosine"
-  c.train.batch_size = batch_size
-  c.train.num_epochs = epochs
-  c.train.parallel = "jit"
-  c.train.num_devices = 1
-  c.train.eval_every = 10 ** 9
+  configs.set_offline_training(c, learning_rate=2e-3, batch_size=batch_size, epochs=epochs)
   c.train.log_every = 200
-  c.train.checkpoint_every = 10 ** 9
-  c.train.figures = False
-  c.data.val_fraction = 0.0
-  c.data.labels = False
   return c
 
 
@@ -103,19 +93,16 @@ MODELS = {"conv1d": ("denoising + conv1d {channels}, kernel 5, latent 64",
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--epochs", type=int, default=300)
+  p = results.parser(NAME, __doc__.splitlines()[0], epochs=300)
   p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["conv1d", "spatial"],
                  help="candidate models; the best on VALIDATION is scored on TEST")
   args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train = data.load("ecg5000", "train")
+  out, train, test = results.setup(args, NAME, smoke=(64, 64), data="ecg5000",
+                                   splits=("train", "test"))
   val = data.load("ecg5000", "validation")
-  test = data.load("ecg5000", "test")
   epochs, channels = args.epochs, (32, 64)
   if args.smoke:
-    train, val = _io.smoke_subset(train, 64), _io.smoke_subset(val, 16)
-    test = _io.smoke_subset(test, 64)
+    val = results.smoke_subset(val, 16)
     epochs, channels = 1, (4, 8)
   t_start = time.time()
   noisy = denoise.corrupt_fixed(test.x, "noise_wander", LEVEL, 1000 * args.seed + 1,
@@ -141,9 +128,8 @@ def main(argv=None):
     describe, make = MODELS[name]
     cfg = make(epochs, channels)
     cfg.seed = args.seed
-    t0 = time.time()
-    trained = fit.fit(cfg, train_data=train, progress=False)
-    train_seconds[name] = round(time.time() - t0, 1)
+    trained, seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
+    train_seconds[name] = round(seconds, 1)
     setting = (f"{describe.format(channels=channels)}, {epochs} epochs "
                f"({train_seconds[name]:.0f} s)")
     models.append((trained, setting))
@@ -181,13 +167,12 @@ def main(argv=None):
   result = {"smoke": args.smoke, "epochs": epochs, "train_seconds": train_seconds,
             "validation": val_rows, "rows": rows, "goals": goals, "protocol": record,
             "figure": figure.name, "seconds": seconds}
-  _io.write_results(out, result, {"Protocol": _protocol.rows(record),
-                                  "Validation output SNR (dB), mean over beats": val_rows,
-                                  "Test output SNR (dB), mean over beats": rows,
-                                  "Goal": goals}, title="ECG5000 denoising")
-  print(_io.markdown_table(val_rows))
-  print(_io.markdown_table(rows))
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Protocol": _protocol.rows(record),
+                                      "Validation output SNR (dB), mean over beats": val_rows,
+                                      "Test output SNR (dB), mean over beats": rows,
+                                      "Goal": goals}, title="ECG5000 denoising",
+                        echo=["Validation output SNR (dB), mean over beats",
+                              "Test output SNR (dB), mean over beats", "Goal"])
   return result
 
 

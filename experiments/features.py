@@ -18,11 +18,10 @@ are scored once, for the chosen settings only.
 
 import time
 
-import numpy as np
 
-from ae_jax import figures, fit
+from ae_jax import figures, fit, results
 from ae_jax.applications import features
-from experiments import _io, _protocol
+from experiments import _protocol
 
 NAME = "features"
 LATENTS = (2, 10, 32)
@@ -55,9 +54,7 @@ def train_ae(train, settings, seed, **kw):
   cfg = features.ae_config(channels=settings["channels"], widths=settings["widths"],
                            epochs=settings["epochs"], batch_size=settings["batch_size"], **kw)
   cfg.seed = seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  return trained, time.time() - t0
+  return results.timed(fit.fit, cfg, train_data=train, progress=False)
 
 
 def probe(z_tr, ytr, z_val, yval, z_te, yte, grid) -> dict:
@@ -74,26 +71,22 @@ def grid_entry(text: str) -> tuple[str, int]:
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
+  p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", batch_size=32)
   p.add_argument("--ae-grid", nargs="+", type=grid_entry,
                  default=[("subpixel", 3), ("mlp", 10)], metavar="NETWORK:EPOCHS",
                  help="autoencoder candidates per latent size; the lowest validation MSE wins")
   p.add_argument("--probe-c", nargs="+", type=float, default=[0.01, 0.1, 1.0, 10.0],
                  help="probe C candidates; the best validation accuracy wins")
   p.add_argument("--sparse-epochs", type=int, default=6)
-  p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--val-size", type=int, default=1000,
                  help="training images held out for validation")
   args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
+  out, train, test = results.setup(args, NAME, smoke=(320, 64))
   settings = {"channels": (32, 64), "widths": (512, 256), "ae_grid": args.ae_grid,
               "batch_size": args.batch_size, "sparse_epochs": args.sparse_epochs,
               "sparse_latent": 128, "probe_c": args.probe_c, "val_size": args.val_size}
   latents = LATENTS
   if args.smoke:
-    train, test = _io.smoke_subset(train, 320), _io.smoke_subset(test, 64)
     settings.update(channels=(4, 8), widths=(32,), ae_grid=[("subpixel", 1)],
                     sparse_epochs=1, sparse_latent=16, probe_c=[0.1, 1.0], val_size=64)
     latents = (2,)
@@ -184,15 +177,16 @@ def main(argv=None):
             "validation": val_rows, "reconstruction": recon_rows, "probe": probe_rows,
             "sparse": sparse_rows, "goals": goals, "protocol": record,
             "figures": [figure.name, grid.name], "seconds": seconds}
-  _io.write_results(out, result, {"Protocol": _protocol.rows(record),
-                                  "Validation MSE of each autoencoder candidate": val_rows,
-                                  "Test reconstruction MSE": recon_rows,
-                                  "Linear probe, test accuracy": probe_rows,
-                                  "Sparse autoencoders (test split)": sparse_rows,
-                                  "Probe goal": goals},
-                    title="Dimensionality reduction and feature learning (MNIST)")
-  for rows in (val_rows, recon_rows, probe_rows, sparse_rows, goals):
-    print(_io.markdown_table(rows))
+  results.write_results(out, result, {"Protocol": _protocol.rows(record),
+                                      "Validation MSE of each autoencoder candidate": val_rows,
+                                      "Test reconstruction MSE": recon_rows,
+                                      "Linear probe, test accuracy": probe_rows,
+                                      "Sparse autoencoders (test split)": sparse_rows,
+                                      "Probe goal": goals},
+                        title="Dimensionality reduction and feature learning (MNIST)",
+                        echo=["Validation MSE of each autoencoder candidate",
+                              "Test reconstruction MSE", "Linear probe, test accuracy",
+                              "Sparse autoencoders (test split)", "Probe goal"])
   return result
 
 

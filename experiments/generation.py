@@ -19,9 +19,10 @@ import warnings
 import numpy as np
 
 from ae_jax import data as data_lib
-from ae_jax.applications import generate
+from ae_jax.applications import generation as generate
 from ae_jax.fit import fit
-from experiments import _io, _protocol
+from ae_jax import results as _io
+from experiments import _protocol
 
 NAME = "generation"
 GOALS = {"VAE": 95.0, "IWAE k=5": 92.0}

@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from ae_jax import fit, figures
+from ae_jax import figures, fit, results
 from ae_jax.applications import denoise, inpaint, metrics
-from experiments import _io, _protocol
+from experiments import _protocol
 
 NAME = "inpaint"
 BLOCK, REGION = 10, 20
@@ -35,20 +35,16 @@ def grid_entry(text: str) -> tuple[int, int]:
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
+  p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k")
   p.add_argument("--dae-grid", nargs="+", type=grid_entry, default=[(3, 16), (6, 16)],
                  metavar="EPOCHS:BATCH",
                  help="training budgets; the best hole PSNR on validation is kept")
   p.add_argument("--val-size", type=int, default=1000,
                  help="training images held out for validation")
   args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
-  channels, grid, val_size = (32, 64), args.dae_grid, args.val_size
-  if args.smoke:
-    train, test = _io.smoke_subset(train, 160), _io.smoke_subset(test, 16)
-    channels, grid, val_size = (4, 8), [(1, 32)], 32
+  out, train, test = results.setup(args, NAME, smoke=(160, 16))
+  channels, grid, val_size = ((4, 8), [(1, 32)], 32) if args.smoke else (
+      (32, 64), args.dae_grid, args.val_size)
   train, val = _protocol.carve_validation(train, val_size)
   t_start = time.time()
   masks = inpaint.hole_masks(len(test), test.x.shape[1:], BLOCK, REGION, 1000 * args.seed + 7)
@@ -70,9 +66,7 @@ def main(argv=None):
     cfg = denoise.denoiser_config("block", 0.0, channels=channels, epochs=epochs,
                                   batch_size=batch_size, block_size=BLOCK, block_region=REGION)
     cfg.seed = args.seed
-    t0 = time.time()
-    trained = fit.fit(cfg, train_data=train, progress=False)
-    seconds = time.time() - t0
+    trained, seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
     filled = inpaint.model_fill(trained, val_cut, val_masks)
     models.append((trained, epochs, seconds))
     val_rows.append({"epochs": epochs, "batch": batch_size, "validation hole PSNR (dB)":
@@ -122,12 +116,11 @@ def main(argv=None):
   result = {"data": args.data, "smoke": args.smoke, "epochs": epochs,
             "train_seconds": round(train_seconds, 1), "validation": val_rows, "rows": rows,
             "goals": goals, "protocol": record, "figure": figure.name, "seconds": seconds}
-  _io.write_results(out, result, {"Protocol": _protocol.rows(record),
-                                  "Validation hole PSNR of each training budget": val_rows,
-                                  "Test hole PSNR (mean over images)": rows, "Goal": goals},
-                    title="Inpainting (MNIST)")
-  print(_io.markdown_table(rows))
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Protocol": _protocol.rows(record),
+                                      "Validation hole PSNR of each training budget": val_rows,
+                                      "Test hole PSNR (mean over images)": rows, "Goal": goals},
+                        title="Inpainting (MNIST)",
+                        echo=["Test hole PSNR (mean over images)", "Goal"])
   return result
 
 

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from ae_jax import figures, fit
+from ae_jax import figures, fit, results
 from ae_jax.applications import denoise, metrics, superres
-from experiments import _io, _protocol
+from experiments import _protocol
 
 NAME = "superres"
 FACTOR = 2
@@ -34,20 +34,16 @@ def grid_entry(text: str) -> tuple[int, int]:
 
 
 def main(argv=None):
-  p = _io.parser(NAME, __doc__.splitlines()[0])
-  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
+  p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k")
   p.add_argument("--dae-grid", nargs="+", type=grid_entry, default=[(3, 16), (6, 16)],
                  metavar="EPOCHS:BATCH",
                  help="training budgets; the best PSNR on validation is kept")
   p.add_argument("--val-size", type=int, default=1000,
                  help="training images held out for validation")
   args = p.parse_args(argv)
-  out = _io.out_dir(args, NAME)
-  train, test = _io.load_splits(args.data)
-  channels, grid, val_size = (32, 64), args.dae_grid, args.val_size
-  if args.smoke:
-    train, test = _io.smoke_subset(train, 160), _io.smoke_subset(test, 16)
-    channels, grid, val_size = (4, 8), [(1, 32)], 32
+  out, train, test = results.setup(args, NAME, smoke=(160, 16))
+  channels, grid, val_size = ((4, 8), [(1, 32)], 32) if args.smoke else (
+      (32, 64), args.dae_grid, args.val_size)
   train, val = _protocol.carve_validation(train, val_size)
   t_start = time.time()
   small = superres.box_downsample(test.x, FACTOR)
@@ -67,9 +63,7 @@ def main(argv=None):
     cfg = denoise.denoiser_config("downsample", 0.0, channels=channels, epochs=epochs,
                                   batch_size=batch_size, factor=FACTOR)
     cfg.seed = args.seed
-    t0 = time.time()
-    trained = fit.fit(cfg, train_data=train, progress=False)
-    seconds = time.time() - t0
+    trained, seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
     models.append((trained, epochs, seconds))
     val_rows.append({"epochs": epochs, "batch": batch_size, "validation PSNR": float(
         metrics.psnr(val.x, np.clip(trained.reconstruct(val_small), 0, 1)).mean()),
@@ -113,12 +107,11 @@ def main(argv=None):
   result = {"data": args.data, "smoke": args.smoke, "epochs": epochs,
             "train_seconds": round(train_seconds, 1), "validation": val_rows, "rows": rows,
             "goals": goals, "protocol": record, "figure": figure.name, "seconds": seconds}
-  _io.write_results(out, result, {"Protocol": _protocol.rows(record),
-                                  "Validation PSNR of each training budget": val_rows,
-                                  "Test PSNR / SSIM (mean per image)": rows, "Goal": goals},
-                    title="Super-resolution 14x14 -> 28x28 (MNIST)")
-  print(_io.markdown_table(rows))
-  print(_io.markdown_table(goals))
+  results.write_results(out, result, {"Protocol": _protocol.rows(record),
+                                      "Validation PSNR of each training budget": val_rows,
+                                      "Test PSNR / SSIM (mean per image)": rows, "Goal": goals},
+                        title="Super-resolution 14x14 -> 28x28 (MNIST)",
+                        echo=["Test PSNR / SSIM (mean per image)", "Goal"])
   return result
 
 

@@ -226,6 +226,9 @@ def test_protocol_record_names_splits_tuning_budget_and_cpu():
                               untuned=["b"])
   assert record["budget"]["epochs"] == 3 and record["budget"]["cpu_seconds"] >= 0
   assert record["cpu_model"] and record["cpu_model"] != "unknown"
+  from ae_jax import results  # one CPU model for the record and the environment
+  assert not hasattr(_protocol, "cpu_model")
+  assert record["cpu_model"] == results.cpu_info()["model"] == results.environment()["cpu_model"]
   items = [r["item"] for r in _protocol.rows(record)]
   assert items[:4] == ["data", "split: train", "split: validation", "split: test"]
   assert "chosen on validation" in items and "CPU" in items

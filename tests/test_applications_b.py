@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ae_jax import configs, data as data_lib, families
-from ae_jax.applications import compress, generate
+from ae_jax.applications import compression as compress, generation as generate
 from ae_jax.errors import ConfigError
 from ae_jax.fit import fit
 
@@ -85,8 +85,7 @@ def _vae_terms(cfg, x, key):
   model = families.build_model(cfg, x.shape[1:])
   params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x)
   keys = jax.random.split(key, x.shape[0])
-  return families.get_family("vae").terms(model, params, {"x": x}, keys, 0, cfg,
-                                          jax.random.key(3))
+  return families.get_family("vae").terms(model, params, {"x": x}, keys, 0, cfg, True)
 
 
 def test_vae_objective_binarizes_each_batch(cfg):

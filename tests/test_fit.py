@@ -13,6 +13,7 @@ import pytest
 
 from ae_jax import data as data_lib
 from ae_jax.fit import Trained, fit
+from ae_jax.prepare import prepare_data
 
 
 def _small(cfg, **train):
@@ -108,6 +109,60 @@ def test_early_stopping_stops_before_the_last_step(cfg):
   assert trained.step < 400
 
 
+def _early_stopping(cfg, **train):
+  cfg.train.num_steps = 400
+  cfg.train.eval_every = 5
+  cfg.train.checkpoint_every = 5
+  cfg.train.patience = 2
+  cfg.optim.learning_rate = 0.5  # diverging validation loss makes patience run out
+  cfg.optim.name = "sgd"
+  return _small(cfg, **train)
+
+
+def _evals(trained):
+  return [(r["step"], r["loss"]) for r in trained.history if r["split"] == "eval"]
+
+
+def test_early_stopping_returns_and_saves_the_best_parameters(cfg, tmp_path):
+  trained = fit(_early_stopping(cfg), tmp_path, progress=False)
+  evals = _evals(trained)
+  best_step, best_loss = min(evals, key=lambda e: e[1])
+  assert best_step < evals[-1][0] == trained.step < 400
+  best = Trained.load(tmp_path, best=True)
+  chex.assert_trees_all_equal(trained.params, best.params)
+  # The final checkpoint (what `ae-jax evaluate` loads without --best) is the best model.
+  chex.assert_trees_all_equal(Trained.load(tmp_path).params, best.params)
+  _, val, _ = prepare_data(trained.config)
+  np.testing.assert_allclose(
+      trained.evaluate(trained.scaler.inverse_transform(val.x))["loss"], best_loss, rtol=1e-4)
+  # Without a workdir too.
+  chex.assert_trees_all_equal(fit(_early_stopping(cfg), progress=False).params, best.params)
+
+
+@pytest.mark.parametrize("patience, restore_best", [(2, False), (0, True)])
+def test_best_parameters_survive_a_kill_and_resume(cfg, tmp_path, patience, restore_best):
+  cfg = _early_stopping(cfg, patience=patience)
+  if not patience:
+    cfg.train.num_steps = 60
+  whole = fit(cfg, tmp_path / "whole", progress=False, restore_best=restore_best)
+  evals = _evals(whole)
+  best_step = min(evals, key=lambda e: e[1])[0]
+  assert best_step < evals[-1][0], "the test needs a run whose last evaluation is not its best"
+  kill = best_step + (evals[-1][0] - best_step) // 2
+  first = fit(cfg, tmp_path / "split", progress=False, stop_after=kill,
+              restore_best=restore_best)
+  assert first.step == kill
+  resumed = fit(cfg, tmp_path / "split", progress=False, restore_best=restore_best)
+  assert resumed.step == whole.step
+  chex.assert_trees_all_equal(resumed.params, whole.params)
+  chex.assert_trees_all_equal(resumed.params, Trained.load(tmp_path / "whole", best=True).params)
+  if patience:
+    # A finished early-stopped run resumed again trains no further.
+    again = fit(cfg, tmp_path / "split", progress=False)
+    assert again.step == whole.step
+    chex.assert_trees_all_equal(again.params, whole.params)
+
+
 def _cli(*args, cwd):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
@@ -130,6 +185,27 @@ def test_cli_smoke(tmp_path):
   assert json.loads((wd / "evaluate.json").read_text())["data"] == "digits"
   config = json.loads((wd / "config.json").read_text())
   assert config["model"]["family"] == "vae"
+
+
+def test_cli_early_stopping_saves_the_best_model_as_the_final_one(tmp_path):
+  wd = tmp_path / "w"
+  out = _cli("train", "--config", "tiny", "--workdir", str(wd), "--no-progress",
+             "--config.train.parallel=jit", "--config.train.num_steps=400",
+             "--config.train.eval_every=5", "--config.train.checkpoint_every=5",
+             "--config.train.patience=2", "--config.optim.name=sgd",
+             "--config.optim.learning_rate=0.5", cwd=tmp_path)
+  assert out.returncode == 0, out.stderr
+  evals = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+  evals = [r["loss"] for r in evals if r["split"] == "eval"]
+  assert min(evals) < evals[-1]
+  for name, extra in (("final", []), ("best", ["--best"])):
+    got = _cli("evaluate", "--workdir", str(wd), "--out", str(tmp_path / f"{name}.json"),
+               *extra, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+  final = json.loads((tmp_path / "final.json").read_text())
+  best = json.loads((tmp_path / "best.json").read_text())
+  assert final == best
+  assert f"validation loss: {min(evals):.5g} (the best evaluation" in out.stdout
 
 
 def test_cli_rejects_bad_overrides_with_a_clear_message(tmp_path):

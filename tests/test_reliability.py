@@ -23,13 +23,15 @@ from ae_jax.checkpoint import LATEST_DIR
 from ae_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from ae_jax.fit import Trained, fit
 
-PACKAGE = pathlib.Path(families.__file__).parent
+PACKAGE = pathlib.Path(families.__file__).parent.parent  # the ae_jax package
 
 
 # ---- a family whose loss turns NaN on chosen steps ---------------------------------
 
-def _nan_terms(model, params, batch, keys, step, cfg, dropout_rng):
-  terms = families._ae_terms(model, params, batch, keys, step, cfg, dropout_rng)
+def _nan_terms(model, params, batch, keys, step, cfg, train):
+  terms = families.get_family("ae").terms(model, params, batch, keys, step, cfg, train)
+  if step is None:  # evaluation
+    return terms
   lo, hi = cfg.objective.nan_from, cfg.objective.nan_until
   bad = (step >= lo) & (step < hi)
   terms["loss"] = terms["loss"] + jnp.where(bad, jnp.nan, 0.0)
@@ -38,7 +40,7 @@ def _nan_terms(model, params, batch, keys, step, cfg, dropout_rng):
 
 if "test_nan" not in families.FAMILIES:
   families.FAMILIES.register("test_nan")(
-      families.Family("test_nan", families._build_ae, _nan_terms))
+      families.Family("test_nan", families.get_family("ae").build, _nan_terms))
 
 
 def _nan_cfg(cfg, lo, hi):
@@ -130,7 +132,7 @@ def test_empty_data_and_too_few_examples_for_a_batch(cfg):
 
 def test_unknown_names_list_the_valid_ones(cfg):
   cfg.model.family = "transformer"
-  with pytest.raises(ConfigError, match="valid family names are: ae, cvae, denoising"):
+  with pytest.raises(ConfigError, match="valid family names are: ae, contractive, cvae, denoising"):
     fit(cfg, progress=False)
   cfg.model.family = "ae"
   cfg.model.network = "resnet"

@@ -201,3 +201,17 @@ def test_cli_sweep_then_train_best_config(tmp_path, capsys, data):
   assert code == 0
   assert cli.main(["sweep", "--config", "tiny", "--out", str(out)]) == 2
   assert "search space" in capsys.readouterr().err
+
+
+def test_vmappable_fields_are_the_families_hparams():
+  from ae_jax.families import FAMILIES, get_family
+  union = {k for name in FAMILIES for k in get_family(name).hparams}
+  assert set(vmap_trials.objective_hparams()) == union
+  assert set(vmap_trials.VMAPPABLE) == {"seed", *vmap_trials.OPTIM_HPARAMS, *union}
+  assert vmap_trials.objective_hparams("sparse") == get_family("sparse").hparams
+  assert vmap_trials.objective_hparams("ae") == ()
+  cfg = _base()
+  cfgs = [vmap_trials.with_overrides(cfg, {"objective.l1_weight": w}) for w in (0.0, 0.1)]
+  _, _, _, hparams = vmap_trials.trial_state(cfg, cfgs, (12,), 5)
+  assert set(hparams) == set(get_family("sparse").hparams)
+  np.testing.assert_allclose(hparams["objective.l1_weight"], [0.0, 0.1])

@@ -1,7 +1,8 @@
-"""Super-resolution: 2x2 box downsampling, classical upsamplers and the learned model.
+"""Super-resolution: classical upsamplers beside the learned model.
 
-The model is the `spatial_denoising` family (see `ae_jax.applications.denoise`) trained
-with the `downsample` corruption: its input is the low-resolution image repeated to the
+The model is the `spatial_denoising` family (ae_jax/families/spatial_denoising.py) trained
+with the `downsample` corruption (ae_jax/corruption.py, with `box_downsample` and
+`repeat_upsample`): its input is the low-resolution image repeated to the
 full size (a lossless view of the H/f x W/f pixels), its target the full image.
 Images are (N, H, W, C) in [0, 1].
 """
@@ -9,27 +10,7 @@ Images are (N, H, W, C) in [0, 1].
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax.corruption import CORRUPTIONS
-
-
-def box_downsample(x, factor: int = 2):
-  """Mean of each factor x factor block: (N, H, W, C) -> (N, H/f, W/f, C)."""
-  n, h, w, c = x.shape
-  return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
-
-
-def repeat_upsample(x, factor: int = 2):
-  """Nearest-neighbour upsampling by repetition: (N, h, w, C) -> (N, h*f, w*f, C)."""
-  return x.repeat(factor, axis=1).repeat(factor, axis=2)
-
-
-@CORRUPTIONS.register("downsample")
-def downsample(key, x, level, cfg):
-  """One (H, W, C) image -> its 2x2 (cfg.factor) box average repeated back to (H, W, C)."""
-  del key, level
-  factor = cfg.get("factor", 2)
-  small = box_downsample(x[None], factor)
-  return jnp.asarray(repeat_upsample(small, factor)[0])
+from ae_jax.corruption import box_downsample, downsample, repeat_upsample  # noqa: F401
 
 
 _PIL_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos")

@@ -1,6 +1,13 @@
-"""Default config: a small MLP autoencoder on scikit-learn's digits, CPU friendly."""
+"""Default config: a small MLP autoencoder on scikit-learn's digits, CPU friendly.
+
+The shared fields are below; each family adds its own fields with their defaults (its
+`Family.fields`, in ae_jax/families/<name>.py), so every family's settings exist in
+every config and can be overridden from the command line.
+"""
 
 import ml_collections
+
+from ae_jax import families
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,8 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.labels = True            # keep labels when the source has them
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = "ae"           # ae | sparse | denoising | vae | cvae | vqvae
-  c.model.network = "mlp"         # mlp | conv2d | conv1d
+  c.model.family = "ae"           # any of ae_jax.families.FAMILIES
+  c.model.network = "mlp"         # any of ae_jax.networks.NETWORKS
   c.model.latent_dim = 16
   c.model.widths = (128, 64)      # MLP hidden widths (encoder; decoder mirrors them)
   c.model.channels = (32, 64)     # conv channels per stride-2 layer
@@ -29,30 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
-  c.model.sparsity = "l1"         # sparse family: l1 | kl | topk
-  c.model.k = 4                   # top-k active latents
-  c.model.learn_sigma = False     # VAE Gaussian likelihood: learn a per-feature sigma
-  c.model.num_codes = 64          # VQ-VAE codebook size
-  c.model.code_dim = 4            # VQ-VAE code vector size (latent_dim must be a multiple)
-  c.model.num_classes = 10        # cvae: number of label classes
 
   c.objective = ml_collections.ConfigDict()
-  c.objective.l1_weight = 1e-3
-  c.objective.kl_rho = 0.05
-  c.objective.kl_weight = 0.1
-  c.objective.noise = "gaussian"  # gaussian | salt_pepper | masking | block
-  c.objective.noise_level = 0.2   # sigma for gaussian, a rate for salt_pepper / masking
-  c.objective.noise_clip = True
-  c.objective.clip_min = 0.0
-  c.objective.clip_max = 1.0
-  c.objective.block_size = 3
-  c.objective.block_region = ml_collections.config_dict.placeholder(int)
-  c.objective.beta = 1.0
-  c.objective.beta_warmup_steps = 0
-  c.objective.iw_samples = 1      # > 1: importance-weighted bound (IWAE)
-  c.objective.binarize = False    # VAE families: train on x ~ Bernoulli(x), a fresh draw per step
-  c.objective.output_sigma = 1.0  # fixed Gaussian likelihood sigma
-  c.objective.commitment = 0.25
+  add_fields(c, families.config_fields())
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"           # adam | adamw | sgd
@@ -77,3 +63,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.max_skipped_steps = 10
   c.train.figures = True
   return c
+
+
+def add_fields(c: ml_collections.ConfigDict, fields: dict) -> None:
+  """Set dotted `fields` ({"model.k": 4}) on `c`; placeholders get a fresh reference each."""
+  for key, value in fields.items():
+    section, name = key.split(".")
+    if isinstance(value, ml_collections.FieldReference):
+      value = ml_collections.config_dict.placeholder(value.get_type())
+    c[section][name] = value

@@ -2,7 +2,7 @@
 
 `load(spec, split)` turns a string into an `ArrayData`. A spec is one of
 
-- a registered name: `digits`, `mnist_t10k`, `ecg5000`;
+- a registered name: `digits`, `mnist_t10k`, `ecg5000`, `binarized_mnist`;
 - a registered prefix with an argument: `adbench:<name>`, `tfds:<name>[:split]`;
 - a file path: `.npy`, `.npz`, `.csv`, IDX (`*-ubyte`, `*.idx`, optionally `.gz`)
   or UCR text (`.tsv`, `.txt`).
@@ -34,6 +34,9 @@ DATASETS: Registry[Loader] = Registry("dataset")
 
 MNIST_T10K_TRAIN_SIZE = 8000
 ECG5000_SPLITS = ("train", "validation", "test")
+BINARIZED_MNIST_SPLITS = ("train", "valid", "test")
+# TFDS datasets whose uint8 pixels are already 0/1 (not 0..255): read as is.
+TFDS_BINARY = ("binarized_mnist",)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -207,6 +210,32 @@ def _load_ecg5000(arg: str | None, split: str | None) -> ArrayData:
                          "sequence")
 
 
+@DATASETS.register("binarized_mnist")
+def _load_binarized_mnist(arg: str | None, split: str | None) -> ArrayData:
+  """Larochelle and Murray's statically binarized MNIST as (N, 28, 28, 1) images in {0, 1}.
+
+  split: 'train' (50,000), 'valid' (10,000), 'test' (10,000), a '+'-joined subset such
+  as 'train+valid', or None for the training split. No labels. The same data as
+  `tfds:binarized_mnist` (whose 'validation' split is called 'valid' here).
+  """
+  _no_arg("binarized_mnist", arg)
+  names = ("train",) if split is None else tuple(split.split("+"))
+  unknown = [s for s in names if s not in BINARIZED_MNIST_SPLITS]
+  if unknown:
+    raise ConfigError(f"binarized_mnist split must be None or a '+'-joined subset of "
+                      f"{BINARIZED_MNIST_SPLITS}, got {split!r}")
+  parts = []
+  for part in names:
+    path = _shared_file("binarized_mnist", f"{part}.npz")
+    x = load_npz(path).x
+    if x.ndim != 2 or x.shape[1] != 784 or not np.all((x == 0) | (x == 1)):
+      raise DataError(f"{path}: expected X of shape (N, 784) with values in {{0, 1}}, got "
+                      f"shape {x.shape}")
+    parts.append(x.reshape(-1, 28, 28, 1))
+  return make_array_data(np.concatenate(parts), None, _named("binarized_mnist", split or "train"),
+                         "image")
+
+
 @DATASETS.register("adbench")
 def _load_adbench(arg: str | None, split: str | None) -> ArrayData:
   """An ADBench tabular set, e.g. `adbench:18_Ionosphere`: (N, D) vectors, y=1 anomaly."""
@@ -251,7 +280,7 @@ def _load_tfds(arg: str | None, split: str | None) -> ArrayData:
   x = np.stack([np.asarray(r["image"]) for r in records])
   if x.ndim == 3:
     x = x[..., None]
-  x = x.astype(np.float32) / 255.0
+  x = x.astype(np.float32) if name in TFDS_BINARY else x.astype(np.float32) / 255.0
   y = np.array([r["label"] for r in records]) if "label" in records[0] else None
   return make_array_data(x, y, f"tfds:{name}:{split}", "image")
 
@@ -308,6 +337,8 @@ def available() -> list[str]:
     if all((root / "ecg5000" / f"ECG5000_{s.upper()}.npy").exists()
            for s in ECG5000_SPLITS):
       names.append("ecg5000")
+    if all((root / "binarized_mnist" / f"{s}.npz").exists() for s in BINARIZED_MNIST_SPLITS):
+      names.append("binarized_mnist")
     names += sorted(f"adbench:{p.stem}" for p in (root / "adbench").glob("*.npz"))
   return names
 

@@ -1,0 +1,525 @@
+"""Sparse autoencoders as dictionaries: L1, L1 weighted by decoder norms, TopK, TopK+AuxK,
+BatchTopK and JumpReLU compared at the same L0 on two kinds of data.
+
+Data (offline): MNIST pixels (`mnist_t10k`: its fixed 8,000 / 2,000 split; the last
+1,000 of the 8,000 are the validation split) with scikit-learn's 8x8 digits as the
+fallback when the shared data is absent; and the post-ReLU hidden activations of a small
+MLP classifier trained in this script on the same training split (the setting of SAE
+research, made offline), scaled so that the mean squared norm of a training vector is
+its dimension.
+
+  python -m experiments.sparse_dictionary            # the CPU-sized run (RESULTS_sparse.md)
+  python -m experiments.sparse_dictionary --smoke    # seconds, for CI
+"""
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ae_jax import configs, fit
+from ae_jax import data as data_lib
+from ae_jax.errors import ConfigError
+from experiments import _io
+
+NAME = "sparse_dictionary"
+VAL_SIZE = 1000
+
+
+@dataclasses.dataclass
+class Splits:
+  """Train / validation / test vectors (N, D) float32 with labels, and where they came from."""
+  name: str
+  train: np.ndarray
+  val: np.ndarray
+  test: np.ndarray
+  y_train: np.ndarray
+  y_val: np.ndarray
+  y_test: np.ndarray
+  note: str = ""
+  key: str = "pixels"             # pixels | acts: which of the experiment's two kinds
+
+  @property
+  def dim(self) -> int:
+    return self.train.shape[1]
+
+  def subset(self, n_train: int, n_eval: int) -> "Splits":
+    return dataclasses.replace(
+        self, train=self.train[:n_train], y_train=self.y_train[:n_train], val=self.val[:n_eval],
+        y_val=self.y_val[:n_eval], test=self.test[:n_eval], y_test=self.y_test[:n_eval])
+
+
+def _flat(data) -> tuple[np.ndarray, np.ndarray]:
+  return data.x.reshape(len(data), -1).astype(np.float32), np.asarray(data.y, np.int32)
+
+
+def load_pixels(source: str = "mnist_t10k", val_size: int = VAL_SIZE) -> Splits:
+  """Pixel vectors in [0, 1]: mnist_t10k's train split minus its last `val_size` examples,
+  those as validation, and its test split. With source 'digits' (or when the shared data
+  is absent) the 1,797 8x8 digits, split 1,200 / 297 / 300 with RandomState(0)."""
+  if source == "mnist_t10k" and data_lib.data_dir() is None:
+    source = "digits"
+  if source == "mnist_t10k":
+    train, test = _io.load_splits("mnist_t10k")
+    x, y = _flat(train)
+    x_test, y_test = _flat(test)
+    return Splits("mnist_t10k", x[:-val_size], x[-val_size:], x_test, y[:-val_size],
+                  y[-val_size:], y_test, "MNIST t10k pixels, 7,000 / 1,000 / 2,000")
+  if source != "digits":
+    raise ConfigError(f"--data must be mnist_t10k or digits, got {source!r}")
+  x, y = _flat(data_lib.load("digits"))
+  order = np.random.RandomState(0).permutation(len(x))
+  tr, va, te = order[:1200], order[1200:1497], order[1497:]
+  return Splits("digits", x[tr], x[va], x[te], y[tr], y[va], y[te],
+                "sklearn 8x8 digits (fallback: shared MNIST absent), 1,200 / 297 / 300")
+
+
+def _mlp_init(key, sizes):
+  params = []
+  for k, (a, b) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+    params.append({"w": jax.random.normal(k, (a, b)) * jnp.sqrt(2.0 / a), "b": jnp.zeros(b)})
+  return params
+
+
+def _mlp_hidden(params, x):
+  """Post-ReLU activations of every hidden layer, a list of (B, width)."""
+  hidden, h = [], x
+  for layer in params[:-1]:
+    h = jax.nn.relu(h @ layer["w"] + layer["b"])
+    hidden.append(h)
+  return hidden
+
+
+def _mlp_logits(params, x):
+  h = _mlp_hidden(params, x)[-1] if len(params) > 1 else x
+  return h @ params[-1]["w"] + params[-1]["b"]
+
+
+def train_classifier(x, y, widths=(256, 128), epochs: int = 8, batch_size: int = 128,
+                     learning_rate: float = 1e-3, seed: int = 0):
+  """An MLP classifier x (N, D) -> 10 classes with ReLU hidden layers of `widths`,
+  trained with Adam on softmax cross-entropy. Returns its parameters (a list of layers)."""
+  num_classes = int(y.max()) + 1
+  params = _mlp_init(jax.random.key(seed), [x.shape[1], *widths, num_classes])
+  tx = optax.adam(learning_rate)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, xb, yb):
+    def loss_fn(p):
+      return optax.softmax_cross_entropy_with_integer_labels(_mlp_logits(p, xb), yb).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  rng = np.random.RandomState(seed)
+  for _ in range(epochs):
+    order = rng.permutation(len(x))
+    for start in range(0, len(x) - batch_size + 1, batch_size):
+      idx = order[start:start + batch_size]
+      params, opt_state, _ = step(params, opt_state, x[idx], y[idx])
+  return params
+
+
+def classifier_accuracy(params, x, y) -> float:
+  return float(np.mean(np.asarray(jnp.argmax(_mlp_logits(params, x), -1)) == y))
+
+
+def load_activations(pixels: Splits, widths=(256, 128), layer: int = -1, epochs: int = 8,
+                     seed: int = 0) -> tuple[Splits, dict]:
+  """Post-ReLU activations of hidden layer `layer` of an MLP classifier trained on
+  `pixels.train`, for every split, scaled by one factor (fitted on the training split) so
+  that a training vector's mean squared norm equals its dimension. Returns the splits
+  and the classifier's facts (widths, epochs, validation and test accuracy, scale)."""
+  t0 = time.time()
+  params = train_classifier(pixels.train, pixels.y_train, widths, epochs=epochs, seed=seed)
+  acts = {split: np.asarray(_mlp_hidden(params, getattr(pixels, split))[layer], np.float32)
+          for split in ("train", "val", "test")}
+  scale = float(np.sqrt(acts["train"].shape[1] / np.mean(np.sum(acts["train"] ** 2, -1))))
+  facts = {"widths": list(widths), "layer": layer, "epochs": epochs,
+           "val_accuracy": classifier_accuracy(params, pixels.val, pixels.y_val),
+           "test_accuracy": classifier_accuracy(params, pixels.test, pixels.y_test),
+           "scale": scale, "train_seconds": round(time.time() - t0, 1),
+           "alive_units": int(np.sum(acts["train"].max(0) > 0))}
+  width = acts["train"].shape[1]
+  splits = Splits(f"mlp_acts_{pixels.name}", acts["train"] * scale, acts["val"] * scale,
+                  acts["test"] * scale, pixels.y_train, pixels.y_val, pixels.y_test,
+                  f"post-ReLU activations ({width} units) of hidden layer {layer} of an MLP "
+                  f"{pixels.dim}-{'-'.join(map(str, widths))}-10 classifier trained {epochs} "
+                  f"epochs on the {pixels.name} training split (test accuracy "
+                  f"{facts['test_accuracy']:.3f}), scaled by {scale:.3g}", key="acts")
+  return splits, facts
+
+
+# ---- the sparse autoencoders -----------------------------------------------------------
+
+# Each method: the sparse family's settings, and the coefficient that sets its L0 (None:
+# L0 is set by model.k). "L1" is today's sparse family (Dense encoder and decoder, L1 on
+# the ReLU codes, no decoder constraint); the others are linear dictionaries.
+METHODS = {
+    "L1": ({"model.dictionary": False, "model.widths": (), "model.sparsity": "l1"},
+           "objective.l1_weight"),
+    "L1 + decoder norm": ({"model.sparsity": "l1", "objective.l1_decoder_norm": True,
+                           "model.pre_bias_init": "geometric_median"}, "objective.l1_weight"),
+    "TopK": ({"model.sparsity": "topk", "model.unit_decoder": True,
+              "model.pre_bias_init": "geometric_median"}, None),
+    "TopK + AuxK": ({"model.sparsity": "topk", "model.unit_decoder": True,
+                     "model.pre_bias_init": "geometric_median", "objective.auxk": -1}, None),
+    "BatchTopK + AuxK": ({"model.sparsity": "batch_topk", "model.unit_decoder": True,
+                          "model.pre_bias_init": "geometric_median", "objective.auxk": -1}, None),
+    "JumpReLU": ({"model.sparsity": "jumprelu", "model.unit_decoder": True,
+                  "model.pre_bias_init": "geometric_median"}, "objective.l0_weight"),
+}
+
+
+# JumpReLU's threshold is learned in log space at the optimizer's rate, too slowly to move
+# far in a short run: it starts near the top-k pre-activation of a random unit direction
+# (about 2.5 sigma of <x - b_pre, d>, ~0.3 for MNIST pixels, ~1 for the scaled
+# activations), with a straight-through kernel a tenth as wide.
+KIND_SETTINGS = {("JumpReLU", "pixels"): {"model.jump_threshold_init": 0.5,
+                                          "model.jump_bandwidth": 0.05},
+                 ("JumpReLU", "acts"): {"model.jump_threshold_init": 1.5,
+                                        "model.jump_bandwidth": 0.15}}
+
+
+def _set(cfg, dotted: str, value):
+  section, field = dotted.split(".")
+  cfg[section][field] = value
+
+
+def sae_config(method: str, dim: int, *, expansion: int, k: int, coef: float | None,
+               epochs: int, batch_size: int, learning_rate: float, seed: int, eval_every: int,
+               kind: str = "pixels"):
+  """The `sparse` family config of one method on D=`dim` inputs with expansion*D latents.
+  `objective.auxk: -1` in METHODS means k_aux = D // 2 (OpenAI's choice, d_model / 2)."""
+  cfg = configs.get_preset("default")
+  cfg = configs.set_offline_training(cfg, learning_rate=learning_rate, batch_size=batch_size,
+                                     epochs=epochs)
+  cfg.seed = seed
+  cfg.model.family = "sparse"
+  cfg.model.dictionary = True
+  cfg.model.latent_dim = expansion * dim
+  cfg.model.k = k
+  cfg.model.recon_loss = "mse"
+  cfg.train.eval_every = eval_every
+  settings, coef_field = METHODS[method]
+  for dotted, value in {**settings, **KIND_SETTINGS.get((method, kind), {})}.items():
+    _set(cfg, dotted, value)
+  if cfg.objective.auxk == -1:
+    cfg.objective.auxk = max(1, min(dim // 2, cfg.model.latent_dim))
+  if coef_field is not None:
+    _set(cfg, coef_field, float(coef))
+  return cfg
+
+
+def _array(x, y, name):
+  return data_lib.sources.make_array_data(x, y, name, "vector")
+
+
+def firing_frequencies(trained, x, chunk: int = 1000) -> np.ndarray:
+  """Share of the examples x (N, D) on which each latent is nonzero, (L,)."""
+  counts = sum(np.sum(trained.encode(x[i:i + chunk]) != 0, axis=0)
+               for i in range(0, len(x), chunk))
+  return counts / len(x)
+
+
+def train_sae(splits: Splits, method: str, coef, args, seed: int):
+  """Train one SAE on splits.train (validation split evaluated during training); returns
+  the trained model, the validation metrics and the wall seconds of `fit`."""
+  cfg = sae_config(method, splits.dim, expansion=args.expansion, k=args.k[splits.key],
+                   coef=coef, epochs=args.epochs[splits.key], batch_size=args.batch_size,
+                   learning_rate=args.lr, seed=seed,
+                   eval_every=max(1, args.epochs[splits.key] * len(splits.train)
+                                  // args.batch_size // 4), kind=splits.key)
+  t0 = time.time()
+  trained = fit.fit(cfg, train_data=_array(splits.train, None, splits.name),
+                    eval_data=_array(splits.val, None, splits.name + ":val"), progress=False)
+  seconds = time.time() - t0
+  return trained, trained.evaluate(splits.val), seconds
+
+
+def calibrate(splits: Splits, method: str, target: float, guess: float, args, seed: int,
+              runs: int, tolerance: float) -> list[dict]:
+  """Find the coefficient giving validation L0 = target: secant steps on log L0 against
+  log coefficient from `guess` (the first step assumes L0 ~ 1 / coefficient), stopping
+  once |L0 - target| <= tolerance * target or after `runs` trainings. Returns every run
+  ({coef, val metrics, seconds, trained}) in order."""
+  tried, coef = [], guess
+  for _ in range(runs):
+    trained, val, seconds = train_sae(splits, method, coef, args, seed)
+    tried.append({"coef": coef, "val": val, "seconds": seconds, "trained": trained})
+    print(f"  {splits.name} {method} coef={coef:.4g} val L0={val['l0']:.2f} "
+          f"FVU={val['fvu']:.4f} ({seconds:.0f} s)", flush=True)
+    if abs(val["l0"] - target) <= tolerance * target:
+      break
+    coef = _next_coefficient(tried, target)
+  return tried
+
+
+def _next_coefficient(tried: list[dict], target: float) -> float:
+  pts = [(np.log(t["coef"]), np.log(max(t["val"]["l0"], 1e-3))) for t in tried]
+  if len(pts) == 1:
+    slope = -1.0
+  else:
+    (c0, l0), (c1, l1) = sorted(pts, key=lambda p: abs(p[1] - np.log(target)))[:2]
+    slope = (l1 - l0) / (c1 - c0) if c1 != c0 else -1.0
+    if not np.isfinite(slope) or slope > -0.05:
+      slope = -1.0
+  c, l = min(pts, key=lambda p: abs(p[1] - np.log(target)))
+  step = np.clip((np.log(target) - l) / slope, -np.log(30.0), np.log(30.0))
+  return float(np.exp(c + step))
+
+
+def speed_rows(dim: int, latents: int, k: int, batch_size: int, seed: int, repeats: int,
+               budget_s: float) -> list[dict]:
+  """Examples per second of one TopK SAE train step (Adam, MSE, unit-norm decoder rows
+  re-projected after the step): ae_jax's `train_step` under jit against the PyTorch twin
+  `benchmarks.torch_models.TopKSAE`, timed in turns in this process on the same batch."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from ae_jax import parallel, train  # pylint: disable=g-import-not-at-top
+  from ae_jax.families import build_model, get_family  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    print(f"speed comparison skipped: PyTorch is not importable ({e})")
+    return []
+  cfg = sae_config("TopK", dim, expansion=latents // dim, k=k, coef=None, epochs=1,
+                   batch_size=batch_size, learning_rate=1e-3, seed=seed, eval_every=10 ** 9)
+  cfg.model.pre_bias_init = "zeros"
+  model = build_model(cfg, (dim,))
+  family = get_family("sparse")
+  state = train.create_train_state(cfg, model, (dim,), jax.random.key(seed), 1000)
+  step = parallel.compile_step(functools.partial(train.train_step, model=model, family=family,
+                                                 config=cfg), "jit")
+  x = np.random.RandomState(seed).rand(batch_size, dim).astype(np.float32)
+  holder = {"state": state, "batch": {"x": jax.device_put(x)}, "rng": jax.random.key(1)}
+
+  def jax_call():
+    holder["state"], metrics = step(holder["state"], holder["batch"], holder["rng"])
+    jax.block_until_ready((holder["state"], metrics))
+
+  torch.manual_seed(seed)
+  sae = torch_models.TopKSAE(dim, latents, k, seed=seed)
+  opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+  xt = torch.from_numpy(x)
+  torch_call = lambda: torch_models.topk_sae_train_step(sae, opt, xt)
+  timings = common.time_interleaved({"jax": jax_call, "torch": torch_call}, repeats=repeats,
+                                    budget_s=budget_s)
+  rows = []
+  for name, timing in timings.items():
+    s = timing.summary()
+    rows.append({"implementation": "ae_jax (jit)" if name == "jax" else "PyTorch eager",
+                 "inputs": dim, "latents": latents, "k": k, "batch": batch_size,
+                 "median step ms": 1e3 * s["median_s"],
+                 "examples/s": batch_size / s["median_s"], "repeats": s["repeats"],
+                 "torch threads": torch.get_num_threads()})
+  rows[0]["jax / torch"] = rows[0]["examples/s"] / rows[1]["examples/s"]
+  return rows
+
+
+# ---- the run ---------------------------------------------------------------------------
+
+# First coefficient tried by the calibration, per data kind (the search moves from here).
+GUESSES = {("L1", "pixels"): 2e-3, ("L1", "acts"): 3e-2,
+           ("L1 + decoder norm", "pixels"): 2e-3, ("L1 + decoder norm", "acts"): 3e-2,
+           ("JumpReLU", "pixels"): 1e-3, ("JumpReLU", "acts"): 1e-2}
+GOAL_DEAD, GOAL_L0_TOL = 0.01, 0.10
+
+
+def _kv(text: str, cast) -> dict:
+  """'pixels=32,acts=16' -> {'pixels': 32, 'acts': 16}."""
+  out = {}
+  for part in text.split(","):
+    key, value = part.split("=")
+    out[key.strip()] = cast(value)
+  return out
+
+
+def parse(argv=None):
+  p = _io.parser(NAME, __doc__.splitlines()[0])
+  p.add_argument("--data", default="mnist_t10k", help="mnist_t10k, or digits (the fallback)")
+  p.add_argument("--kinds", default="acts,pixels", help="which data: acts, pixels or both")
+  p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
+  p.add_argument("--expansion", type=int, default=8, help="latents per input dimension")
+  p.add_argument("--k", default="pixels=32,acts=16", help="target L0 (TopK's k) per kind")
+  p.add_argument("--epochs", default="pixels=6,acts=30", help="SAE training epochs per kind")
+  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--calibration-runs", type=int, default=5,
+                 help="trainings allowed to find each penalty's coefficient")
+  p.add_argument("--tolerance", type=float, default=0.05,
+                 help="calibration stops at validation |L0 - k| <= tolerance * k")
+  p.add_argument("--seeds", type=int, default=3,
+                 help="seeds that retrain L1 + decoder norm at the chosen coefficient")
+  p.add_argument("--classifier-epochs", type=int, default=8)
+  p.add_argument("--speed-repeats", type=int, default=15)
+  p.add_argument("--no-speed", action="store_true", help="skip the PyTorch speed comparison")
+  args = p.parse_args(argv)
+  args.k, args.epochs = _kv(args.k, int), _kv(args.epochs, int)
+  args.kinds = [k for k in args.kinds.split(",") if k]
+  args.methods = [m for m in args.methods.split(",") if m]
+  bad = [m for m in args.methods if m not in METHODS]
+  if bad or set(args.kinds) - {"acts", "pixels"}:
+    p.error(f"unknown --methods {bad} or --kinds {args.kinds}; methods: {', '.join(METHODS)}")
+  if args.smoke:
+    args.data, args.expansion = "digits", 4
+    args.k, args.epochs = {"pixels": 8, "acts": 8}, {"pixels": 2, "acts": 2}
+    args.calibration_runs = min(args.calibration_runs, 2)
+    args.seeds, args.classifier_epochs = 2, 1
+    args.speed_repeats = 2
+  return args
+
+
+def frequency_figure(freqs: dict, path, title: str):
+  """Log-histograms of latent firing frequencies, one panel per data kind, one line per
+  method; never-firing latents are counted in the leftmost bin."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(freqs), figsize=(6.5 * len(freqs), 4.2), squeeze=False)
+  for ax, (kind, by_method) in zip(axes[0], freqs.items()):
+    n_eval = by_method.pop("_n")
+    floor = np.log10(0.5 / n_eval)
+    bins = np.linspace(floor - 0.25, 0.0, 40)
+    for method, f in by_method.items():
+      logs = np.log10(np.maximum(f, 0.5 / n_eval))
+      dead = float(np.mean(f == 0))
+      ax.hist(logs, bins=bins, histtype="step", linewidth=1.4,
+              label=f"{method} (dead {100 * dead:.1f}%)")
+    ax.axvline(np.log10(0.1), color="grey", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("log10 firing frequency on the test split (leftmost bin: never fires)")
+    ax.set_ylabel("latents")
+    ax.set_title(kind, fontsize=10)
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def run_kind(splits: Splits, args) -> tuple[list[dict], list[dict], dict]:
+  """All methods on one kind of data: the comparison rows, the seed rows of L1 + decoder
+  norm and the test firing frequencies of every method."""
+  target = args.k[splits.key]
+  rows, seed_rows, freqs = [], [], {"_n": len(splits.test)}
+  for method in args.methods:
+    coef_field = METHODS[method][1]
+    if coef_field is None:
+      trained, val, seconds = train_sae(splits, method, None, args, args.seed)
+      chosen = {"coef": None, "val": val, "seconds": seconds, "trained": trained}
+      tried = [chosen]
+    else:
+      tried = calibrate(splits, method, target, GUESSES[(method, splits.key)], args, args.seed,
+                        args.calibration_runs, args.tolerance)
+      chosen = min(tried, key=lambda t: abs(t["val"]["l0"] - target))
+    trained = chosen["trained"]
+    test = trained.evaluate(splits.test)
+    freqs[method] = firing_frequencies(trained, splits.test)
+    train_freq = firing_frequencies(trained, splits.train)
+    train_log = [r for r in trained.history if r["split"] == "train"][-1]
+    rows.append({"data": splits.key, "method": method,
+                 "coefficient": chosen["coef"] if coef_field else "-",
+                 "calibration runs": len(tried), "val L0": chosen["val"]["l0"],
+                 "test L0": test["l0"], "test FVU": test["fvu"],
+                 "dead (train window)": train_log.get("dead_window_fraction"),
+                 "dead (train split)": float(np.mean(train_freq == 0)),
+                 "dead (test)": test["dead_fraction"], "dense (test)": test["dense_fraction"],
+                 "train s": round(chosen["seconds"], 1),
+                 "all calibration s": round(sum(t["seconds"] for t in tried), 1)})
+    print(f"{splits.key}: {method}: test L0 {test['l0']:.2f} FVU {test['fvu']:.4f} dead "
+          f"{test['dead_fraction']:.3f}", flush=True)
+    if method == "L1 + decoder norm":
+      for seed in range(args.seeds):
+        if seed == args.seed:
+          seeded = trained
+        else:
+          seeded = train_sae(splits, method, chosen["coef"], args, seed)[0]
+        t = seeded.evaluate(splits.test)
+        seed_rows.append({"data": splits.key, "seed": seed, "coefficient": chosen["coef"],
+                          "target L0": target, "test L0": t["l0"],
+                          "relative error": (t["l0"] - target) / target,
+                          "within 10%": bool(abs(t["l0"] - target) <= GOAL_L0_TOL * target),
+                          "test FVU": t["fvu"]})
+    for t in tried:
+      t.pop("trained")
+  return rows, seed_rows, freqs
+
+
+def goals(rows: list[dict], seed_rows: list[dict]) -> list[dict]:
+  out = []
+  for kind in dict.fromkeys(r["data"] for r in rows):
+    by = {r["method"]: r for r in rows if r["data"] == kind}
+    if "TopK + AuxK" in by:
+      aux = by["TopK + AuxK"]
+      out.append({"data": kind, "goal": f"TopK + AuxK dead latents <= {GOAL_DEAD:.0%} (never "
+                                        "firing on the training split)",
+                  "value": aux["dead (train split)"],
+                  "met": bool(aux["dead (train split)"] <= GOAL_DEAD)})
+      if "L1" in by:
+        l1 = by["L1"]
+        same = abs(l1["test L0"] - aux["test L0"]) <= GOAL_L0_TOL * aux["test L0"]
+        out.append({"data": kind, "goal": "TopK + AuxK FVU below L1's at the same L0",
+                    "value": f"{aux['test FVU']:.4f} vs {l1['test FVU']:.4f} "
+                             f"(L0 {aux['test L0']:.1f} vs {l1['test L0']:.1f})",
+                    "met": bool(same and aux["test FVU"] < l1["test FVU"])})
+    seeds = [r for r in seed_rows if r["data"] == kind]
+    if seeds:
+      out.append({"data": kind, "goal": "L1 + decoder norm: test L0 within 10% of the target "
+                                        f"on every seed ({len(seeds)})",
+                  "value": ", ".join(f"{r['test L0']:.2f}" for r in seeds),
+                  "met": all(r["within 10%"] for r in seeds)})
+  return out
+
+
+def main(argv=None):
+  args = parse(argv)
+  out = _io.out_dir(args, NAME)
+  t_start = time.time()
+  pixels = load_pixels(args.data)
+  if args.smoke:
+    pixels = pixels.subset(512, 128)
+  data = {}
+  facts = {}
+  if "acts" in args.kinds:
+    data["acts"], facts = load_activations(pixels, epochs=args.classifier_epochs,
+                                           seed=args.seed)
+  if "pixels" in args.kinds:
+    data["pixels"] = pixels
+  rows, seed_rows, freqs = [], [], {}
+  for kind, splits in data.items():
+    r, s, f = run_kind(splits, args)
+    rows += r
+    seed_rows += s
+    freqs[f"{kind}: {splits.dim} inputs, {args.expansion * splits.dim} latents"] = f
+  figure = frequency_figure(freqs, out / "firing_frequencies.png",
+                            "Latent firing frequencies (test split), seed " + str(args.seed))
+  speed = []
+  if not args.no_speed:
+    dim = pixels.dim
+    speed = speed_rows(dim, args.expansion * dim, args.k["pixels"], args.batch_size, args.seed,
+                       args.speed_repeats, 0.05 if args.smoke else 2.0)
+  goal_rows = goals(rows, seed_rows)
+  tables = {"Comparison at the same L0 (coefficients chosen on validation L0, test once)": rows,
+            "L1 + decoder norm: the chosen coefficient on other seeds": seed_rows,
+            "Goals": goal_rows,
+            "Train step speed: ae_jax against the PyTorch TopK SAE, in turns": speed}
+  result = {"smoke": args.smoke, "data": {k: v.note for k, v in data.items()},
+            "classifier": facts,
+            "settings": {k: (v if not isinstance(v, dict) else dict(v))
+                         for k, v in vars(args).items()},
+            "rows": rows, "seeds": seed_rows, "goals": goal_rows, "speed": speed,
+            "figure": str(figure), "wall_s": time.time() - t_start}
+  json_path, md_path = _io.write_results(out, result, tables, "Sparse dictionaries")
+  print(md_path.read_text())
+  print(f"wrote {json_path}, {md_path}, {figure} in {time.time() - t_start:.0f} s")
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,358 @@
+"""VAE, IWAE and VampPrior on statically binarized MNIST, beside a pythae peer.
+
+Protocol: train on `binarized_mnist:train` (50,000), keep the parameters of the epoch
+with the best validation objective on `valid` (10,000), report once on the whole `test`
+split (10,000): the importance-sampled NLL (k = --nll-samples) with its standard error,
+the ELBO and the active units (Burda et al.: Cov_x(E_q[u | x]) > 0.01). Every model is
+scored by the same JAX importance sampler; a pythae (PyTorch) model is first copied
+into the JAX model of the same architecture. Training wall time counts optimizer steps
+only; evaluations (validation, the curve) pause the clock. The curve is the test NLL
+(k = 100 on the first 1,000 test images) against that training wall time.
+
+Full length (hundreds of epochs) on a quiet machine:
+  python -m experiments.vae_binarized_mnist --models vae,iwae5,iwae50,vamp \\
+      --peer-models vae,iwae5,iwae50,vamp --epochs 0 --nll-samples 5000
+(--epochs 0 = each setting's own epoch count, as in pythae's reproduction scripts.)
+"""
+
+import dataclasses
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ae_jax import configs, data as data_lib, families, likelihood, parallel
+from ae_jax.fit import Trained, evaluate
+from ae_jax.train import create_train_state, train_step
+from experiments import _io
+
+NAME = "vae_binarized_mnist"
+SHAPE = (28, 28, 1)
+
+# pythae's reproduction settings (examples/scripts/reproducibility/{vae,iwae,vamp}.py).
+# The VampPrior there uses gated dense layers and a hardtanh on log-variance; ae_jax's
+# MLP uses plain dense layers of the same widths (a stated difference).
+SETTINGS = {
+    "vae": dict(widths=(400,), latent=40, activation="relu", iw=1, prior="standard",
+                batch=100, lr=1e-3, epochs=1000, warmup_epochs=0),
+    "iwae5": dict(widths=(200, 200), latent=50, activation="tanh", iw=5, prior="standard",
+                  batch=20, lr=1e-3, epochs=3280, warmup_epochs=0),
+    "iwae50": dict(widths=(200, 200), latent=50, activation="tanh", iw=50, prior="standard",
+                   batch=20, lr=1e-3, epochs=3280, warmup_epochs=0),
+    "vamp": dict(widths=(300, 300), latent=40, activation="relu", iw=1, prior="vamp",
+                 batch=100, lr=1e-4, epochs=2000, warmup_epochs=100, components=500),
+}
+# The published figures (NLL in nats, static binarization).
+ANCHORS = {"vae": (89.78, 89.9), "iwae5": (None, None), "iwae50": (86.82, 87.1),
+           "vamp": (85.79, 85.57)}
+GOALS = {"vae": 89.5, "iwae50": 86.8, "vamp": 85.8}
+CURVE_IMAGES, CURVE_SAMPLES = 1000, 100
+
+
+def config_for(name: str, epochs: int, steps_per_epoch: int, seed: int):
+  s = SETTINGS[name]
+  cfg = configs.get_preset("default")
+  cfg.seed = seed
+  cfg.data.val_fraction = 0.0
+  cfg.model.family, cfg.model.network, cfg.model.recon_loss = "vae", "mlp", "bce"
+  cfg.model.widths, cfg.model.latent_dim = tuple(s["widths"]), s["latent"]
+  cfg.model.activation = s["activation"]
+  cfg.model.prior = s["prior"]
+  cfg.model.vamp_components = s.get("components", 500)
+  cfg.objective.iw_samples = s["iw"]
+  cfg.objective.beta_warmup_steps = s["warmup_epochs"] * steps_per_epoch
+  cfg.optim.learning_rate = s["lr"]
+  cfg.train.batch_size = s["batch"]
+  cfg.train.num_epochs = epochs
+  cfg.train.parallel = "jit"
+  return cfg
+
+
+@dataclasses.dataclass
+class Run:
+  """One training run: its curve, selected parameters and budget."""
+  name: str
+  impl: str
+  trained: Trained = None
+  epochs: int = 0
+  train_seconds: float = 0.0
+  best_epoch: int = 0
+  best_valid: float = math.inf
+  curve: list = dataclasses.field(default_factory=list)   # (seconds, epoch, test NLL k=100)
+
+
+def _curve_point(run: Run, trained: Trained, curve_x, seed: int):
+  nll = likelihood.importance_nll(trained, curve_x, num_samples=CURVE_SAMPLES, chunk=100,
+                                  seed=seed)
+  run.curve.append((round(run.train_seconds, 2), run.epochs, float(nll.mean())))
+
+
+def _select(run: Run, trained: Trained, valid):
+  loss = evaluate(trained.config, trained.model, trained.params, valid, "jit",
+                  batch_size=500)["loss"]
+  if loss < run.best_valid:
+    run.best_valid, run.best_epoch = float(loss), run.epochs
+    run.trained = dataclasses.replace(trained, params=jax.tree.map(np.asarray, trained.params))
+
+
+def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_every=1,
+              steps_per_call=25):
+  """Train the ae_jax model of setting `name` for `epochs` epochs or until `budget_s`
+  seconds of training; returns a Run with the parameters of the best validation epoch."""
+  s = SETTINGS[name]
+  n = len(train) // s["batch"] * s["batch"]
+  steps_per_epoch = n // s["batch"]
+  cfg = config_for(name, epochs, steps_per_epoch, seed)
+  model = families.build_model(cfg, SHAPE)
+  family = families.get_family("vae")
+  state = create_train_state(cfg, model, SHAPE, jax.random.key(seed), steps_per_epoch * epochs)
+  k = math.gcd(steps_per_call, steps_per_epoch)
+  step = parallel.compile_step(functools.partial(train_step, model=model, family=family,
+                                                 config=cfg), "jit", steps_per_call=k)
+  scaler = data_lib.Scaler("none").fit(train.x[:1])
+  rng, order_rng = jax.random.key(seed + 1), np.random.RandomState(seed)
+  run = Run(name, "ae_jax")
+  x = train.x
+  while run.epochs < epochs and run.train_seconds < budget_s:
+    order = order_rng.permutation(len(x))[:n].reshape(-1, k, s["batch"])
+    start = time.perf_counter()
+    for idx in order:
+      state, _ = step(state, {"x": x[idx] if k > 1 else x[idx[0]]}, rng)
+    jax.block_until_ready(state.params)
+    run.train_seconds += time.perf_counter() - start
+    run.epochs += 1
+    trained = Trained(cfg, model, state.params, scaler, SHAPE, int(state.step))
+    _select(run, trained, valid)
+    last = run.epochs >= epochs or run.train_seconds >= budget_s
+    if run.epochs % curve_every == 0 or last:
+      _curve_point(run, trained, curve_x, seed)
+  return run
+
+
+# ---- the pythae peer ------------------------------------------------------------------
+
+def pythae_available() -> bool:
+  try:
+    import pythae  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def _pythae_model(name: str, steps_per_epoch: int):
+  """A pythae VAE / IWAE / VAMP with MLP encoder and decoder of setting `name`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  from pythae.models import IWAE, IWAEConfig, VAE, VAEConfig, VAMP, VAMPConfig  # pylint: disable=g-import-not-at-top
+  from pythae.models.base.base_utils import ModelOutput  # pylint: disable=g-import-not-at-top
+  from pythae.models.nn import BaseDecoder, BaseEncoder  # pylint: disable=g-import-not-at-top
+  s = SETTINGS[name]
+  act = {"relu": nn.ReLU, "tanh": nn.Tanh}[s["activation"]]
+
+  def stack(sizes):
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+      layers += [nn.Linear(a, b), act()]
+    return nn.Sequential(*layers)
+
+  class Encoder(BaseEncoder):
+    def __init__(self):
+      BaseEncoder.__init__(self)
+      self.body = stack([784, *s["widths"]])
+      self.embedding = nn.Linear(s["widths"][-1], s["latent"])
+      self.log_var = nn.Linear(s["widths"][-1], s["latent"])
+
+    def forward(self, x):
+      h = self.body(x.reshape(x.shape[0], -1))
+      return ModelOutput(embedding=self.embedding(h), log_covariance=self.log_var(h))
+
+  class Decoder(BaseDecoder):
+    def __init__(self):
+      BaseDecoder.__init__(self)
+      rev = list(reversed(s["widths"]))
+      self.body = stack([s["latent"], *rev])
+      self.out = nn.Linear(rev[-1], 784)
+
+    def forward(self, z):
+      logits = self.out(self.body(z))
+      return ModelOutput(reconstruction=torch.sigmoid(logits).reshape(z.shape[0], 1, 28, 28))
+
+  common = dict(input_dim=(1, 28, 28), latent_dim=s["latent"], reconstruction_loss="bce")
+  if s["prior"] == "vamp":
+    config = VAMPConfig(**common, number_components=s["components"],
+                        linear_scheduling_steps=s["warmup_epochs"])
+    model = VAMP(config, encoder=Encoder(), decoder=Decoder())
+  elif s["iw"] > 1:
+    model = IWAE(IWAEConfig(**common, number_samples=s["iw"]), encoder=Encoder(),
+                 decoder=Decoder())
+  else:
+    model = VAE(VAEConfig(**common), encoder=Encoder(), decoder=Decoder())
+  del steps_per_epoch
+  return model
+
+
+def pythae_to_trained(net, name: str, epochs: int) -> Trained:
+  """The pythae model's weights in the ae_jax model of the same setting, so both are
+  scored by the same estimator. torch Linear weights (out, in) become Dense kernels."""
+  cfg = config_for(name, max(epochs, 1), 1, 0)
+  model = families.build_model(cfg, SHAPE)
+  params = create_train_state(cfg, model, SHAPE, jax.random.key(0), 1).params
+  dense = lambda lin: {"kernel": jnp.asarray(lin.weight.detach().numpy().T),
+                       "bias": jnp.asarray(lin.bias.detach().numpy())}
+  linears = lambda seq: [m for m in seq if hasattr(m, "weight")]
+  enc, dec = net.encoder, net.decoder
+  p = dict(params["params"])
+  p["encoder"] = {f"Dense_{i}": dense(m) for i, m in enumerate(linears(enc.body))}
+  p["to_mean"], p["to_logvar"] = dense(enc.embedding), dense(enc.log_var)
+  p["decoder"] = {f"Dense_{i}": dense(m) for i, m in enumerate(linears(dec.body) + [dec.out])}
+  if SETTINGS[name]["prior"] == "vamp":
+    import torch  # pylint: disable=g-import-not-at-top
+    with torch.no_grad():
+      u = net.pseudo_inputs(net.idle_input)                   # (K, 784) in [0, 1]
+    p["pseudo_inputs"] = jnp.asarray(u.numpy().reshape(-1, *SHAPE))
+  new = {"params": p}
+  if jax.tree.structure(new) != jax.tree.structure(params):
+    raise ValueError(f"the pythae model does not match the ae_jax model of {name!r}")
+  return Trained(cfg, model, new, data_lib.Scaler("none").fit(np.zeros((1, *SHAPE))), SHAPE)
+
+
+def train_pythae(name, train, valid, curve_x, *, epochs, seed, curve_every=1):
+  """pythae's model of setting `name`, trained with Adam for `epochs` epochs in a plain
+  loop (the model's own forward and loss; pythae's trainer adds logging and saving)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from pythae.data.datasets import DatasetOutput  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  s = SETTINGS[name]
+  n = len(train) // s["batch"] * s["batch"]
+  net = _pythae_model(name, n // s["batch"])
+  opt = torch.optim.Adam(net.parameters(), lr=s["lr"])
+  flat = torch.as_tensor(train.x.reshape(len(train), 1, 28, 28))
+  gen = torch.Generator().manual_seed(seed)
+  run = Run(name, "pythae")
+  for epoch in range(epochs):
+    net.train()
+    start = time.perf_counter()
+    order = torch.randperm(len(flat), generator=gen)[:n].reshape(-1, s["batch"])
+    for idx in order:
+      out = net(DatasetOutput(data=flat[idx]), epoch=epoch)
+      opt.zero_grad()
+      out.loss.backward()
+      opt.step()
+    run.train_seconds += time.perf_counter() - start
+    run.epochs += 1
+    net.eval()
+    trained = pythae_to_trained(net, name, epochs)
+    _select(run, trained, valid)
+    if run.epochs % curve_every == 0 or run.epochs == epochs:
+      _curve_point(run, trained, curve_x, seed)
+  return run
+
+
+# ---- report -----------------------------------------------------------------------------
+
+def score(run: Run, test, nll_samples: int, seed: int) -> dict:
+  t = run.trained
+  metrics = likelihood.likelihood_metrics(t, test.x, num_samples=nll_samples, seed=seed,
+                                          progress=False)
+  published, reference = ANCHORS[run.name]
+  goal = GOALS.get(run.name)
+  return {"model": run.name, "impl": run.impl, "epochs": run.epochs,
+          "selected_epoch": run.best_epoch, "train_s": round(run.train_seconds, 1),
+          "test_nll": metrics["nll"], "nll_stderr": metrics["nll_stderr"],
+          "nll_samples": nll_samples, "test_elbo": metrics["elbo"],
+          "active_units": metrics["active_units"], "pythae_published": published,
+          "reference": reference, "goal": goal,
+          "goal_met": None if goal is None else bool(metrics["nll"] <= goal)}
+
+
+def time_to_reach(curve, target: float):
+  """Training seconds at the first curve point at or below `target` (None if never)."""
+  return next((t for t, _, nll in curve if nll <= target), None)
+
+
+def plot_curves(runs, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for run in runs:
+    t, _, nll = zip(*run.curve)
+    ax.plot(t, nll, marker="o", ms=3, label=f"{run.impl} {run.name}")
+  ax.set_xlabel("training wall time (s)")
+  ax.set_ylabel(f"test NLL (nats), k={CURVE_SAMPLES}, {CURVE_IMAGES} images")
+  ax.set_title("binarized MNIST")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def main(argv=None):
+  p = _io.parser(NAME, __doc__.splitlines()[0])
+  p.add_argument("--models", default="vae", help=f"comma list of {', '.join(SETTINGS)}")
+  p.add_argument("--peer-models", default="vae", help="settings also trained with pythae")
+  p.add_argument("--epochs", type=int, default=0, help="0 = each setting's own epochs")
+  p.add_argument("--budget-minutes", type=float, default=0.0,
+                 help="> 0: stop each ae_jax run after this much training time; the peer "
+                 "then trains for the same number of epochs")
+  p.add_argument("--nll-samples", type=int, default=5000)
+  p.add_argument("--curve-every", type=int, default=1, help="epochs between curve points")
+  args = p.parse_args(argv)
+  out = _io.out_dir(args, NAME)
+  models = [m for m in args.models.split(",") if m]
+  peers = [m for m in args.peer_models.split(",") if m]
+  unknown = sorted(set(models + peers) - set(SETTINGS))
+  if unknown:
+    p.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+  train, valid, test = (data_lib.load("binarized_mnist", s) for s in ("train", "valid", "test"))
+  nll_samples = args.nll_samples
+  if args.smoke:
+    train, valid, test = (_io.smoke_subset(d, n) for d, n in ((train, 400), (valid, 100),
+                                                             (test, 100)))
+    for s in SETTINGS.values():
+      s["components"] = min(s.get("components", 500), 10)
+    nll_samples = min(nll_samples, 20)
+  curve_x = test.x[:CURVE_IMAGES]
+  budget = args.budget_minutes * 60 if args.budget_minutes > 0 else math.inf
+  rows, runs = [], []
+  peer_ok = pythae_available()
+  for name in models:
+    epochs = args.epochs or SETTINGS[name]["epochs"]
+    run = train_jax(name, train, valid, curve_x, epochs=epochs, budget_s=budget, seed=args.seed,
+                    curve_every=args.curve_every)
+    runs.append(run)
+    rows.append(score(run, test, nll_samples, args.seed))
+    print(rows[-1], flush=True)
+    if name in peers and peer_ok:
+      peer = train_pythae(name, train, valid, curve_x, epochs=run.epochs, seed=args.seed,
+                          curve_every=args.curve_every)
+      runs.append(peer)
+      rows.append(score(peer, test, nll_samples, args.seed))
+      print(rows[-1], flush=True)
+  png = plot_curves(runs, out / "nll_vs_time.png")
+  speed = []
+  for name in models:
+    pair = {r.impl: r for r in runs if r.name == name}
+    if "pythae" in pair:
+      target = pair["pythae"].curve[-1][2]
+      t_jax = time_to_reach(pair["ae_jax"].curve, target)
+      speed.append({"model": name, "pythae_final_curve_nll": target,
+                    "pythae_train_s": round(pair["pythae"].train_seconds, 1),
+                    "ae_jax_s_to_reach_it": t_jax,
+                    "ratio": None if t_jax is None else t_jax / pair["pythae"].train_seconds})
+  result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
+            "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
+                    if not args.smoke else "smoke subset", "budget_minutes": args.budget_minutes,
+            "pythae_installed": peer_ok, "figure": str(png)}
+  _io.write_results(out, result, {"test split": rows, "time to the peer's NLL": speed},
+                    title="VAE likelihoods on binarized MNIST")
+  return result
+
+
+if __name__ == "__main__":
+  main()

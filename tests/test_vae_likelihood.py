@@ -1,0 +1,214 @@
+"""Binarized MNIST source, importance-sampled NLL, ELBO and active units (issue 13)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from ae_jax import configs, data as data_lib, families, likelihood
+from ae_jax.cli import main as cli_main
+from ae_jax.data import available, data_dir, load
+from ae_jax.errors import ConfigError, DataError
+from ae_jax.fit import Trained, fit
+
+
+# ---- the binarized_mnist source ------------------------------------------------------
+
+def _fake_binarized(root, sizes=(6, 3, 4), value=1):
+  folder = root / "binarized_mnist"
+  folder.mkdir(parents=True)
+  rng = np.random.RandomState(0)
+  for split, n in zip(("train", "valid", "test"), sizes):
+    x = (rng.random_sample((n, 784)) < 0.3).astype(np.uint8) * value
+    np.savez(folder / f"{split}.npz", X=x)
+  return folder
+
+
+def test_binarized_mnist_reads_splits_from_data_dir(tmp_path, monkeypatch):
+  folder = _fake_binarized(tmp_path)
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  train = load("binarized_mnist", "train")
+  assert train.x.shape == (6, 28, 28, 1) and train.x.dtype == np.float32
+  assert train.kind == "image" and train.y is None and train.name == "binarized_mnist:train"
+  raw = np.load(folder / "train.npz")["X"]
+  np.testing.assert_array_equal(train.x.reshape(6, 784), raw)
+  assert len(load("binarized_mnist")) == 6
+  assert len(load("binarized_mnist", "train+valid")) == 9
+  assert len(load("binarized_mnist", "test")) == 4
+  assert "binarized_mnist" in available()
+  with pytest.raises(ConfigError, match="binarized_mnist split .*'valid'"):
+    load("binarized_mnist", "validation")
+
+
+def test_binarized_mnist_rejects_non_binary_file(tmp_path, monkeypatch):
+  _fake_binarized(tmp_path, value=255)
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  with pytest.raises(DataError, match=r"values in \{0, 1\}"):
+    load("binarized_mnist", "test")
+
+
+def test_binarized_mnist_missing_folder_says_where(tmp_path, monkeypatch):
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  with pytest.raises(DataError, match="binarized_mnist.*does not exist"):
+    load("binarized_mnist", "test")
+
+
+def test_binarized_mnist_shared_data():
+  if data_dir() is None or not (data_dir() / "binarized_mnist").is_dir():
+    pytest.skip("no shared binarized_mnist folder (set AE_JAX_DATA_DIR or add ../shared/data)")
+  sizes = {s: load("binarized_mnist", s).x.shape for s in ("train", "valid", "test")}
+  assert sizes == {"train": (50000, 28, 28, 1), "valid": (10000, 28, 28, 1),
+                   "test": (10000, 28, 28, 1)}
+  test = load("binarized_mnist", "test")
+  assert set(np.unique(test.x)) == {0.0, 1.0}
+  assert 0.1 < test.x.mean() < 0.2  # about 13% of MNIST pixels are on
+
+
+def test_tfds_binarized_mnist_is_not_rescaled(monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=5):
+    source = tfds.data_source("binarized_mnist", split="test")
+    raw = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
+    data = load("tfds:binarized_mnist:test")
+  np.testing.assert_array_equal(data.x, raw.astype(np.float32))
+
+
+# ---- a linear Gaussian VAE whose encoder is the exact posterior ----------------------
+
+def _linear_gaussian(sigma=0.5, seed=0):
+  """A VAE with x = W z + b + sigma * noise and an encoder equal to the exact posterior
+  (W has orthogonal columns, so the posterior covariance is diagonal). Returns
+  (Trained, W, b, sigma)."""
+  cfg = configs.get_preset("default")
+  cfg.model.family = "vae"
+  cfg.model.widths = ()
+  cfg.model.latent_dim = 2
+  cfg.model.recon_loss = "gaussian"
+  cfg.objective.output_sigma = sigma
+  shape = (5,)
+  model = families.build_model(cfg, shape)
+  params = model.init(jax.random.key(0), np.zeros((1, *shape), np.float32))
+  rng = np.random.RandomState(seed)
+  q, _ = np.linalg.qr(rng.normal(size=(5, 2)))
+  w = q * np.array([2.0, 0.7])                    # (D, L), orthogonal columns
+  b = rng.normal(size=5)
+  post_var = 1.0 / (1.0 + np.sum(w ** 2, 0) / sigma ** 2)    # (L,)
+  a = (w * post_var).T / sigma ** 2                            # (L, D): mean = a (x - b)
+  p = jax.tree.map(np.asarray, params)["params"]
+  p["to_mean"] = {"kernel": a.T.astype(np.float32), "bias": (-a @ b).astype(np.float32)}
+  p["to_logvar"] = {"kernel": np.zeros((5, 2), np.float32),
+                    "bias": np.log(post_var).astype(np.float32)}
+  p["decoder"] = {"Dense_0": {"kernel": w.T.astype(np.float32),
+                              "bias": b.astype(np.float32)}}
+  trained = Trained(cfg, model, {"params": p}, data_lib.Scaler("none").fit(np.zeros((1, 5))),
+                    shape)
+  return trained, w, b, sigma
+
+
+def _exact_nll(x, w, b, sigma):
+  cov = w @ w.T + sigma ** 2 * np.eye(len(b))
+  diff = x - b
+  _, logdet = np.linalg.slogdet(cov)
+  maha = np.einsum("nd,de,ne->n", diff, np.linalg.inv(cov), diff)
+  return 0.5 * (maha + logdet + len(b) * np.log(2 * np.pi))
+
+
+def test_importance_nll_is_exact_with_the_true_posterior():
+  trained, w, b, sigma = _linear_gaussian()
+  x = np.random.RandomState(1).normal(size=(7, 5)).astype(np.float32) * 2
+  expected = _exact_nll(x.astype(np.float64), w, b, sigma)
+  for k, chunk in ((1, 1), (12, 5), (40, 8)):        # 12 with chunk 5 -> chunks of 4
+    got = likelihood.importance_nll(trained, x, num_samples=k, chunk=chunk, batch_size=3)
+    assert got.shape == (7,)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+  # With the exact posterior the ELBO is log p(x) too, in expectation over its one sample
+  # (2,000 copies of one example get 2,000 independent draws).
+  draws = -likelihood.elbo(trained, np.repeat(x[:1], 2000, 0), batch_size=500)
+  mean, sem = likelihood.summary(draws)
+  assert abs(mean - expected[0]) < 4 * sem and sem > 0
+
+
+def test_importance_nll_converges_with_a_poor_posterior():
+  trained, w, b, sigma = _linear_gaussian()
+  p = trained.params["params"]
+  p["to_logvar"]["bias"] = p["to_logvar"]["bias"] + 1.0   # too wide a proposal
+  x = np.random.RandomState(2).normal(size=(4, 5)).astype(np.float32)
+  expected = _exact_nll(x.astype(np.float64), w, b, sigma)
+  one = likelihood.importance_nll(trained, x, num_samples=1, seed=3)
+  many = likelihood.importance_nll(trained, x, num_samples=4000, chunk=500, seed=3)
+  assert np.mean(np.abs(many - expected)) < 0.02 < np.mean(np.abs(one - expected))
+  # -ELBO - NLL = KL(q || posterior): each posterior variance is e times too large, so
+  # the gap is 2 * 0.5 * (e - 1 - log e) = e - 2 nats, in expectation over the draw.
+  gap, sem = likelihood.summary(-likelihood.elbo(trained, np.repeat(x[:1], 4000, 0))
+                                - expected[0])
+  assert abs(gap - (np.e - 2)) < 4 * sem < 0.3
+
+
+def test_active_units_counts_varying_posterior_means():
+  trained, _, _, _ = _linear_gaussian()
+  p = trained.params["params"]
+  p["to_mean"]["kernel"][:, 1] = 0.001                    # unit 1 barely moves
+  x = np.random.RandomState(0).normal(size=(500, 5)).astype(np.float32)
+  count, variance = likelihood.active_units(trained, x)
+  means = x.astype(np.float64) @ p["to_mean"]["kernel"] + p["to_mean"]["bias"]
+  np.testing.assert_allclose(variance, means.var(0), rtol=1e-4)
+  assert count == int(np.sum(means.var(0) > 0.01)) == 1
+
+
+def test_summary_and_bad_input():
+  mean, sem = likelihood.summary([1.0, 2.0, 3.0, 6.0])
+  assert mean == 3.0 and sem == pytest.approx(np.std([1, 2, 3, 6], ddof=1) / 2)
+  trained, _, _, _ = _linear_gaussian()
+  with pytest.raises(ConfigError, match="positive integer"):
+    likelihood.importance_nll(trained, np.zeros((2, 5)), num_samples=0)
+  trained.config.model.family = "ae"
+  with pytest.raises(ConfigError, match="VAE family"):
+    likelihood.active_units(trained, np.zeros((2, 5)))
+
+
+def test_cli_evaluate_writes_nll_over_the_whole_split(tmp_path):
+  rng = np.random.RandomState(0)
+  x = (rng.random_sample((130, 6)) < 0.4).astype(np.float32)
+  path = tmp_path / "bin.npy"
+  np.save(path, x)
+  cfg = configs.get_preset("tiny")
+  cfg.model.family, cfg.model.recon_loss, cfg.model.latent_dim = "vae", "bce", 2
+  cfg.data.name, cfg.train.parallel, cfg.train.figures = str(path), "jit", False
+  cfg.train.num_steps, cfg.train.batch_size = 4, 32
+  fit(cfg, tmp_path / "run", progress=False)
+  out = tmp_path / "eval.json"
+  assert cli_main(["evaluate", "--workdir", str(tmp_path / "run"), "--data", str(path),
+                   "--nll-samples", "20", "--out", str(out)]) == 0
+  got = json.loads(out.read_text())
+  assert got["num_examples"] == 130 and got["nll_samples"] == 20
+  trained = Trained.load(tmp_path / "run")
+  nll = likelihood.importance_nll(trained, x, num_samples=20)
+  assert got["nll"] == pytest.approx(nll.mean(), rel=1e-6)
+  assert got["nll_stderr"] == pytest.approx(nll.std(ddof=1) / np.sqrt(130), rel=1e-5)
+  assert got["nll"] <= -got["elbo"] + 3 * got["elbo_stderr"]
+  assert 0 <= got["active_units"] <= 2
+  assert cli_main(["evaluate", "--workdir", str(tmp_path / "run"), "--data", str(path),
+                   "--nll-samples", "-3", "--out", str(out)]) == 2
+
+
+# ---- the experiment -------------------------------------------------------------------
+
+def test_experiment_smoke(tmp_path, monkeypatch):
+  if data_dir() is None or not (data_dir() / "binarized_mnist").is_dir():
+    pytest.skip("no shared binarized_mnist folder (set AE_JAX_DATA_DIR or add ../shared/data)")
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  result = exp.main(["--smoke", "--out", str(tmp_path), "--models", "vae,iwae5,vamp",
+                     "--peer-models", "vae,vamp", "--epochs", "1"])
+  rows = {(r["model"], r["impl"]): r for r in result["rows"]}
+  expected = {("vae", "ae_jax"), ("iwae5", "ae_jax"), ("vamp", "ae_jax")}
+  if result["pythae_installed"]:
+    expected |= {("vae", "pythae"), ("vamp", "pythae")}
+  assert set(rows) == expected
+  for r in rows.values():
+    assert r["epochs"] == 1 and r["nll_samples"] == 20 and np.isfinite(r["test_nll"])
+    assert r["test_nll"] <= -r["test_elbo"] + 5     # the NLL estimate sits below -ELBO
+  assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
+  assert (tmp_path / "table.md").read_text().count("| ae_jax |") == 3
