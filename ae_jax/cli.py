@@ -1,4 +1,4 @@
-"""The `ae-jax` command line: train, evaluate, encode, reconstruct, sample, sweep.
+"""The `ae-jax` command line: train, evaluate, encode, reconstruct, sample, sweep, detect.
 
 Config values are overridden in the ml_collections style, `--config.model.latent_dim=16`;
 `--config` names a preset (see `ae_jax.configs.PRESETS`) or a .json / .py config file.
@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     if name == "sample":
       s.add_argument("--num", type=int, default=16)
       s.add_argument("--seed", type=int, default=0)
+  from ae_jax.anomaly import command as detect_command
+  detect_command.add_parser(sub)
   return p
 
 
@@ -121,6 +123,8 @@ def run(argv: list[str]) -> int:
     for name, path in trained.figure_paths.items():
       print(f"{name}: {path}")
     return 0
+  if args.command == "detect":
+    return args.run_command(args)
   if args.command == "sweep":
     from ae_jax import sweep
     return sweep.run_cli(args, apply_overrides(load_config(args.config), extra))

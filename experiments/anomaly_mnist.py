@@ -28,10 +28,11 @@ def parse(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--data", default="mnist_t10k", help="mnist_t10k or tfds:<name>")
   p.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
-  p.add_argument("--network", default="mlp", help="mlp or conv2d")
+  p.add_argument("--network", default="mlp", help="mlp, conv2d or auto (conv2d for images)")
   p.add_argument("--scaling", default="none",
                  help="pixels are already in [0, 1]: 'none' keeps them")
-  p.add_argument("--score", default="gaussian")
+  p.add_argument("--scores", nargs="+", default=["gaussian"],
+                 help="anomaly scores of ours to compare (each a separate detector)")
   p.add_argument("--ensemble", type=int, default=3)
   p.add_argument("--epochs", type=int, default=100)
   p.add_argument("--max-steps", type=int, default=1000)
@@ -113,26 +114,29 @@ def main(argv=None):
   if missing:
     print(missing)
   train, test = load(args)
-  ours = f"AE-{args.network} (ours)"
-  detectors = [ours, *anchors]
+  labels = {sc: f"AE-{args.network}" + (f"/{sc}" if len(args.scores) > 1 else "") + " (ours)"
+            for sc in args.scores}
+  ours = labels[args.scores[0]]
+  detectors = [*labels.values(), *anchors]
   rows, figures = [], {}
   for digit in args.digits:
     fit_x = train.x[train.y == digit]
     anomalous = (test.y != digit).astype(int)
-    det = AutoencoderDetector(network=args.network, scaling=args.scaling, score=args.score,
-                              ensemble=args.ensemble, epochs=args.epochs,
-                              max_steps=args.max_steps, seed=args.seed,
-                              **json.loads(args.detector))
-    start = time.perf_counter()
-    det.fit(fit_x)
-    scores = det.decision_function(test.x)
-    row = {"digit": digit, "detector": ours, "time_s": time.perf_counter() - start,
-           "train_images": len(fit_x), **common.ranking_metrics(anomalous, scores),
-           "steps": [h[-1]["step"] for h in det.history_]}
-    rows.append(row)
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
-          flush=True)
-    if digit == args.digits[0]:
+    for score in args.scores:
+      det = AutoencoderDetector(network=args.network, scaling=args.scaling, score=score,
+                                ensemble=args.ensemble, epochs=args.epochs,
+                                max_steps=args.max_steps, seed=args.seed,
+                                **json.loads(args.detector))
+      start = time.perf_counter()
+      det.fit(fit_x)
+      scores = det.decision_function(test.x)
+      row = {"digit": digit, "detector": labels[score], "time_s": time.perf_counter() - start,
+             "train_images": len(fit_x), **common.ranking_metrics(anomalous, scores),
+             "steps": [h[-1]["step"] for h in det.history_]}
+      rows.append(row)
+      print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in row.items()}), flush=True)
+    if digit == args.digits[0]:  # the figure shows the detector of the last score
       figures["examples"] = out / f"examples_digit{digit}.png"
       example_figure(figures["examples"], det, test.x, anomalous == 0, scores, digit)
     for name in anchors:
@@ -146,9 +150,12 @@ def main(argv=None):
     table.append({"digit": digit, **{d: next(r["roc_auc"] for r in rows if r["digit"] == digit
                                                and r["detector"] == d) for d in detectors}})
   mean = {"digit": "mean", **{d: float(np.mean([r[d] for r in table])) for d in detectors}}
+  pr_mean = {"digit": "mean PR-AUC", **{d: float(np.mean(
+      [r["pr_auc"] for r in rows if r["detector"] == d])) for d in detectors}}
   table.append(mean)
   figures["roc_auc_per_digit"] = out / "roc_auc_per_digit.png"
   bar_figure(figures["roc_auc_per_digit"], table, detectors)
+  table.append(pr_mean)
   goal = {"mean_roc_auc": mean[ours], "goal": GOAL, "met": mean[ours] >= GOAL,
           "best_anchor": max(anchors, key=lambda a: mean[a]) if anchors else None}
   times = [{"detector": d, "seconds per digit": float(np.mean(

@@ -42,8 +42,8 @@ def test_f1_best_threshold():
 
 
 def test_threshold_errors():
-  with pytest.raises(ConfigError, match="valid threshold rule names are: f1_best, max, "
-                                        "mean_std, percentile"):
+  with pytest.raises(ConfigError, match="valid threshold rule names are: f1_best, log_tukey, "
+                                        "max, mean_std, percentile, tukey"):
     AutoencoderDetector(threshold="otsu")
   with pytest.raises(ConfigError, match="needs labels"):
     THRESHOLDS.get("f1_best")(np.ones(3))
@@ -230,3 +230,113 @@ def test_adbench_script_smoke_on_any_folder(tmp_path):
   assert {r["set"] for r in result["rows"]} == {"1_toy", "2_other"}
   assert (tmp_path / "out" / "table.md").exists()
   assert (tmp_path / "out" / "roc_auc_per_set.png").exists()
+
+
+def test_registries_complete_on_package_import_and_array_batches_resume():
+  import ae_jax.anomaly as pkg
+  from ae_jax import data as data_lib
+  assert set(pkg.SCORES.names()) >= {"gaussian", "mse", "mae", "elbo", "nll"}
+  assert set(pkg.THRESHOLDS.names()) == {"f1_best", "log_tukey", "max", "mean_std",
+                                         "percentile", "tukey"}
+  x = np.arange(40, dtype=np.float32).reshape(20, 2)
+  loader = data_lib.ArrayBatches(data_lib.sources.make_array_data(x, None, "t"),
+                                 batch_size=6, seed=1)
+  it = iter(loader)
+  for _ in range(4):  # crosses an epoch boundary (3 batches of 6 per epoch)
+    next(it)
+  state = it.get_state()
+  expected = [next(it)["x"] for _ in range(3)]
+  again = iter(loader)
+  again.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(again)["x"], want)
+  seen = np.concatenate([next(iter(loader))["x"]])
+  assert seen.shape == (6, 2) and len(np.unique(seen[:, 0])) == 6
+  with pytest.raises(DataError, match="batch_size"):
+    data_lib.ArrayBatches(data_lib.sources.make_array_data(x, None, "t"), batch_size=21,
+                          seed=0)
+
+
+def test_tukey_threshold():
+  # Quartiles of 1..9 (linear interpolation): 3 and 7; fence 7 + 1.5 * 4 = 13.
+  assert THRESHOLDS.get("tukey")(np.arange(1.0, 10.0)) == pytest.approx(13.0)
+
+
+def test_log_tukey_threshold():
+  # log scores 0..8 (e^0 .. e^8): quartiles 2 and 6, fence exp(6 + 1.5 * 4) = e^12.
+  assert THRESHOLDS.get("log_tukey")(np.exp(np.arange(9.0))) == pytest.approx(np.exp(12.0))
+  with pytest.raises(DataError, match="positive"):
+    THRESHOLDS.get("log_tukey")(np.array([0.0, 1.0, 2.0]))
+
+
+def test_knn_distance_skips_the_nearest_and_averages_the_next_k():
+  from ae_jax.anomaly import scores
+  codes = np.array([[0.0], [1.0], [3.0], [10.0]], np.float32)
+  z = np.array([[0.0], [2.0]], np.float32)
+  got = np.asarray(scores.knn_distance(z, codes, k=2))
+  # z=0: squared distances 0, 1, 9, 100 -> skip 0, mean(1, 9) = 5.
+  # z=2: squared distances 4, 1, 1, 64 -> sorted 1, 1, 4, 64 -> skip one, mean(1, 4) = 2.5.
+  np.testing.assert_allclose(got, [5.0, 2.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("score", ["knn", "latent_knn"])
+def test_latent_knn_scores_flag_outliers_and_survive_save_load(score, tmp_path):
+  x, y = two_clusters()
+  det = AutoencoderDetector(score=score, ensemble=2, max_steps=200, epochs=200,
+                            contamination=0.05, widths=(32, 16), latent_dim=2, seed=0).fit(x)
+  from sklearn.metrics import roc_auc_score
+  scores = det.decision_function(x)
+  assert roc_auc_score(y, scores) > 0.95
+  m = det.stats_.codes.shape
+  assert m[0] == 2 and m[2] == 2 and m[1] == len(det.holdout_indices(len(x))[0])
+  # Training codes are whitened: about zero mean and unit covariance.
+  c = np.asarray(det.stats_.codes[0], np.float64)
+  np.testing.assert_allclose(c.mean(0), 0.0, atol=1e-3)
+  np.testing.assert_allclose(np.cov(c.T, bias=True), np.eye(2), atol=1e-2)
+  back = AutoencoderDetector.load(det.save(tmp_path / "det"))
+  np.testing.assert_allclose(back.decision_function(x), scores, rtol=1e-5)
+
+
+def test_auto_network_follows_the_rank_of_the_examples():
+  from ae_jax.anomaly.detector import network_for
+  assert network_for("auto", (6,)) == "mlp"
+  assert network_for("auto", (16, 1)) == "conv1d"
+  assert network_for("auto", (8, 8, 1)) == "conv2d"
+  assert network_for("mlp", (8, 8, 1)) == "mlp"
+  with pytest.raises(DataError, match="auto"):
+    network_for("auto", (2, 2, 2, 2))
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(64, 8, 8, 1)).astype(np.float32)
+  det = AutoencoderDetector(network="auto", channels=(4,), latent_dim=2, ensemble=1,
+                            max_steps=3, val_fraction=0.0, scaling="none").fit(images)
+  assert det.config_.model.network == "conv2d"
+  assert det.decision_function(images[:5]).shape == (5,)
+
+
+def test_trimmed_ae_leaves_the_worst_examples_out_of_the_training_loss():
+  import jax
+  from ae_jax import configs
+  from ae_jax.families import build_model, get_family
+  from ae_jax.train import init_params
+  cfg = configs.get_preset("default")
+  cfg.model.family, cfg.model.widths, cfg.model.latent_dim = "trimmed_ae", (8,), 2
+  cfg.model.dropout = 0.0
+  cfg.objective.trim = 0.25
+  model = build_model(cfg, (4,))
+  params = init_params(model, (4,), jax.random.key(0))
+  x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+  x[3] += 20.0  # the two worst-reconstructed examples
+  x[6] -= 30.0
+  keys = jax.random.split(jax.random.key(1), 8)
+  plain = get_family("ae").terms(model, params, {"x": x}, keys, 0, cfg, True)["loss"]
+  trimmed = get_family("trimmed_ae").terms(model, params, {"x": x}, keys, 0, cfg, True)
+  keep = np.asarray(plain) <= np.quantile(np.asarray(plain), 0.75)
+  assert not keep[3] and not keep[6] and keep.sum() == 6
+  np.testing.assert_allclose(float(np.mean(trimmed["loss"])), float(np.mean(plain[keep])),
+                             rtol=1e-5)
+  evaluated = get_family("trimmed_ae").terms(model, params, {"x": x}, keys, None, cfg, False)
+  np.testing.assert_allclose(evaluated["loss"], plain, rtol=1e-6)
+  with pytest.raises(ConfigError, match="trim"):
+    AutoencoderDetector(trim=0.6)
+  with pytest.raises(ConfigError, match="family='ae'"):
+    AutoencoderDetector(trim=0.1, family="vae", score="elbo")

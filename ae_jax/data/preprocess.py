@@ -121,6 +121,23 @@ class Scaler:
     return scaler
 
 
+def robust_scaler(x: np.ndarray) -> Scaler:
+  """A fitted `Scaler` that centres on the median and divides by IQR / 1.349.
+
+  IQR / 1.349 is the std of a normal with that IQR; features whose IQR is (near) zero
+  fall back to their std and then to 1, so anomalies in the training examples `x`
+  (N, ...) do not inflate the scale. Offset and scale have shape x.shape[1:].
+  """
+  x = np.asarray(x, np.float64)
+  if x.shape[0] == 0:
+    raise DataError("cannot fit a scaler on zero examples")
+  q25, median, q75 = np.percentile(x, [25, 50, 75], axis=0)
+  spread = (q75 - q25) / 1.349
+  spread = np.where(spread < MIN_SCALE, x.std(axis=0), spread)
+  return Scaler.from_state({"method": "standard", "offset": median,
+                            "scale": np.where(spread < MIN_SCALE, 1.0, spread)})
+
+
 def sliding_windows(series: np.ndarray, length: int, stride: int,
                     normalize: bool = False) -> np.ndarray:
   """Cuts a long series into overlapping windows.

@@ -8,7 +8,7 @@ its import below (see docs/architecture.md).
 from ae_jax.families.base import (FAMILIES, Family, Terms, build_model, get_family,
                                   scalar_metrics, validate_config)
 from ae_jax.families import (ae, contractive, denoising, sparse,  # noqa: F401  (registration)
-                             spatial_denoising, vae, vqvae)
+                             spatial_denoising, trimmed, vae, vqvae)
 from ae_jax.families.common import Autoencoder
 from ae_jax.families.denoising import corrupt
 from ae_jax.families.sparse import SparseAutoencoder, topk

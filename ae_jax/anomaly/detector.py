@@ -17,165 +17,27 @@ import functools
 import json
 import math
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from ae_jax import configs
+from ae_jax.configs import overrides as overrides_lib
 from ae_jax import data as data_lib
+from ae_jax.anomaly.scores import MAX_CODES, SCORES, TrainStats, knn_distance, reconstruction
+from ae_jax.anomaly.thresholds import THRESHOLDS
 from ae_jax.errors import CheckpointError, ConfigError, DataError
-from ae_jax.families import build_model, elbo_terms, importance_sampled_nll
+from ae_jax.families import build_model
 from ae_jax.fit import fit
-from ae_jax.registry import Registry
 from ae_jax.train import init_params
 
 FORMAT_VERSION = 1
 MIN_HELD_OUT = 20
 CONFIG_FILE = "detector.json"
 ARRAYS_FILE = "arrays.npz"
-
-
-# ---- threshold rules -----------------------------------------------------------------
-
-THRESHOLDS: Registry[Callable[..., float]] = Registry("threshold rule")
-
-
-@THRESHOLDS.register("percentile")
-def percentile_threshold(train_scores, *, contamination: float, **_) -> float:
-  """The (1 - contamination) quantile of the training scores (PyOD's rule)."""
-  return float(np.percentile(train_scores, 100.0 * (1.0 - contamination)))
-
-
-@THRESHOLDS.register("mean_std")
-def mean_std_threshold(train_scores, *, k: float = 1.0, **_) -> float:
-  """mean + k * std of the training scores (population std)."""
-  s = np.asarray(train_scores, np.float64)
-  return float(s.mean() + k * s.std())
-
-
-@THRESHOLDS.register("max")
-def max_threshold(train_scores, **_) -> float:
-  """The largest training score: nothing seen in training is flagged."""
-  return float(np.max(train_scores))
-
-
-@THRESHOLDS.register("f1_best")
-def f1_best_threshold(train_scores, *, val_scores=None, val_labels=None, **_) -> float:
-  """The threshold t that maximises F1 of `val_scores > t` against `val_labels` (1 = anomaly).
-
-  Candidates are the distinct validation scores below the largest one; ties in F1 go
-  to the higher threshold.
-  """
-  del train_scores
-  if val_scores is None or val_labels is None:
-    raise ConfigError("threshold 'f1_best' needs labels: pass y to fit (the held-out "
-                      "validation part is used) or X_val and y_val")
-  scores = np.asarray(val_scores, np.float64)
-  labels = np.asarray(val_labels).astype(bool)
-  if labels.shape != scores.shape:
-    raise DataError(f"validation labels have shape {labels.shape}, scores {scores.shape}")
-  if not labels.any():
-    raise DataError("threshold 'f1_best' needs at least one labelled anomaly (y=1) in the "
-                    "validation data")
-  order = np.argsort(-scores, kind="stable")
-  s, l = scores[order], labels[order]
-  tp = np.cumsum(l)
-  flagged = np.arange(1, len(s) + 1)
-  # Flagging the top i examples means threshold s[i]; valid only where s[i] < s[i - 1].
-  cut = np.flatnonzero(s[1:] < s[:-1])
-  if cut.size == 0:
-    return float(s[0])
-  f1 = 2 * tp[cut] / (flagged[cut] + labels.sum())
-  best = cut[np.flatnonzero(f1 == f1.max())[0]]
-  return float(s[best + 1])
-
-
-# ---- scores --------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Score:
-  """How one trained model scores a batch.
-
-  `per_element(model, params, x)` gives (B, *shape) errors whose mean over features is
-  the score, or None; `per_example(model, params, x, keys, cfg, samples, stats)` gives
-  (B,) scores directly. `stats` are the member's training statistics (`TrainStats`).
-  """
-  name: str
-  per_element: Callable | None
-  per_example: Callable | None = None
-  needs_vae: bool = False
-
-
-@flax.struct.dataclass
-class TrainStats:
-  """One member's statistics on the training part, in scaled units.
-
-  err_scale: mean per-feature error (*shape) of the element score (squared for 'mse'
-  and 'gaussian', absolute for 'mae'); latent_mean (L,) and latent_precision (L, L):
-  the mean and inverse covariance of the codes.
-  """
-  err_scale: jax.Array
-  latent_mean: jax.Array
-  latent_precision: jax.Array
-
-
-SCORES: Registry[Score] = Registry("anomaly score")
-
-
-def _reconstruction(model, params, x):
-  return model.apply(params, x, method=model.reconstruct)
-
-
-def _squared_error(model, params, x):
-  return jnp.square(_reconstruction(model, params, x) - x)
-
-
-def _abs_error(model, params, x):
-  return jnp.abs(_reconstruction(model, params, x) - x)
-
-
-def _latent_distance(model, params, x, stats: TrainStats):
-  """Squared Mahalanobis distance (B,) of the codes of x from the training codes."""
-  z = model.apply(params, x, method=model.encode).reshape(x.shape[0], -1)
-  d = z - stats.latent_mean
-  return jnp.einsum("bi,ij,bj->b", d, stats.latent_precision, d)
-
-
-def _gaussian(model, params, x, keys, cfg, samples, stats: TrainStats):
-  """-log-likelihood (up to constants) of x under Gaussian residuals and codes (B,).
-
-  Residuals get the per-feature variance and codes the mean and covariance seen in
-  training, as in probabilistic PCA: off-manifold and unusual-on-manifold examples
-  both score high.
-  """
-  del keys, cfg, samples
-  err = _squared_error(model, params, x) / stats.err_scale
-  return jnp.sum(err.reshape(x.shape[0], -1), -1) + _latent_distance(model, params, x, stats)
-
-
-def _neg_elbo(model, params, x, keys, cfg, samples, stats):
-  del stats
-  one = lambda xi, k: elbo_terms(model, params, xi[None], None, k, cfg, samples)["elbo"][0]
-  return -jax.vmap(one)(x, keys)
-
-
-def _nll(model, params, x, keys, cfg, samples, stats):
-  del stats
-  chunk = min(samples, 100)
-  one = lambda xi, k: importance_sampled_nll(model, params, xi[None], k, cfg, samples,
-                                             chunk)[0]
-  return jax.vmap(one)(x, keys)
-
-
-SCORES.register("mse")(Score("mse", _squared_error))
-SCORES.register("mae")(Score("mae", _abs_error))
-SCORES.register("gaussian")(Score("gaussian", _squared_error, _gaussian))
-SCORES.register("elbo")(Score("elbo", _squared_error, _neg_elbo, needs_vae=True))
-SCORES.register("nll")(Score("nll", _squared_error, _nll, needs_vae=True))
 
 
 # ---- scaling -------------------------------------------------------------------------
@@ -187,72 +49,37 @@ ERROR_WEIGHTS = ("none", "train")
 def fit_scaler(method: str, x: np.ndarray) -> data_lib.Scaler:
   """A fitted per-feature `Scaler` (offset and scale of shape x.shape[1:]).
 
-  'robust' centres on the median and divides by IQR / 1.349 (the std of a normal with
-  that IQR), falling back to the std and then to 1 for (near-)constant features, so
-  anomalies in the training data do not inflate the scale.
+  'robust' is `ae_jax.data.robust_scaler` (median and IQR / 1.349), so anomalies in the
+  training data do not inflate the scale; the others are `ae_jax.data.Scaler(method)`.
   """
   if method not in SCALINGS:
     raise ConfigError(f"scaling must be one of {SCALINGS}, got {method!r}")
-  if method != "robust":
-    return data_lib.Scaler(method).fit(x)
-  x = np.asarray(x, np.float64)
-  q25, median, q75 = np.percentile(x, [25, 50, 75], axis=0)
-  spread = (q75 - q25) / 1.349
-  spread = np.where(spread < data_lib.preprocess.MIN_SCALE, x.std(axis=0), spread)
-  return data_lib.Scaler.from_state({"method": "standard", "offset": median,
-                                     "scale": np.where(spread < data_lib.preprocess.MIN_SCALE,
-                                                       1.0, spread)})
+  if method == "robust":
+    return data_lib.robust_scaler(x)
+  return data_lib.Scaler(method).fit(x)
 
 
-# ---- training batches ----------------------------------------------------------------
+def holdout_split(n: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train indices, held-out indices), both sorted: `n_val` of range(n) drawn by `seed`.
 
-class ArrayBatches:
-  """Shuffled training batches {'x': (B, ...)} of in-memory data, one gather per batch.
-
-  Each epoch is a fresh permutation drawn from (seed, epoch); the incomplete last batch
-  of an epoch is dropped. Iterators have `get_state()` / `set_state()` (JSON bytes), as
-  `ae_jax.fit.fit` expects of a loader; per-record pipelines cost far more than the
-  step of a small tabular model.
+  The detector holds out its validation part this way; experiments use it to give
+  other detectors the same held-out rows.
   """
-
-  def __init__(self, data: data_lib.ArrayData, *, batch_size: int, seed: int):
-    if not 1 <= batch_size <= len(data):
-      raise DataError(f"{data.name}: batch_size={batch_size} for {len(data)} examples")
-    self.x, self.batch_size, self.seed = data.x, batch_size, seed
-
-  def __iter__(self) -> "_BatchIterator":
-    return _BatchIterator(self)
+  order = np.random.default_rng(seed).permutation(n)
+  return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-class _BatchIterator:
+AUTO_NETWORKS = {1: "mlp", 2: "conv1d", 3: "conv2d"}
 
-  def __init__(self, source: ArrayBatches):
-    self._src = source
-    self._epoch, self._pos = 0, 0
-    self._perm = self._permutation(0)
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self._src.seed, epoch]).permutation(len(self._src.x))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    bs = self._src.batch_size
-    if self._pos + bs > len(self._perm):
-      self._epoch, self._pos = self._epoch + 1, 0
-      self._perm = self._permutation(self._epoch)
-    idx = np.sort(self._perm[self._pos:self._pos + bs])
-    self._pos += bs
-    return {"x": self._src.x[idx]}
-
-  def get_state(self) -> bytes:
-    return json.dumps({"epoch": self._epoch, "pos": self._pos}).encode()
-
-  def set_state(self, state: bytes) -> None:
-    got = json.loads(state)
-    self._epoch, self._pos = int(got["epoch"]), int(got["pos"])
-    self._perm = self._permutation(self._epoch)
+def network_for(network: str, example_shape: tuple) -> str:
+  """`network`, or for 'auto' the network that suits examples of `example_shape`."""
+  if network != "auto":
+    return network
+  if len(example_shape) not in AUTO_NETWORKS:
+    raise DataError(f"network='auto' knows vectors, sequences and images, not examples of "
+                    f"shape {example_shape}; pass network= explicitly")
+  return AUTO_NETWORKS[len(example_shape)]
 
 
 # ---- configuration -------------------------------------------------------------------
@@ -269,19 +96,6 @@ def default_sizes(input_shape: tuple) -> tuple[tuple[int, ...], int]:
   return (hidden, max(hidden // 2, latent)), latent
 
 
-def _set_dotted(cfg: ml_collections.ConfigDict, key: str, value) -> None:
-  node = cfg
-  *parents, leaf = key.split(".")
-  for p in parents:
-    if p not in node:
-      raise ConfigError(f"unknown config section {p!r} in override {key!r}")
-    node = node[p]
-  if leaf not in node:
-    raise ConfigError(f"unknown config field {key!r}; valid fields of this section: "
-                      f"{', '.join(sorted(node.keys()))}")
-  node[leaf] = tuple(value) if isinstance(value, list) else value
-
-
 # ---- the detector --------------------------------------------------------------------
 
 class AutoencoderDetector:
@@ -290,7 +104,9 @@ class AutoencoderDetector:
   Attributes after `fit`: `threshold_` (float), `decision_scores_` (N,) scores of the
   training examples, `labels_` (N,) their 0/1 labels, `reference_scores_` the scores the
   threshold rule read, `models_` one `ae_jax.fit.Trained` per ensemble member,
-  `history_` their training logs, `stats_` the members' `TrainStats`.
+  `history_` their training logs, `stats_` the members' `TrainStats`;
+  `feature_names_in_` the column names of tabular input, when the caller sets them
+  (`ae-jax detect` does; they are saved and loaded with the detector).
 
   The rules 'percentile', 'mean_std' and 'max' read the scores of the held-out
   validation part when it has at least MIN_HELD_OUT examples: the networks never trained
@@ -301,7 +117,7 @@ class AutoencoderDetector:
   def __init__(self, family: str = "ae", network: str = "mlp", *,
                contamination: float = 0.1, threshold: str = "percentile",
                score: str = "gaussian", k: float = 1.0, scaling: str = "standard",
-               error_weights: str = "none",
+               error_weights: str = "none", trim: float = 0.0,
                ensemble: int = 3, latent_dim: int | None = None,
                widths: tuple[int, ...] | None = None,
                channels: tuple[int, ...] = (32, 64), dropout: float = 0.2,
@@ -315,15 +131,20 @@ class AutoencoderDetector:
     """Sets up a detector; nothing is trained until `fit`.
 
     Args:
-      family / network: the autoencoder family and network (see `ae_jax.families`).
+      family / network: the autoencoder family and network (see `ae_jax.families`);
+        network 'auto' picks it from the examples' rank: mlp for vectors (N, D), conv1d
+        for sequences (N, T, C), conv2d for images (N, H, W, C).
       contamination: the expected share of anomalies in the training data, in (0, 0.5].
-      threshold: a name in `THRESHOLDS` (percentile, mean_std, max, f1_best).
+      threshold: a name in `THRESHOLDS` (percentile, mean_std, max, tukey, log_tukey,
+        f1_best).
       score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae;
         elbo, nll for the VAE.
       k: the k of the 'mean_std' rule.
       scaling: 'standard', 'robust', 'minmax' or 'none', fitted on the training part of X.
       error_weights: 'none', or 'train' to divide each feature's error by its mean over
         the training part (features that are always reconstructed well then count more).
+      trim: with family 'ae', the share of each training batch with the highest loss that
+        the loss ignores (family 'trimmed_ae'), against anomalies in the training data.
       ensemble: number of members (seeds seed, seed + 1000, ...); their scores are averaged.
       latent_dim / widths: None picks them from the input size (`default_sizes`).
       channels: conv channels for network conv1d / conv2d.
@@ -349,6 +170,7 @@ class AutoencoderDetector:
     self.k = k
     self.scaling = scaling
     self.error_weights = error_weights
+    self.trim = trim
     self.ensemble = ensemble
     self.latent_dim = latent_dim
     self.widths = None if widths is None else tuple(widths)
@@ -373,13 +195,14 @@ class AutoencoderDetector:
     self.labels_: np.ndarray | None = None
     self.models_: list = []
     self.history_: list[list[dict]] = []
+    self.feature_names_in_: list[str] | None = None
 
   # -- setup --
 
   def get_params(self) -> dict[str, Any]:
     """The constructor arguments (JSON-serialisable except `config`)."""
     names = ("family", "network", "contamination", "threshold", "score", "k", "scaling",
-             "error_weights",
+             "error_weights", "trim",
              "ensemble", "latent_dim", "widths", "channels", "dropout", "epochs", "max_steps",
              "batch_size", "learning_rate", "val_fraction", "max_val", "patience",
              "eval_every", "seed", "score_batch_size", "score_samples", "overrides")
@@ -406,6 +229,11 @@ class AutoencoderDetector:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not 0.0 <= self.trim < 0.5:
+      raise ConfigError(f"trim must be in [0, 0.5), got {self.trim}")
+    if self.trim and self.family != "ae":
+      raise ConfigError(f"trim applies to family='ae' (trained as 'trimmed_ae'), got "
+                        f"{self.family!r}")
     if not 0.0 <= self.val_fraction < 1.0:
       raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -414,7 +242,9 @@ class AutoencoderDetector:
         else configs.get_preset("default")
     widths, latent = default_sizes(input_shape)
     m = cfg.model
-    m.family, m.network = self.family, self.network
+    m.family, m.network = self.family, network_for(self.network, input_shape)
+    if self.trim:
+      m.family, cfg.objective.trim = "trimmed_ae", self.trim
     m.latent_dim = self.latent_dim or latent
     m.widths = self.widths or widths
     m.channels = self.channels
@@ -440,7 +270,7 @@ class AutoencoderDetector:
     t.figures = False
     cfg.seed = self.seed
     for key, value in self.overrides.items():
-      _set_dotted(cfg, key, value)
+      overrides_lib.set_value(cfg, key, value, "detector overrides")
     return cfg
 
   def _prepare(self, X) -> np.ndarray:
@@ -461,6 +291,11 @@ class AutoencoderDetector:
 
   # -- training --
 
+  def holdout_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices into n examples, as `fit` splits them."""
+    n_val = min(self.max_val, int(round(n * self.val_fraction))) if self.val_fraction else 0
+    return holdout_split(n, n_val, self.seed)
+
   def fit(self, X, y=None, *, X_val=None, y_val=None) -> "AutoencoderDetector":
     """Trains on X (N, ...) and sets `threshold_`; returns self.
 
@@ -473,7 +308,8 @@ class AutoencoderDetector:
     x = self._prepare(X)
     n = len(x)
     self.input_shape_ = tuple(x.shape[1:])
-    n_val = min(self.max_val, int(round(n * self.val_fraction))) if self.val_fraction else 0
+    train_idx, val_idx = self.holdout_indices(n)
+    n_val = len(val_idx)
     if n_val and n - n_val < 2:
       raise DataError(f"{n} examples are too few to hold out {n_val} for validation; "
                       "give more data or set val_fraction=0")
@@ -482,8 +318,6 @@ class AutoencoderDetector:
                         "val_fraction > 0, the held-out part is used) or X_val and y_val")
     if X_val is not None and y_val is None:
       raise ConfigError("X_val was given without y_val")
-    order = np.random.default_rng(self.seed).permutation(n)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     self.scaler_ = fit_scaler(self.scaling, x[train_idx])
     x_scaled = self.scaler_.transform(x)
     make = data_lib.sources.make_array_data
@@ -495,7 +329,7 @@ class AutoencoderDetector:
       cfg = ml_collections.ConfigDict(base.to_dict())
       cfg.seed = self.seed + 1000 * member
       trained = fit(cfg, None, train_data=train, eval_data=val, progress=False,
-                    restore_best=val is not None, make_loader=ArrayBatches)
+                    restore_best=val is not None, make_loader=data_lib.ArrayBatches)
       self.models_.append(trained)
       self.history_.append(trained.history)
     self.config_ = base
@@ -518,7 +352,7 @@ class AutoencoderDetector:
 
   def _finish_setup(self) -> None:
     """Stacks the members' parameters for one vmapped, compiled scoring call."""
-    for name in ("_element_fn", "_example_fn", "_reconstruct_fn", "_stats_fn"):
+    for name in ("_element_fn", "_example_fn", "_reconstruct_fn", "_stats_fn", "_encode_fn"):
       self.__dict__.pop(name, None)
     self.model_ = self.models_[0].model
     self.params_ = jax.tree.map(lambda *p: jnp.asarray(np.stack([np.asarray(a) for a in p])),
@@ -560,8 +394,25 @@ class AutoencoderDetector:
     evals, evecs = np.linalg.eigh(cov)
     evals = np.maximum(evals, 1e-6 * evals.max(-1, keepdims=True) + 1e-12)
     precision = np.einsum("mij,mj,mkj->mik", evecs, 1.0 / evals, evecs)
-    return TrainStats(jnp.asarray(err, jnp.float32), jnp.asarray(z_sum, jnp.float32),
-                      jnp.asarray(precision, jnp.float32))
+    whiten = evecs / np.sqrt(evals)[:, None, :]
+    pick = np.random.default_rng(self.seed + 11).permutation(len(x))[:MAX_CODES]
+    codes = np.concatenate([np.asarray(self._encode_fn(self.params_, batch))[:, :stop - start]
+                            for start, stop, batch in self._batches(x[np.sort(pick)])], 1)
+    codes = np.einsum("mrl,mlk->mrk", codes - z_sum[:, None, :], whiten).astype(np.float32)
+    knn_scale = np.array([np.mean(np.concatenate([
+        np.asarray(knn_distance(jnp.asarray(c[i:i + 1024]), jnp.asarray(c)))
+        for i in range(0, len(c), 1024)])) for c in codes]) if len(pick) > 1 else \
+        np.ones(len(codes))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return TrainStats(f32(err), f32(z_sum), f32(precision), f32(whiten), f32(codes),
+                      f32(np.maximum(knn_scale, 1e-12)))
+
+  @functools.cached_property
+  def _encode_fn(self):
+    """jit(params, x (B, ...)) -> codes (members, B, L)."""
+    model = self.model_
+    return jax.jit(lambda params, x: jax.vmap(
+        lambda p: model.apply(p, x, method=model.encode).reshape(x.shape[0], -1))(params))
 
   @functools.cached_property
   def _element_fn(self):
@@ -593,7 +444,7 @@ class AutoencoderDetector:
   def _reconstruct_fn(self):
     model = self.model_
     return jax.jit(lambda params, x: jnp.mean(
-        jax.vmap(lambda p: _reconstruction(model, p, x))(params), axis=0))
+        jax.vmap(lambda p: reconstruction(model, p, x))(params), axis=0))
 
   def _batches(self, x: np.ndarray):
     """(start, stop, padded scaled batch) over x in batches of score_batch_size.
@@ -668,7 +519,8 @@ class AutoencoderDetector:
     params["widths"] = None if params["widths"] is None else list(params["widths"])
     params["channels"] = list(params["channels"])
     meta = {"version": FORMAT_VERSION, "params": params, "config": self.config_.to_json(),
-            "input_shape": list(self.input_shape_), "threshold_": self.threshold_}
+            "input_shape": list(self.input_shape_), "threshold_": self.threshold_,
+            "feature_names_in": self.feature_names_in_}
     (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     arrays = {f"params/{k}": np.asarray(v) for k, v in _flatten(self.params_).items()}
     arrays.update({"scaler/offset": self.scaler_.offset, "scaler/scale": self.scaler_.scale,
@@ -694,6 +546,7 @@ class AutoencoderDetector:
     det.config_ = ml_collections.ConfigDict(json.loads(meta["config"]))
     det.input_shape_ = tuple(meta["input_shape"])
     det.threshold_ = meta["threshold_"]
+    det.feature_names_in_ = meta.get("feature_names_in")
     model = build_model(det.config_, det.input_shape_)
     template = init_params(model, det.input_shape_, jax.random.key(0))
     with np.load(path / ARRAYS_FILE, allow_pickle=False) as arrays:
@@ -704,11 +557,22 @@ class AutoencoderDetector:
           "scale": arrays["scaler/scale"]})
       det.decision_scores_ = arrays["decision_scores"]
       det.reference_scores_ = arrays["reference_scores"]
-      det.stats_ = TrainStats(**{f.name: jnp.asarray(arrays[f"stats/{f.name}"])
-                                  for f in dataclasses.fields(TrainStats)})
+      det.stats_ = TrainStats(**_stats_fields(arrays, det.ensemble))
     det.model_ = model
     det.labels_ = (det.decision_scores_ > det.threshold_).astype(np.int64)
     return det
+
+
+def _stats_fields(arrays, members: int) -> dict[str, jax.Array]:
+  """The `TrainStats` fields stored in `arrays`; detectors saved before the latent kNN
+  scores existed lack codes, whitening and knn_scale, which get neutral stand-ins."""
+  got = {f.name: jnp.asarray(arrays[f"stats/{f.name}"]) for f in dataclasses.fields(TrainStats)
+         if f"stats/{f.name}" in arrays.files}
+  latent = got["latent_mean"].shape[-1]
+  got.setdefault("latent_whiten", jnp.broadcast_to(jnp.eye(latent), (members, latent, latent)))
+  got.setdefault("codes", jnp.zeros((members, 2, latent)))
+  got.setdefault("knn_scale", jnp.ones((members,)))
+  return got
 
 
 def _flatten(tree) -> dict[str, Any]:
