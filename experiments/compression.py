@@ -1,6 +1,12 @@
 """Compression: quantised autoencoder latents and VQ-VAE codebook indices against PCA
 coefficients and JPEG, as PSNR against honest bytes per image.
 
+Protocol: 1,000 of the 8,000 training images are held out for validation; models, PCA
+and the quantisers' ranges are fitted on the other 7,000. Every operating point (latent
+size and bits, PCA components, JPEG quality, VQ-VAE) is scored on the validation and the
+test images; the best point of each method within a byte budget is chosen on validation
+(its validation bytes and PSNR) and only its test figure is reported for that budget.
+
   python -m experiments.compression            # the CPU-sized run (see RESULTS_applications_b.md)
   python -m experiments.compression --epochs 100
   python -m experiments.compression --smoke    # seconds, for CI
@@ -14,6 +20,7 @@ from ae_jax import configs, data as data_lib
 from ae_jax.applications import compression as compress, metrics
 from ae_jax.fit import fit
 from ae_jax import results as _io
+from experiments import _protocol
 
 NAME = "compression"
 GOALS = {64: 26.0, 128: 29.0}
@@ -40,10 +47,13 @@ def parse(argv=None):
   p.add_argument("--jpeg-qualities", type=int, nargs="+",
                  default=[1, 5, 10, 15, 20, 25, 30, 40, 50, 60, 70, 80, 90, 95])
   p.add_argument("--budgets", type=int, nargs="+", default=[64, 128])
+  p.add_argument("--val-size", type=int, default=1000,
+                 help="training images held out for validation")
   args = p.parse_args(argv)
   if args.smoke:
     args.latents, args.widths, args.bits, args.epochs = [8], [32], [4, 8], 1
     args.vq, args.pca_components, args.jpeg_qualities = ["8:2:16"], [8, 16], [10, 50]
+    args.val_size = 100
   return args
 
 
@@ -72,23 +82,32 @@ def quality(recon, test) -> dict:
           "SSIM": float(metrics.ssim(recon, test).mean())}
 
 
-def autoencoder_points(args, train, test, recons):
+def val_quality(recon, val) -> dict:
+  recon = np.clip(np.asarray(recon, np.float32).reshape(val.shape), 0.0, 1.0)
+  return {"val PSNR (dB)": float(metrics.psnr(recon, val).mean())}
+
+
+def autoencoder_points(args, train, val, test, recons):
   points = []
   for latent in args.latents:
     t0 = time.time()
     model = fit(ae_config(args, latent), train_data=train, progress=False)
-    z_train, z_test = model.encode(train.x), model.encode(test.x)
+    z_train, z_val, z_test = model.encode(train.x), model.encode(val.x), model.encode(test.x)
     train_s = time.time() - t0
     points.append({"method": "AE, float32 latent", "setting": f"latent {latent}",
-                   "bytes/image": 4 * latent, **quality(model.decode(z_test), test.x)})
+                   "bytes/image": 4 * latent, "val bytes/image": 4 * latent,
+                   **val_quality(model.decode(z_val), val.x),
+                   **quality(model.decode(z_test), test.x)})
     for bits in args.bits:
       quant = compress.UniformQuantizer(bits).fit(z_train, args.quantile)
       recon = model.decode(quant.round_trip(z_test))
       key = f"AE latent {latent}, {bits} bit"
       recons[key] = recon
+      size = quant.bytes_per_image(latent)
       points.append({"method": f"AE latent {latent}, uniform", "setting": f"{bits} bit",
-                     "bytes/image": quant.bytes_per_image(latent), **quality(recon, test.x),
-                     "train s": train_s})
+                     "bytes/image": size, "val bytes/image": size,
+                     **val_quality(model.decode(quant.round_trip(z_val)), val.x),
+                     **quality(recon, test.x), "train s": train_s})
     print(f"AE latent {latent}: {train_s:.0f}s", flush=True)
   for spec in args.vq:
     latent, code_dim, num_codes = (int(v) for v in spec.split(":"))
@@ -96,25 +115,31 @@ def autoencoder_points(args, train, test, recons):
     model = fit(ae_config(args, latent, (code_dim, num_codes)), train_data=train,
                 progress=False)
     train_s = time.time() - t0
-    idx = np.asarray(model.model.apply(model.params, test.x, method=model.model.encode_indices))
-    payloads = [compress.pack_bits(row, compress.index_bits(num_codes)) for row in idx]
-    decoded = np.stack([compress.unpack_bits(p, idx.shape[1], compress.index_bits(num_codes))
-                        for p in payloads])
-    z = np.asarray(model.model.apply(model.params, decoded,
-                                     method=model.model.indices_to_latent))
-    recon = model.decode(z)
+    recon, payloads, idx = vq_round_trip(model, test.x, num_codes)
     key = f"VQ-VAE {idx.shape[1]}x{num_codes} codes"
     recons[key] = recon
     points.append({"method": "VQ-VAE indices", "setting": f"{idx.shape[1]} indices of "
                    f"{num_codes} codes (latent {latent}, code dim {code_dim})",
-                   "bytes/image": len(payloads[0]), **quality(recon, test.x),
-                   "train s": train_s})
+                   "bytes/image": len(payloads[0]), "val bytes/image": len(payloads[0]),
+                   **val_quality(vq_round_trip(model, val.x, num_codes)[0], val.x),
+                   **quality(recon, test.x), "train s": train_s})
     assert len(payloads[0]) == compress.vq_bytes_per_image(idx.shape[1], num_codes)
     print(f"VQ-VAE {spec}: {train_s:.0f}s", flush=True)
   return points
 
 
-def pca_points(args, train, test, recons):
+def vq_round_trip(model, x, num_codes: int):
+  """Images decoded from their bit-packed codebook indices: (recon, payloads, indices)."""
+  idx = np.asarray(model.model.apply(model.params, x, method=model.model.encode_indices))
+  payloads = [compress.pack_bits(row, compress.index_bits(num_codes)) for row in idx]
+  decoded = np.stack([compress.unpack_bits(p, idx.shape[1], compress.index_bits(num_codes))
+                      for p in payloads])
+  z = np.asarray(model.model.apply(model.params, decoded,
+                                   method=model.model.indices_to_latent))
+  return model.decode(z), payloads, idx
+
+
+def pca_points(args, train, val, test, recons):
   from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
   flat_train, flat_test = train.x.reshape(len(train), -1), test.x.reshape(len(test), -1)
   points = []
@@ -125,26 +150,35 @@ def pca_points(args, train, test, recons):
                                                          args.quantile)
     recon = pca.inverse_transform(quant.round_trip(pca.transform(flat_test)))
     recons[f"PCA {n}, {args.pca_bits} bit"] = recon.reshape(test.x.shape)
+    val_recon = pca.inverse_transform(quant.round_trip(pca.transform(
+        val.x.reshape(len(val), -1))))
     points.append({"method": f"PCA, {args.pca_bits} bit", "setting": f"{n} components",
-                   "bytes/image": quant.bytes_per_image(n), **quality(recon, test.x)})
+                   "bytes/image": quant.bytes_per_image(n),
+                   "val bytes/image": quant.bytes_per_image(n),
+                   **val_quality(val_recon, val.x), **quality(recon, test.x)})
   return points
 
 
-def jpeg_points(args, test, recons):
+def jpeg_points(args, val, test, recons):
   points = []
-  for row in compress.jpeg_curve(test.x, args.jpeg_qualities):
+  val_rows = compress.jpeg_curve(val.x, args.jpeg_qualities)
+  for row, vrow in zip(compress.jpeg_curve(test.x, args.jpeg_qualities), val_rows):
     recons[f"JPEG q{row['quality']}"] = row["recon"]
-    q = quality(row["recon"], test.x)
+    q, vq = quality(row["recon"], test.x), val_quality(vrow["recon"], val.x)
     points.append({"method": "JPEG, whole file", "setting": f"quality {row['quality']}",
-                   "bytes/image": row["file_bytes"], **q})
+                   "bytes/image": row["file_bytes"], "val bytes/image": vrow["file_bytes"],
+                   **vq, **q})
     points.append({"method": "JPEG, scan data only", "setting": f"quality {row['quality']}",
-                   "bytes/image": row["scan_bytes"], **q})
+                   "bytes/image": row["scan_bytes"], "val bytes/image": vrow["scan_bytes"],
+                   **vq, **q})
   return points
 
 
 def best_within(points, method, budget):
-  fits = [p for p in points if p["method"] == method and p["bytes/image"] <= budget]
-  return max(fits, key=lambda p: p["PSNR (dB)"]) if fits else None
+  """The point of `method` with the best validation PSNR among those whose validation
+  bytes per image fit `budget` (chosen on validation; the caller reports its test figures)."""
+  fits = [p for p in points if p["method"] == method and p["val bytes/image"] <= budget]
+  return max(fits, key=lambda p: p["val PSNR (dB)"]) if fits else None
 
 
 def budget_rows(points, budgets):
@@ -170,11 +204,11 @@ def goal_rows(points, budgets):
   for b in budgets:
     if b not in GOALS:
       continue
-    learned = [p for p in points if p["bytes/image"] <= b and (
+    learned = [p for p in points if p["val bytes/image"] <= b and (
         p["method"].startswith("AE latent") or p["method"].startswith("VQ"))]
-    best = max(learned, key=lambda p: p["PSNR (dB)"]) if learned else None
+    best = max(learned, key=lambda p: p["val PSNR (dB)"]) if learned else None
     rows.append({"budget": f"≤ {b} B/image", "goal PSNR (dB)": GOALS[b],
-                 "best learned codec": "none" if best is None else
+                 "best learned codec (chosen on validation)": "none" if best is None else
                  f"{best['method']}, {best['setting']} ({best['bytes/image']:.0f} B)",
                  "PSNR (dB)": None if best is None else best["PSNR (dB)"],
                  "met": None if best is None else best["PSNR (dB)"] >= GOALS[b]})
@@ -248,28 +282,45 @@ def main(argv=None):
   t_start = time.time()
   train, test = data_lib.load(args.data, "train"), data_lib.load(args.data, "test")
   if args.smoke:
-    train, test = train.take(np.arange(600)), test.take(np.arange(100))
+    train, test = train.take(np.arange(700)), test.take(np.arange(100))
+  train, val = _protocol.carve_validation(train, args.val_size)
   recons = {}
   timings = {}
   t0 = time.time()
-  points = autoencoder_points(args, train, test, recons)
+  points = autoencoder_points(args, train, val, test, recons)
   timings["autoencoders"] = time.time() - t0
   t0 = time.time()
-  points += pca_points(args, train, test, recons)
+  points += pca_points(args, train, val, test, recons)
   timings["pca"] = time.time() - t0
   t0 = time.time()
-  points += jpeg_points(args, test, recons)
+  points += jpeg_points(args, val, test, recons)
   timings["jpeg"] = time.time() - t0
   draw_figures(out, points, recons, test, args.budgets)
   timings["total"] = time.time() - t_start
   timings["total_cpu"] = time.process_time()
   settings = {k: v for k, v in vars(args).items() if k != "out"}
-  settings.update(train_examples=len(train), test_examples=len(test))
+  settings.update(train_examples=len(train), validation_examples=len(val),
+                  test_examples=len(test))
+  record = _protocol.protocol(
+      args.data,
+      {"train": f"{len(train)} training images (the training split less the validation "
+                "images); fits the models, PCA and the quantisers' ranges",
+       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
+       "test": f"{len(test)} test images, scored once per operating point"},
+      tuned=["the operating point of each method within each byte budget (latent size and "
+             "bits, PCA components, JPEG quality): best validation PSNR among the points "
+             "whose validation bytes per image fit"],
+      untuned=[f"MLP widths {args.widths}, latents {args.latents}, VQ {args.vq}, "
+               f"{args.epochs} epochs, Adam {args.lr:g}, batch {args.batch_size}, "
+               f"quantile {args.quantile}"],
+      budget={"epochs": args.epochs, "wall_seconds": round(timings["total"], 1)})
   result = {"settings": settings, "curves": points, "at_budgets": budget_rows(points, args.budgets),
-            "goals": goal_rows(points, args.budgets), "timings_s": timings}
+            "goals": goal_rows(points, args.budgets), "protocol": record, "timings_s": timings}
   _io.write_results(out, result, {
+      "Protocol": _protocol.rows(record),
       "Goals: best learned codec within each budget": result["goals"],
-      "Best PSNR of each method within each budget (bytes per test image)": result["at_budgets"],
+      "Best point of each method within each budget (chosen on validation; test PSNR)":
+      result["at_budgets"],
       "Every operating point": points}, title="Compression", digits=4)
   print((out / "table.md").read_text())
   print(f"total {timings['total']:.0f}s wall, {timings['total_cpu']:.0f}s CPU; wrote {out}")

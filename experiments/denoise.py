@@ -1,10 +1,13 @@
 """Image denoising: conv denoising autoencoders against classical filters on MNIST.
 
 For Gaussian noise (sigma 0.2, 0.4, 0.5, clipped to [0, 1]) and 20% salt-and-pepper noise,
-one `spatial_denoising` autoencoder per noise is trained on the 8,000 training images and
-compared on the 2,000 test images with the noisy input, a median filter and, for Gaussian
-noise, non-local means (scikit-image, optional extra); the filters' settings are chosen
-on 100 noisy training images.
+`spatial_denoising` autoencoders are compared on the 2,000 test images with the noisy
+input, a median filter and, for Gaussian noise, non-local means (scikit-image, optional
+extra). Protocol: 1,000 of the 8,000 training images are held out for validation and the
+models train on the other 7,000. For each noise, the filters' settings are chosen on 100
+noisy validation images and the autoencoder's training budget (epochs and batch size, one
+model per entry of --dae-grid) on the 1,000 noisy validation images; only the chosen
+setting of each method is then scored on the test images, once.
 Reports mean per-image PSNR and SSIM; draws clean / noisy / each method.
 
   python -m experiments.denoise [--smoke] [--out DIR] [--data mnist_t10k|tfds:mnist]
@@ -16,6 +19,7 @@ import numpy as np
 
 from ae_jax import fit, results
 from ae_jax.applications import denoise, metrics
+from experiments import _protocol
 
 NAME = "denoise"
 NOISES = (("gaussian", 0.2), ("gaussian", 0.4), ("gaussian", 0.5), ("salt_pepper", 0.2))
@@ -44,12 +48,13 @@ def psnr_score(clean, estimate):
   return metrics.psnr(clean, np.clip(estimate, 0, 1))
 
 
-def run_noise(noise, level, index, train, test, args, settings):
-  """All methods for one noise: rows for the table and the images to show."""
+def run_noise(noise, level, index, train, val, test, args, settings):
+  """All methods for one noise, each chosen on validation: (test rows, validation rows,
+  images to show)."""
   seed = 1000 * args.seed + index
   noisy = denoise.corrupt_fixed(test.x, noise, level, seed + 100)
-  tune_clean = train.x[:settings["tune_images"]]
-  tune_noisy = denoise.corrupt_fixed(tune_clean, noise, level, seed + 200)
+  val_noisy = denoise.corrupt_fixed(val.x, noise, level, seed + 300)
+  tune_clean, tune_noisy = val.x[:settings["tune_images"]], val_noisy[:settings["tune_images"]]
   outputs = {"noisy input": (noisy, "", 0.0)}
   t0 = time.time()
   med, _ = denoise.choose_setting(denoise.median_filter, MEDIAN_GRID, tune_clean, tune_noisy,
@@ -62,15 +67,24 @@ def run_noise(noise, level, index, train, test, args, settings):
                                     psnr_score)
     outputs["NL-means"] = (denoise.nl_means(noisy, **nlm),
                            f"h={nlm['h']}, patch {nlm['patch_size']}", time.time() - t0)
-  cfg = denoise.denoiser_config(noise, level, channels=settings["channels"],
-                                latent_dim=settings["latent_dim"], epochs=settings["epochs"],
-                                batch_size=settings["batch_size"])
-  cfg.seed = args.seed
-  t0 = time.time()
-  trained = fit.fit(cfg, train_data=train, progress=False)
-  outputs["conv DAE"] = (trained.reconstruct(noisy),
-                         f"{settings['epochs']} epochs, latent {settings['latent_dim']}",
-                         time.time() - t0)
+  val_rows, models = [], []
+  for epochs, batch_size in settings["dae_grid"]:
+    cfg = denoise.denoiser_config(noise, level, channels=settings["channels"],
+                                  latent_dim=settings["latent_dim"], epochs=epochs,
+                                  batch_size=batch_size)
+    cfg.seed = args.seed
+    t0 = time.time()
+    trained = fit.fit(cfg, train_data=train, progress=False)
+    seconds = time.time() - t0
+    models.append((trained, f"{epochs} epochs, batch {batch_size}", seconds))
+    val_rows.append({"noise": label(noise, level), "epochs": epochs, "batch": batch_size,
+                     "validation PSNR": float(np.mean(psnr_score(val.x, trained.reconstruct(
+                         val_noisy)))), "train seconds": round(seconds, 1)})
+  best = _protocol.select([r["validation PSNR"] for r in val_rows])
+  for i, r in enumerate(val_rows):
+    r["chosen"] = i == best
+  trained, setting, seconds = models[best]
+  outputs["conv DAE"] = (trained.reconstruct(noisy), setting, seconds)
   rows = []
   for method, (images, setting, seconds) in outputs.items():
     images = np.clip(images, 0, 1)
@@ -79,7 +93,7 @@ def run_noise(noise, level, index, train, test, args, settings):
                  "ssim": float(metrics.ssim(test.x, images).mean()),
                  "seconds": round(seconds, 1)})
   shown = {"clean": test.x[:SHOW], **{m: np.clip(v[0][:SHOW], 0, 1) for m, v in outputs.items()}}
-  return rows, shown
+  return rows, val_rows, shown
 
 
 def goal_row(noise, level, rows):
@@ -125,29 +139,59 @@ def draw(shown_by_noise: dict, path):
   return path
 
 
+def grid_entry(text: str) -> tuple[int, int]:
+  epochs, batch = text.split(":")
+  return int(epochs), int(batch)
+
+
 def main(argv=None):
-  args = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=4,
-                        batch_size=16).parse_args(argv)
-  out, train, test = results.setup(args, NAME, smoke=(128, 16))
-  settings = {"channels": (32, 64), "latent_dim": 784, "epochs": args.epochs,
-              "batch_size": args.batch_size, "tune_images": 100}
+  p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k")
+  p.add_argument("--dae-grid", nargs="+", type=grid_entry, default=[(4, 16), (12, 64)],
+                 metavar="EPOCHS:BATCH",
+                 help="autoencoder training budgets; the best on validation is kept")
+  p.add_argument("--val-size", type=int, default=1000,
+                 help="training images held out for validation")
+  args = p.parse_args(argv)
+  out, train, test = results.setup(args, NAME, smoke=(160, 16))
+  settings = {"channels": (32, 64), "latent_dim": 784, "dae_grid": args.dae_grid,
+              "tune_images": 100, "val_size": args.val_size}
   if args.smoke:
-    settings.update(channels=(4, 8), epochs=1, batch_size=32, tune_images=8)
+    settings.update(channels=(4, 8), dae_grid=[(1, 32)], tune_images=8, val_size=32)
+  train, val = _protocol.carve_validation(train, settings["val_size"])
   if not have_skimage():
     print("note: scikit-image is not installed (pip install 'ae_jax[compare]'); "
           "the NL-means column is skipped")
   t_start = time.time()
-  rows, goals, shown = [], [], {}
+  rows, val_rows, goals, shown = [], [], [], {}
   for i, (noise, level) in enumerate(NOISES[:1] if args.smoke else NOISES):
-    noise_rows, shown[label(noise, level)] = run_noise(noise, level, i, train, test, args,
-                                                      settings)
+    noise_rows, noise_val, shown[label(noise, level)] = run_noise(
+        noise, level, i, train, val, test, args, settings)
     rows += noise_rows
+    val_rows += noise_val
     goals.append(goal_row(noise, level, noise_rows))
-    print(results.markdown_table(noise_rows), flush=True)
+    print(results.markdown_table(noise_val), results.markdown_table(noise_rows), flush=True)
   figure = draw(shown, out / "denoise_grid.png")
+  seconds = round(time.time() - t_start, 1)
+  record = _protocol.protocol(
+      args.data,
+      {"train": f"{len(train)} training images (the training split less the validation "
+                "images)",
+       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
+       "test": f"{len(test)} test images, scored once"},
+      tuned=[f"median size {[g['size'] for g in MEDIAN_GRID]} and NL-means h / patch "
+             f"(grid of {len(NLM_GRID)}): on {settings['tune_images']} noisy validation "
+             "images, per noise",
+             f"DAE epochs:batch among {[f'{e}:{b}' for e, b in settings['dae_grid']]}: on "
+             f"the {len(val)} noisy validation images, per noise"],
+      untuned=[f"DAE architecture spatial_denoising channels {settings['channels']}, "
+               f"latent {settings['latent_dim']}, Adam 2e-3 cosine"],
+      budget={"epochs": "see the validation table", "wall_seconds": seconds})
   result = {"data": args.data, "smoke": args.smoke, "settings": settings, "rows": rows,
-            "goals": goals, "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
-  results.write_results(out, result, {"Test PSNR / SSIM (mean per image)": rows,
+            "validation": val_rows, "goals": goals, "protocol": record,
+            "figure": figure.name, "seconds": seconds}
+  results.write_results(out, result, {"Protocol": _protocol.rows(record),
+                                      "Validation PSNR of each DAE budget": val_rows,
+                                      "Test PSNR / SSIM (mean per image)": rows,
                                       "Goals": goals}, title="Image denoising (MNIST)",
                         echo=["Goals"])
   return result

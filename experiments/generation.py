@@ -2,6 +2,12 @@
 next to the ELBO, a reference PyTorch VAE of the same architecture and epochs, samples and
 interpolations, fine-tuning from digits 0-4 to 5-9, and classifier data augmentation.
 
+Protocol: 1,000 of the 8,000 training images are held out for validation; every model
+trains on the other 7,000. The validation ELBO of each model is reported beside its test
+figures; the fine-tuning learning rate (--ft-lr, one run per value) is chosen by the ELBO
+on the validation images of 5-9; the architecture and epochs are fixed beforehand (the
+issue's anchors' architecture, and the CPU budget). The test images are scored once.
+
   python -m experiments.generation            # the CPU-sized run (see RESULTS_applications_b.md)
   python -m experiments.generation --epochs 187 --iwae-epochs 120 --nll-examples 2000
   python -m experiments.generation --smoke    # seconds, for CI
@@ -16,6 +22,7 @@ from ae_jax import data as data_lib
 from ae_jax.applications import generation as generate
 from ae_jax.fit import fit
 from ae_jax import results as _io
+from experiments import _protocol
 
 NAME = "generation"
 GOALS = {"VAE": 95.0, "IWAE k=5": 92.0}
@@ -39,7 +46,8 @@ def parse(argv=None):
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   p.add_argument("--ft-labelled", type=int, default=200, help="images of 5-9 to fine-tune on")
   p.add_argument("--ft-epochs", type=int, default=50)
-  p.add_argument("--ft-lr", type=float, default=3e-4)
+  p.add_argument("--ft-lr", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
+                 help="fine-tuning learning rates; the best validation ELBO on 5-9 is kept")
   p.add_argument("--ft-nll-samples", type=int, default=1000)
   p.add_argument("--ft-nll-examples", type=int, default=50)
   p.add_argument("--aug-labelled", type=int, default=100, help="labelled digits (10 per class)")
@@ -48,21 +56,25 @@ def parse(argv=None):
   p.add_argument("--cvae-epochs", type=int, default=200)
   p.add_argument("--clf-max-iter", type=int, default=2000,
                  help="L-BFGS iterations of the logistic regression")
+  p.add_argument("--val-size", type=int, default=1000,
+                 help="training images held out for validation")
   args = p.parse_args(argv)
   if args.smoke:
     args.epochs, args.iwae_epochs, args.nll_samples, args.nll_examples = 1, 1, 20, 20
     args.ft_labelled, args.ft_epochs, args.ft_nll_samples, args.ft_nll_examples = 50, 2, 20, 20
     args.aug_per_class, args.aug_seeds, args.cvae_epochs = 5, 1, 2
-    args.widths, args.clf_max_iter = [32], 50
+    args.widths, args.clf_max_iter, args.ft_lr, args.val_size = [32], 50, [3e-4, 1e-3], 100
   args.iwae_epochs = args.epochs if args.iwae_epochs is None else args.iwae_epochs
   return args
 
 
 def load_splits(args):
+  """(train, validation, test): the validation images are carved from the training split."""
   train, test = data_lib.load(args.data, "train"), data_lib.load(args.data, "test")
   if args.smoke:
-    train, test = train.take(np.arange(600)), test.take(np.arange(200))
-  return train, test
+    train, test = train.take(np.arange(700)), test.take(np.arange(200))
+  train, val = _protocol.carve_validation(train, args.val_size)
+  return train, val, test
 
 
 def vae_config(args, **overrides):
@@ -71,7 +83,7 @@ def vae_config(args, **overrides):
   return generate.vae_config(**{**kw, **overrides})
 
 
-def train_models(args, train, test_bin):
+def train_models(args, train, val_bin, test_bin):
   """Trains VAE, IWAE and the PyTorch VAE; scores each on the binarised test images."""
   n_nll = min(args.nll_examples, len(test_bin))
   specs = [("VAE", "JAX/Flax", 1, args.epochs), ("IWAE k=5", "JAX/Flax", 5, args.iwae_epochs)]
@@ -94,9 +106,11 @@ def train_models(args, train, test_bin):
     train_s = time.time() - t0
     t0 = time.time()
     train_bin = generate.binarize_fixed(train.x[:len(test_bin)], args.seed + 1)
-    both = generate.estimate_elbo(trained, np.concatenate([test_bin, train_bin]),
+    both = generate.estimate_elbo(trained, np.concatenate([test_bin, train_bin, val_bin]),
                                   seed=args.seed)["elbo"]
-    elbo, train_elbo = both[:len(test_bin)], both[len(test_bin):]
+    n_test, n_train = len(test_bin), len(train_bin)
+    elbo, train_elbo = both[:n_test], both[n_test:n_test + n_train]
+    val_elbo = both[n_test + n_train:]
     nll = generate.estimate_nll(trained, test_bin[:n_nll], num_samples=args.nll_samples,
                                 seed=args.seed)
     eval_s = time.time() - t0
@@ -104,7 +118,8 @@ def train_models(args, train, test_bin):
     goal = GOALS.get(name)
     rows.append({
         "model": name, "framework": framework, "epochs": epochs,
-        "train ELBO (nats)": float(train_elbo.mean()), "test ELBO (nats)": float(elbo.mean()),
+        "train ELBO (nats)": float(train_elbo.mean()),
+        "validation ELBO (nats)": float(val_elbo.mean()), "test ELBO (nats)": float(elbo.mean()),
         f"test NLL, IS k={args.nll_samples} (nats)": s["mean"], "± s.e.": s["sem"],
         "test -ELBO on the same images": float(-elbo[:n_nll].mean()),
         "goal": f"≤ {goal:g}" if goal else "–",
@@ -116,8 +131,9 @@ def train_models(args, train, test_bin):
   return models, rows, n_nll
 
 
-def finetune_study(args, train, test):
-  """Pretrain on 0-4, fine-tune on a few 5-9 images; NLL on both halves before and after."""
+def finetune_study(args, train, val, test):
+  """Pretrain on 0-4, fine-tune on a few 5-9 images with the learning rate of the best
+  validation ELBO on 5-9; NLL on both test halves before and after."""
   low, high = np.arange(5), np.arange(5, 10)
   train_low = train.filter_labels(low)
   train_high = train.filter_labels(high)
@@ -125,9 +141,19 @@ def finetune_study(args, train, test):
   n = args.ft_nll_examples
   test_low = generate.binarize_fixed(test.filter_labels(low).x[:n], args.seed + 2)
   test_high = generate.binarize_fixed(test.filter_labels(high).x[:n], args.seed + 3)
+  val_high = generate.binarize_fixed(val.filter_labels(high).x, args.seed + 4)
   pre = fit(vae_config(args, epochs=args.epochs), train_data=train_low, progress=False)
-  tuned = generate.finetune(pre, subset, epochs=args.ft_epochs, learning_rate=args.ft_lr,
-                            seed=args.seed)
+  val_rows, tuned_models = [], []
+  for lr in args.ft_lr:
+    model = generate.finetune(pre, subset, epochs=args.ft_epochs, learning_rate=lr,
+                              seed=args.seed)
+    tuned_models.append(model)
+    val_rows.append({"fine-tuning lr": lr, "validation ELBO 5-9 (nats)": float(
+        generate.estimate_elbo(model, val_high, seed=args.seed)["elbo"].mean())})
+  best = _protocol.select([r["validation ELBO 5-9 (nats)"] for r in val_rows])
+  for i, r in enumerate(val_rows):
+    r["chosen"] = i == best
+  tuned, ft_lr = tuned_models[best], args.ft_lr[best]
   scratch_cfg = vae_config(args, epochs=args.ft_epochs,
                            batch_size=min(args.batch_size, len(subset)))
   scratch = fit(scratch_cfg, train_data=subset, progress=False)
@@ -137,12 +163,12 @@ def finetune_study(args, train, test):
   for name, m, how in [("pretrained on 0-4 (before)", pre, f"{args.epochs} epochs on "
                         f"{len(train_low)} images of 0-4"),
                        ("fine-tuned on 5-9 (after)", tuned, f"+ {args.ft_epochs} epochs on "
-                        f"{len(subset)} images of 5-9, lr {args.ft_lr:g}"),
+                        f"{len(subset)} images of 5-9, lr {ft_lr:g} (chosen on validation)"),
                        ("from scratch on the 5-9 subset", scratch, f"{args.ft_epochs} epochs on "
                         f"{len(subset)} images of 5-9, lr {args.lr:g}")]:
     rows.append({"model": name, "training": how, "test NLL 5-9 (nats)": nll(m, test_high),
                  "test NLL 0-4 (nats)": nll(m, test_low)})
-  return rows
+  return rows, val_rows
 
 
 def _classifier_accuracy(x, y, test, seed, max_iter):
@@ -273,28 +299,54 @@ def _augmentation_figure(out, examples, plt):
   plt.close(fig)
 
 
+def protocol_record(args, train, val, test, wall_seconds) -> dict:
+  return _protocol.protocol(
+      f"{args.data}, binarised (dynamic Bernoulli draws in training, one fixed draw for "
+      "validation and test)",
+      {"train": f"{len(train)} training images (the training split less the validation "
+                "images)",
+       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
+       "test": f"{len(test)} test images, scored once (IS NLL on the first "
+               f"{min(args.nll_examples, len(test))}, ELBO on all)"},
+      tuned=[f"fine-tuning learning rate among {args.ft_lr}: validation ELBO of the "
+             "validation images of 5-9"],
+      untuned=[f"architecture 784-{'-'.join(map(str, args.widths))}-{args.latent_dim}, "
+               f"Adam {args.lr:g}, batch {args.batch_size} (the anchors' set-up)",
+               f"epochs: VAE {args.epochs}, IWAE {args.iwae_epochs}, CVAE {args.cvae_epochs}, "
+               f"fine-tuning {args.ft_epochs} (the CPU budget, not tuned)",
+               "augmentation: logistic regression with default C, "
+               f"{args.clf_max_iter} L-BFGS iterations"],
+      budget={"epochs": {"VAE": args.epochs, "IWAE": args.iwae_epochs,
+                         "fine-tuning": args.ft_epochs, "CVAE": args.cvae_epochs},
+              "wall_seconds": round(wall_seconds, 1)})
+
+
 def main(argv=None):
   """Runs the sections in order, rewriting result.json and table.md after each one."""
   args = parse(argv)
   out = _io.out_dir(args, NAME)
   t_start = time.time()
-  train, test = load_splits(args)
+  train, val, test = load_splits(args)
   test_bin = generate.binarize_fixed(test.x, args.seed)
+  val_bin = generate.binarize_fixed(val.x, args.seed + 5)
   settings = {k: v for k, v in vars(args).items() if k != "out"}
-  settings.update(train_examples=len(train), test_examples=len(test),
+  settings.update(train_examples=len(train), validation_examples=len(val),
+                  test_examples=len(test),
                   architecture=f"{'-'.join(map(str, [784, *args.widths, args.latent_dim]))} "
                   "(ReLU), Bernoulli decoder, Adam")
   result = {"settings": settings, "anchors": ANCHORS, "timings_s": {}}
-  tables = {}
+  tables = {"Protocol": []}
 
   def save(section, t0):
     result["timings_s"][section] = time.time() - t0
     result["timings_s"]["total"] = time.time() - t_start
     result["timings_s"]["total_cpu"] = time.process_time()
+    result["protocol"] = protocol_record(args, train, val, test, result["timings_s"]["total"])
+    tables["Protocol"] = _protocol.rows(result["protocol"])
     _io.write_results(out, result, tables, title="Generation")
 
   t0 = time.time()
-  models, result["nll"], n_nll = train_models(args, train, test_bin)
+  models, result["nll"], n_nll = train_models(args, train, val_bin, test_bin)
   settings["nll_examples"] = n_nll
   tables[f"Test NLL on binarised {args.data} (IS k={args.nll_samples} on the first {n_nll} "
          f"test images; ELBO on all {len(test)})"] = result["nll"]
@@ -302,7 +354,8 @@ def main(argv=None):
   save("models", t0)
 
   t0 = time.time()
-  result["finetune"] = finetune_study(args, train, test)
+  result["finetune"], result["finetune_validation"] = finetune_study(args, train, val, test)
+  tables["Fine-tuning learning rate, validation ELBO on 5-9"] = result["finetune_validation"]
   tables[f"Fine-tuning 0-4 → 5-9 (IS k={args.ft_nll_samples}, {args.ft_nll_examples} test "
          "images of each half)"] = result["finetune"]
   save("finetune", t0)

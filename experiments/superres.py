@@ -5,6 +5,11 @@ autoencoder is trained with the `downsample` corruption (its input is the 14x14 
 repeated to 28x28) and compared with nearest, bicubic and Lanczos upsampling (Pillow) and
 the cubic spline of scikit-image (optional extra). Reports mean per-image PSNR and SSIM.
 
+Protocol: 1,000 of the 8,000 training images are held out for validation; the models
+train on the other 7,000. The training budget (epochs and batch size, one model per entry
+of --dae-grid) is chosen by PSNR on the validation images; the test images are scored once,
+with the chosen model. The classical upsamplers have no settings.
+
   python -m experiments.superres [--smoke] [--out DIR] [--data mnist_t10k|tfds:mnist]
 """
 
@@ -14,6 +19,7 @@ import numpy as np
 
 from ae_jax import figures, fit, results
 from ae_jax.applications import denoise, metrics, superres
+from experiments import _protocol
 
 NAME = "superres"
 FACTOR = 2
@@ -22,12 +28,23 @@ GOAL = 24.0
 SHOW = 8
 
 
+def grid_entry(text: str) -> tuple[int, int]:
+  epochs, batch = text.split(":")
+  return int(epochs), int(batch)
+
+
 def main(argv=None):
-  args = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", epochs=3,
-                        batch_size=16).parse_args(argv)
-  out, train, test = results.setup(args, NAME, smoke=(128, 16))
-  channels, epochs, batch_size = ((4, 8), 1, 32) if args.smoke else (
-      (32, 64), args.epochs, args.batch_size)
+  p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k")
+  p.add_argument("--dae-grid", nargs="+", type=grid_entry, default=[(3, 16), (6, 16)],
+                 metavar="EPOCHS:BATCH",
+                 help="training budgets; the best PSNR on validation is kept")
+  p.add_argument("--val-size", type=int, default=1000,
+                 help="training images held out for validation")
+  args = p.parse_args(argv)
+  out, train, test = results.setup(args, NAME, smoke=(160, 16))
+  channels, grid, val_size = ((4, 8), [(1, 32)], 32) if args.smoke else (
+      (32, 64), args.dae_grid, args.val_size)
+  train, val = _protocol.carve_validation(train, val_size)
   t_start = time.time()
   small = superres.box_downsample(test.x, FACTOR)
   size = test.x.shape[1:3]
@@ -40,13 +57,25 @@ def main(argv=None):
   except ImportError:
     print("note: scikit-image is not installed (pip install 'ae_jax[compare]'); "
           "the cubic spline baseline is skipped")
-  cfg = denoise.denoiser_config("downsample", 0.0, channels=channels, epochs=epochs,
-                                batch_size=batch_size, factor=FACTOR)
-  cfg.seed = args.seed
-  trained, train_seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
+  val_small = superres.repeat_upsample(superres.box_downsample(val.x, FACTOR), FACTOR)
+  val_rows, models = [], []
+  for epochs, batch_size in grid:
+    cfg = denoise.denoiser_config("downsample", 0.0, channels=channels, epochs=epochs,
+                                  batch_size=batch_size, factor=FACTOR)
+    cfg.seed = args.seed
+    trained, seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
+    models.append((trained, epochs, seconds))
+    val_rows.append({"epochs": epochs, "batch": batch_size, "validation PSNR": float(
+        metrics.psnr(val.x, np.clip(trained.reconstruct(val_small), 0, 1)).mean()),
+                     "train seconds": round(seconds, 1)})
+  best = _protocol.select([r["validation PSNR"] for r in val_rows])
+  for i, r in enumerate(val_rows):
+    r["chosen"] = i == best
+  trained, epochs, train_seconds = models[best]
   outputs["conv autoencoder"] = (
       np.clip(trained.reconstruct(superres.repeat_upsample(small, FACTOR)), 0, 1),
-      f"spatial_denoising {channels}, {epochs} epochs ({train_seconds:.0f} s)")
+      f"spatial_denoising {channels}, {epochs} epochs, batch {val_rows[best]['batch']} "
+      f"({train_seconds:.0f} s)")
   rows = [{"method": name, "setting": setting,
            "psnr": float(metrics.psnr(test.x, images).mean()),
            "ssim": float(metrics.ssim(test.x, images).mean())}
@@ -63,11 +92,26 @@ def main(argv=None):
     labels.append(name.replace(" (Pillow)", ""))
   figure = figures.image_rows(shown, labels, out / "superres_grid.png",
                               title="14x14 -> 28x28 super-resolution of MNIST test digits")
+  seconds = round(time.time() - t_start, 1)
+  record = _protocol.protocol(
+      args.data,
+      {"train": f"{len(train)} training images (the training split less the validation "
+                "images)",
+       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
+       "test": f"{len(test)} test images, scored once"},
+      tuned=[f"DAE epochs:batch among {[f'{e}:{b}' for e, b in grid]}: validation PSNR"],
+      untuned=[f"spatial_denoising channels {channels}, latent 784, Adam 2e-3 cosine; "
+               "the classical upsamplers have no settings"],
+      budget={"epochs": epochs, "train_seconds": round(train_seconds, 1),
+              "wall_seconds": seconds})
   result = {"data": args.data, "smoke": args.smoke, "epochs": epochs,
-            "train_seconds": round(train_seconds, 1), "rows": rows, "goals": goals,
-            "figure": figure.name, "seconds": round(time.time() - t_start, 1)}
-  results.write_results(out, result, {"Test PSNR / SSIM (mean per image)": rows, "Goal": goals},
-                        title="Super-resolution 14x14 -> 28x28 (MNIST)", echo=True)
+            "train_seconds": round(train_seconds, 1), "validation": val_rows, "rows": rows,
+            "goals": goals, "protocol": record, "figure": figure.name, "seconds": seconds}
+  results.write_results(out, result, {"Protocol": _protocol.rows(record),
+                                      "Validation PSNR of each training budget": val_rows,
+                                      "Test PSNR / SSIM (mean per image)": rows, "Goal": goals},
+                        title="Super-resolution 14x14 -> 28x28 (MNIST)",
+                        echo=["Test PSNR / SSIM (mean per image)", "Goal"])
   return result
 
 

@@ -1,4 +1,11 @@
-"""Shared test setup: 8 virtual CPU devices (set before jax is imported) and fixtures."""
+"""Shared test setup: 8 virtual CPU devices (set before jax is imported), fixtures, and the
+`shared_data` marker.
+
+`@pytest.mark.shared_data("mnist_t10k", ...)` skips a test, with a reason, unless each named
+folder exists in the shared data folder (`AE_JAX_DATA_DIR`, default ../shared/data), so a
+fresh clone without that folder still passes. `requires_shared_data(*names)` does the same
+from inside a test and returns the folder.
+"""
 
 import os
 
@@ -10,6 +17,38 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from ae_jax import configs  # noqa: E402
+from ae_jax.data import data_dir  # noqa: E402
+
+
+def missing_shared_data(*names: str) -> str | None:
+  """Why the shared data folders `names` are not usable here, or None when they are."""
+  root = data_dir()
+  if root is None:
+    return ("no shared data folder (set AE_JAX_DATA_DIR to it, or put it at "
+            "../shared/data beside the project)")
+  absent = [n for n in names if not (root / n).exists()]
+  if absent:
+    return f"shared data {', '.join(absent)} not in {root} (set AE_JAX_DATA_DIR)"
+  return None
+
+
+def requires_shared_data(*names: str):
+  """Skip the calling test unless the shared folders `names` exist; returns the data folder."""
+  reason = missing_shared_data(*names)
+  if reason:
+    pytest.skip(reason)
+  return data_dir()
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "shared_data(*folders): needs these folders of the shared data "
+      "(AE_JAX_DATA_DIR or ../shared/data); skipped with a reason when they are absent")
+
+
+def pytest_runtest_setup(item):
+  for mark in item.iter_markers("shared_data"):
+    requires_shared_data(*mark.args)
 
 
 @pytest.fixture

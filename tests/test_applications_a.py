@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import data
 from ae_jax.applications import denoise, features, inpaint, metrics, superres
+from ae_jax.data import ArrayData
 from ae_jax.errors import ConfigError
 from ae_jax.families import build_model
 
@@ -190,28 +190,75 @@ def test_linear_probe_separable():
   assert features.linear_probe(z[:200], y[:200], z[200:], y[200:]) == 1.0
 
 
+# ---- held-out protocol ----------------------------------------------------------------
+
+def test_carve_validation_is_fixed_disjoint_and_complete():
+  from experiments import _protocol
+  x = np.arange(50, dtype=np.float32).reshape(50, 1)
+  whole = ArrayData(x=x, y=np.arange(50) % 3, name="t", kind="vector")
+  fit_part, val = _protocol.carve_validation(whole, 10)
+  again_fit, again_val = _protocol.carve_validation(whole, 10)
+  assert len(fit_part) == 40 and len(val) == 10
+  np.testing.assert_array_equal(val.x, again_val.x)
+  np.testing.assert_array_equal(fit_part.y, again_fit.y)
+  seen = np.concatenate([fit_part.x[:, 0], val.x[:, 0]])
+  np.testing.assert_array_equal(np.sort(seen), x[:, 0])
+  np.testing.assert_array_equal(val.y, val.x[:, 0].astype(int) % 3)  # labels stay attached
+  assert not np.array_equal(val.x[:, 0], x[:10, 0])  # random, not the first examples
+  with pytest.raises(ValueError, match="between 1 and 49"):
+    _protocol.carve_validation(whole, 50)
+
+
+def test_select_picks_the_best_validation_score():
+  from experiments import _protocol
+  assert _protocol.select([0.2, 0.9, 0.9, 0.1]) == 1
+  assert _protocol.select([0.2, 0.9, 0.1], higher=False) == 2
+  assert _protocol.select([np.nan, 0.3, 0.5]) == 2
+  assert _protocol.select([np.nan, 0.3, 0.5], higher=False) == 1
+  with pytest.raises(ValueError, match="no finite validation score"):
+    _protocol.select([np.nan])
+
+
+def test_protocol_record_names_splits_tuning_budget_and_cpu():
+  from experiments import _protocol
+  record = _protocol.protocol("d", {"train": "7", "validation": "1", "test": "2"},
+                              tuned=["a on validation"], budget={"epochs": 3},
+                              untuned=["b"])
+  assert record["budget"]["epochs"] == 3 and record["budget"]["cpu_seconds"] >= 0
+  assert record["cpu_model"] and record["cpu_model"] != "unknown"
+  from ae_jax import results  # one CPU model for the record and the environment
+  assert not hasattr(_protocol, "cpu_model")
+  assert record["cpu_model"] == results.cpu_info()["model"] == results.environment()["cpu_model"]
+  items = [r["item"] for r in _protocol.rows(record)]
+  assert items[:4] == ["data", "split: train", "split: validation", "split: test"]
+  assert "chosen on validation" in items and "CPU" in items
+
+
 # ---- experiment scripts -------------------------------------------------------------
 
-def _needs(name: str):
-  root = data.data_dir()
-  if root is None or not (root / name).exists():
-    pytest.skip(f"shared data {name}/ is not available (set AE_JAX_DATA_DIR)")
+def _script(name: str, dataset: str, figures: list[str]):
+  return pytest.param(name, figures, marks=pytest.mark.shared_data(dataset), id=name)
 
 
-@pytest.mark.parametrize("script,dataset,figures", [
-    ("denoise", "mnist_t10k", ["denoise_grid.png"]),
-    ("denoise_ecg", "ecg5000", ["ecg_denoise.png"]),
-    ("features", "mnist_t10k", ["latent_maps.png", "reconstructions.png"]),
-    ("inpaint", "mnist_t10k", ["inpaint_grid.png"]),
-    ("superres", "mnist_t10k", ["superres_grid.png"]),
+@pytest.mark.parametrize("script,figures", [
+    _script("denoise", "mnist_t10k", ["denoise_grid.png"]),
+    _script("denoise_ecg", "ecg5000", ["ecg_denoise.png"]),
+    _script("features", "mnist_t10k", ["latent_maps.png", "reconstructions.png"]),
+    _script("inpaint", "mnist_t10k", ["inpaint_grid.png"]),
+    _script("superres", "mnist_t10k", ["superres_grid.png"]),
 ])
-def test_experiment_smoke(script, dataset, figures, tmp_path):
-  _needs(dataset)
+def test_experiment_smoke(script, figures, tmp_path):
   module = __import__(f"experiments.{script}", fromlist=["main"])
   result = module.main(["--smoke", "--out", str(tmp_path)])
   assert result["smoke"]
   saved = json.loads((tmp_path / "result.json").read_text())
   assert saved["goals"] and "command" in saved
+  record = saved["protocol"]
+  assert record["tuned_on_validation"] and record["cpu_model"]
+  assert {"train", "validation", "test"} <= set(record["splits"])
+  assert record["budget"]["wall_seconds"] > 0
+  assert any(row.get("chosen") for row in saved["validation"])
+  assert "## Protocol" in (tmp_path / "table.md").read_text()
   assert (tmp_path / "table.md").read_text().count("|") > 10
   for name in figures:
     assert (tmp_path / name).stat().st_size > 1000

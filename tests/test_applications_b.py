@@ -170,9 +170,7 @@ def test_torch_reference_has_the_same_network(digits):
 
 # ---- smoke runs of the experiment scripts ---------------------------------------------
 
-needs_mnist = pytest.mark.skipif(
-    data_lib.data_dir() is None or not (data_lib.data_dir() / "mnist_t10k").exists(),
-    reason="the shared MNIST files (../shared/data/mnist_t10k) are not here")
+needs_mnist = pytest.mark.shared_data("mnist_t10k")
 
 
 @pytest.fixture
@@ -189,6 +187,10 @@ def test_generation_smoke(tmp_path, experiments_importable):
                "augmentation.png"):
     assert (tmp_path / name).exists(), name
   assert all(np.isfinite(r["test ELBO (nats)"]) for r in result["nll"])
+  assert all(np.isfinite(r["validation ELBO (nats)"]) for r in result["nll"])
+  assert sum(r["chosen"] for r in result["finetune_validation"]) == 1
+  assert result["protocol"]["cpu_model"] and result["protocol"]["tuned_on_validation"]
+  assert "lr" in result["finetune"][1]["training"]
 
 
 @needs_mnist
@@ -198,3 +200,11 @@ def test_compression_smoke(tmp_path, experiments_importable):
   for name in ("result.json", "table.md", "rate_distortion.png", "reconstructions.png"):
     assert (tmp_path / name).exists(), name
   assert result["curves"]
+  assert all("val PSNR (dB)" in p and "val bytes/image" in p for p in result["curves"])
+  for row in result["goals"]:  # the reported codec is the best on validation within budget
+    fits = [p for p in result["curves"] if p["val bytes/image"] <= int(row["budget"].split()[1])
+            and p["method"].startswith(("AE latent", "VQ"))]
+    if fits:
+      best = max(fits, key=lambda p: p["val PSNR (dB)"])
+      assert row["PSNR (dB)"] == best["PSNR (dB)"]
+  assert result["protocol"]["splits"]["validation"].startswith("100 ")

@@ -93,6 +93,7 @@ def test_torch_compare_without_torch_exits_cleanly(monkeypatch, capsys):
   assert "skipped" in capsys.readouterr().out
 
 
+@pytest.mark.shared_data("mnist_t10k")
 def test_time_to_quality_smoke(tmp_path):
   out = tmp_path / "time_to_quality.json"
   time_to_quality.main(["--smoke", "--out", str(out)])

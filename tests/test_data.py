@@ -23,12 +23,6 @@ def write_idx(path, array):
   return payload
 
 
-def requires_shared_data():
-  if data_dir() is None:
-    pytest.skip("no shared data folder (set AE_JAX_DATA_DIR or add ../shared/data)")
-  return data_dir()
-
-
 # Sources: files written here.
 
 
@@ -173,8 +167,20 @@ def test_take_and_filter_labels():
 # Sources: shared real data.
 
 
+def test_missing_data_folder_means_no_shared_data(tmp_path, monkeypatch):
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path / "not_there"))
+  assert data_dir() is None
+  assert "mnist_t10k" not in available() and "ecg5000" not in available()
+  with pytest.raises(DataError, match=r"AE_JAX_DATA_DIR=.*not_there is not a folder"):
+    load("mnist_t10k")
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))  # an empty folder
+  assert data_dir() == tmp_path
+  with pytest.raises(DataError, match=r"mnist_t10k.*does not exist"):
+    load("mnist_t10k")
+
+
+@pytest.mark.shared_data("mnist_t10k")
 def test_mnist_t10k_fixed_split():
-  requires_shared_data()
   full = load("mnist_t10k")
   assert full.x.shape == (10000, 28, 28, 1) and full.y.shape == (10000,)
   assert full.x.dtype == np.float32 and full.x.max() == 1.0
@@ -184,8 +190,8 @@ def test_mnist_t10k_fixed_split():
   np.testing.assert_array_equal(test.y, full.y[order[8000:]])
 
 
+@pytest.mark.shared_data("ecg5000")
 def test_ecg5000_splits():
-  requires_shared_data()
   sizes = {s: len(load("ecg5000", s)) for s in ("train", "validation", "test")}
   assert sizes == {"train": 319, "validation": 80, "test": 4499}
   both = load("ecg5000", "train+validation")
@@ -196,8 +202,8 @@ def test_ecg5000_splits():
     load("ecg5000", "dev")
 
 
+@pytest.mark.shared_data("adbench")
 def test_adbench_ionosphere():
-  requires_shared_data()
   data = load("adbench:18_Ionosphere")
   assert data.x.shape == (351, 32) and data.kind == "vector"
   assert set(np.unique(data.y)) == {0, 1}

@@ -108,12 +108,15 @@ def make_array_data(x, y, name: str, kind: str | None = None) -> ArrayData:
 def data_dir() -> pathlib.Path | None:
   """The folder of shared real data, or None when there is none.
 
-  `AE_JAX_DATA_DIR` wins when set. Otherwise the first existing folder of
-  `<project root>/../shared/data` and `<cwd>/../shared/data`.
+  `AE_JAX_DATA_DIR` wins when set: its folder, or None when that folder does not exist
+  (so pointing it at a missing path means "no shared data", as on a fresh clone).
+  Otherwise the first existing folder of `<project root>/../shared/data` and
+  `<cwd>/../shared/data`.
   """
   env = os.environ.get("AE_JAX_DATA_DIR")
   if env:
-    return pathlib.Path(env).expanduser()
+    path = pathlib.Path(env).expanduser()
+    return path if path.is_dir() else None
   project_root = pathlib.Path(__file__).resolve().parents[2]
   for candidate in (project_root.parent / "shared" / "data",
                     pathlib.Path.cwd().parent / "shared" / "data"):
@@ -125,9 +128,12 @@ def data_dir() -> pathlib.Path | None:
 def _shared_file(*parts: str) -> pathlib.Path:
   root = data_dir()
   if root is None:
+    env = os.environ.get("AE_JAX_DATA_DIR")
+    where = (f"AE_JAX_DATA_DIR={env} is not a folder" if env
+             else "../shared/data beside the project does not exist")
     raise DataError(
-        "no shared data folder: set AE_JAX_DATA_DIR to the folder holding "
-        f"{parts[0]}/ (default ../shared/data beside the project)")
+        f"no shared data folder ({where}): set AE_JAX_DATA_DIR to the folder holding "
+        f"{parts[0]}/")
   path = root.joinpath(*parts)
   if not path.exists():
     raise DataError(f"{path} does not exist (shared data folder: {root})")

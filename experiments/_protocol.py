@@ -1,0 +1,72 @@
+"""The held-out protocol of the application experiments: train, validation, test.
+
+Every choice (architecture, epochs, hyperparameters, baseline filter settings, operating
+points) is made on a validation split carved from the training data; the reported test
+split is scored once, at the end, for the chosen setting only. Each result JSON carries
+`protocol(...)`: the data, the splits, what was tuned on what, the budget and the CPU
+(the model name from `ae_jax.results.cpu_info`, the same as in the result's environment).
+
+API:
+  VAL_SEED: the seed of the fixed train / validation carving (independent of --seed).
+  carve_validation(train, num_val, seed=VAL_SEED) -> (fit_part, val) ArrayData: a fixed,
+    seeded random `num_val` examples of the training split for validation, the rest to fit.
+  select(scores, higher=True) -> int: the index of the best validation score (first on ties).
+  protocol(data, splits, tuned, budget, untuned=()) -> dict: the record for result.json.
+  rows(record) -> list[dict]: the same record as table rows ({"item", "value"}) for table.md.
+"""
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from ae_jax import results
+
+VAL_SEED = 12345
+
+
+def carve_validation(train, num_val: int, seed: int = VAL_SEED):
+  """(fit_part, val): `num_val` seeded-random examples of `train` held out for validation."""
+  n = len(train)
+  if not 0 < num_val < n:
+    raise ValueError(f"validation size {num_val} must be between 1 and {n - 1} "
+                     f"(the training split has {n} examples)")
+  order = np.random.RandomState(seed).permutation(n)
+  return train.take(np.sort(order[num_val:])), train.take(np.sort(order[:num_val]))
+
+
+def select(scores: Sequence[float], higher: bool = True) -> int:
+  """Index of the best validation score; NaN scores never win."""
+  values = np.asarray(scores, np.float64)
+  if values.size == 0 or np.all(np.isnan(values)):
+    raise ValueError(f"no finite validation score to choose from: {list(scores)}")
+  values = np.where(np.isnan(values), -np.inf if higher else np.inf, values)
+  return int(np.argmax(values) if higher else np.argmin(values))
+
+
+def protocol(data: str, splits: dict, tuned: Sequence[str], budget: dict,
+             untuned: Sequence[str] = ()) -> dict:
+  """The protocol record of one run.
+
+  data: the data set; splits: {name: description with its size}; tuned: "what -> on what"
+  lines; budget: epochs and the like (wall and CPU seconds of the whole run are added
+  here); untuned: settings fixed before the run and not selected on any data.
+  """
+  return {"data": data, "splits": dict(splits), "tuned_on_validation": list(tuned),
+          "fixed_beforehand": list(untuned),
+          "test": "scored once, after every choice, for the chosen setting only",
+          "budget": {**budget, "cpu_seconds": round(time.process_time(), 1)},
+          "cpu_model": results.cpu_info()["model"]}
+
+
+def rows(record: dict) -> list[dict]:
+  out = [{"item": "data", "value": record["data"]}]
+  out += [{"item": f"split: {name}", "value": text} for name, text in record["splits"].items()]
+  out += [{"item": "chosen on validation", "value": t} for t in record["tuned_on_validation"]]
+  out += [{"item": "fixed beforehand (not tuned)", "value": t}
+          for t in record["fixed_beforehand"]]
+  out.append({"item": "test split", "value": record["test"]})
+  out.append({"item": "budget",
+              "value": ", ".join(f"{k} {v}" for k, v in record["budget"].items())})
+  out.append({"item": "CPU", "value": record["cpu_model"]})
+  return out
