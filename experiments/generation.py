@@ -9,7 +9,7 @@ on the validation images of 5-9; the architecture and epochs are fixed beforehan
 issue's anchors' architecture, and the CPU budget). The test images are scored once.
 
   python -m experiments.generation            # the CPU-sized run (see RESULTS_applications_b.md)
-  python -m experiments.generation --epochs 187 --iwae-epochs 120 --nll-examples 2000
+  python -m experiments.generation --epochs 187 --iwae-epochs 120   # the anchors' epochs
   python -m experiments.generation --smoke    # seconds, for CI
 """
 
@@ -41,15 +41,17 @@ def parse(argv=None):
   p.add_argument("--batch-size", type=int, default=100)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--nll-samples", type=int, default=5000, help="importance samples k")
-  p.add_argument("--nll-examples", type=int, default=100,
-                 help="test images scored by importance sampling (the ELBO uses all)")
+  p.add_argument("--nll-examples", type=int, default=0,
+                 help="test images scored by importance sampling (0: the whole test split, "
+                      "as the ELBO)")
   p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   p.add_argument("--ft-labelled", type=int, default=200, help="images of 5-9 to fine-tune on")
   p.add_argument("--ft-epochs", type=int, default=50)
   p.add_argument("--ft-lr", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
                  help="fine-tuning learning rates; the best validation ELBO on 5-9 is kept")
   p.add_argument("--ft-nll-samples", type=int, default=1000)
-  p.add_argument("--ft-nll-examples", type=int, default=50)
+  p.add_argument("--ft-nll-examples", type=int, default=0,
+                 help="test images of each half scored by importance sampling (0: all)")
   p.add_argument("--aug-labelled", type=int, default=100, help="labelled digits (10 per class)")
   p.add_argument("--aug-per-class", type=int, default=100, help="generated extras per class")
   p.add_argument("--aug-seeds", type=int, default=2)
@@ -59,6 +61,8 @@ def parse(argv=None):
   p.add_argument("--val-size", type=int, default=1000,
                  help="training images held out for validation")
   args = p.parse_args(argv)
+  if args.nll_examples < 0 or args.ft_nll_examples < 0:
+    p.error("--nll-examples and --ft-nll-examples must be >= 0 (0 scores the whole split)")
   if args.smoke:
     args.epochs, args.iwae_epochs, args.nll_samples, args.nll_examples = 1, 1, 20, 20
     args.ft_labelled, args.ft_epochs, args.ft_nll_samples, args.ft_nll_examples = 50, 2, 20, 20
@@ -83,9 +87,14 @@ def vae_config(args, **overrides):
   return generate.vae_config(**{**kw, **overrides})
 
 
+def _count(requested: int, available: int) -> int:
+  """How many test images to score: all of them for 0, else at most `requested`."""
+  return available if requested <= 0 else min(requested, available)
+
+
 def train_models(args, train, val_bin, test_bin):
   """Trains VAE, IWAE and the PyTorch VAE; scores each on the binarised test images."""
-  n_nll = min(args.nll_examples, len(test_bin))
+  n_nll = _count(args.nll_examples, len(test_bin))
   specs = [("VAE", "JAX/Flax", 1, args.epochs), ("IWAE k=5", "JAX/Flax", 5, args.iwae_epochs)]
   if not args.no_torch and generate.torch_available():
     specs.append(("VAE (PyTorch reference)", "PyTorch", 1, args.epochs))
@@ -138,7 +147,7 @@ def finetune_study(args, train, val, test):
   train_low = train.filter_labels(low)
   train_high = train.filter_labels(high)
   subset = train_high.take(np.arange(min(args.ft_labelled, len(train_high))))
-  n = args.ft_nll_examples
+  n = args.ft_nll_examples or None
   test_low = generate.binarize_fixed(test.filter_labels(low).x[:n], args.seed + 2)
   test_high = generate.binarize_fixed(test.filter_labels(high).x[:n], args.seed + 3)
   val_high = generate.binarize_fixed(val.filter_labels(high).x, args.seed + 4)
@@ -307,7 +316,7 @@ def protocol_record(args, train, val, test, wall_seconds) -> dict:
                 "images)",
        "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
        "test": f"{len(test)} test images, scored once (IS NLL on the first "
-               f"{min(args.nll_examples, len(test))}, ELBO on all)"},
+               f"{_count(args.nll_examples, len(test))}, ELBO on all)"},
       tuned=[f"fine-tuning learning rate among {args.ft_lr}: validation ELBO of the "
              "validation images of 5-9"],
       untuned=[f"architecture 784-{'-'.join(map(str, args.widths))}-{args.latent_dim}, "
@@ -356,8 +365,8 @@ def main(argv=None):
   t0 = time.time()
   result["finetune"], result["finetune_validation"] = finetune_study(args, train, val, test)
   tables["Fine-tuning learning rate, validation ELBO on 5-9"] = result["finetune_validation"]
-  tables[f"Fine-tuning 0-4 → 5-9 (IS k={args.ft_nll_samples}, {args.ft_nll_examples} test "
-         "images of each half)"] = result["finetune"]
+  tables[f"Fine-tuning 0-4 → 5-9 (IS k={args.ft_nll_samples}, "
+         f"{args.ft_nll_examples or 'all'} test images of each half)"] = result["finetune"]
   save("finetune", t0)
 
   t0 = time.time()
