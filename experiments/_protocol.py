@@ -10,6 +10,8 @@ API:
   VAL_SEED: the seed of the fixed train / validation carving (independent of --seed).
   carve_validation(train, num_val, seed=VAL_SEED) -> (fit_part, val) ArrayData: a fixed,
     seeded random `num_val` examples of the training split for validation, the rest to fit.
+  carved_splits(n_train, n_val, n_test, train_note="", val_note="", test_note="scored once")
+    -> dict: the `splits` record of a carved protocol, worded the same in every script.
   select(scores, higher=True) -> int: the index of the best validation score (first on ties).
   protocol(data, splits, tuned, budget, untuned=()) -> dict: the record for result.json.
   rows(record) -> list[dict]: the same record as table rows ({"item", "value"}) for table.md.
@@ -33,6 +35,16 @@ def carve_validation(train, num_val: int, seed: int = VAL_SEED):
                      f"(the training split has {n} examples)")
   order = np.random.RandomState(seed).permutation(n)
   return train.take(np.sort(order[num_val:])), train.take(np.sort(order[:num_val]))
+
+
+def carved_splits(n_train: int, n_val: int, n_test: int, train_note: str = "",
+                  val_note: str = "", test_note: str = "scored once") -> dict:
+  """The three split descriptions of a run that carved its validation from training."""
+  return {"train": f"{n_train} training images (the training split less the validation "
+                   f"images){'; ' + train_note if train_note else ''}",
+          "validation": f"{n_val} training images held out (seed {VAL_SEED})"
+                        f"{', ' + val_note if val_note else ''}",
+          "test": f"{n_test} test images, {test_note}"}
 
 
 def select(scores: Sequence[float], higher: bool = True) -> int:

@@ -303,10 +303,9 @@ def main(argv=None):
                   test_examples=len(test))
   record = _protocol.protocol(
       args.data,
-      {"train": f"{len(train)} training images (the training split less the validation "
-                "images); fits the models, PCA and the quantisers' ranges",
-       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
-       "test": f"{len(test)} test images, scored once per operating point"},
+      _protocol.carved_splits(len(train), len(val), len(test),
+                              train_note="fits the models, PCA and the quantisers' ranges",
+                              test_note="scored once per operating point"),
       tuned=["the operating point of each method within each byte budget (latent size and "
              "bits, PCA components, JPEG quality): best validation PSNR among the points "
              "whose validation bytes per image fit"],

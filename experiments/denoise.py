@@ -174,10 +174,7 @@ def main(argv=None):
   seconds = round(time.time() - t_start, 1)
   record = _protocol.protocol(
       args.data,
-      {"train": f"{len(train)} training images (the training split less the validation "
-                "images)",
-       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
-       "test": f"{len(test)} test images, scored once"},
+      _protocol.carved_splits(len(train), len(val), len(test)),
       tuned=[f"median size {[g['size'] for g in MEDIAN_GRID]} and NL-means h / patch "
              f"(grid of {len(NLM_GRID)}): on {settings['tune_images']} noisy validation "
              "images, per noise",

@@ -161,10 +161,8 @@ def main(argv=None):
   seconds = round(time.time() - t_start, 1)
   record = _protocol.protocol(
       args.data,
-      {"train": f"{len(train)} training images (the training split less the validation "
-                "images); fits the autoencoders, PCA and the probes",
-       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
-       "test": f"{len(test)} test images, scored once"},
+      _protocol.carved_splits(len(train), len(val), len(test),
+                              train_note="fits the autoencoders, PCA and the probes"),
       tuned=[f"autoencoder network and epochs among "
              f"{[f'{n}:{e}' for n, e in settings['ae_grid']]}: validation MSE, per latent size",
              f"probe C among {grid_c}: validation accuracy, per feature set"],

@@ -312,11 +312,9 @@ def protocol_record(args, train, val, test, wall_seconds) -> dict:
   return _protocol.protocol(
       f"{args.data}, binarised (dynamic Bernoulli draws in training, one fixed draw for "
       "validation and test)",
-      {"train": f"{len(train)} training images (the training split less the validation "
-                "images)",
-       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED})",
-       "test": f"{len(test)} test images, scored once (IS NLL on the first "
-               f"{_count(args.nll_examples, len(test))}, ELBO on all)"},
+      _protocol.carved_splits(len(train), len(val), len(test),
+                              test_note=f"scored once (IS NLL on the first "
+                                        f"{_count(args.nll_examples, len(test))}, ELBO on all)"),
       tuned=[f"fine-tuning learning rate among {args.ft_lr}: validation ELBO of the "
              "validation images of 5-9"],
       untuned=[f"architecture 784-{'-'.join(map(str, args.widths))}-{args.latent_dim}, "

@@ -103,11 +103,8 @@ def main(argv=None):
   seconds = round(time.time() - t_start, 1)
   record = _protocol.protocol(
       args.data,
-      {"train": f"{len(train)} training images (the training split less the validation "
-                "images)",
-       "validation": f"{len(val)} training images held out (seed {_protocol.VAL_SEED}), "
-                     "one fixed hole each",
-       "test": f"{len(test)} test images, one fixed hole each, scored once"},
+      _protocol.carved_splits(len(train), len(val), len(test), val_note="one fixed hole each",
+                              test_note="one fixed hole each, scored once"),
       tuned=[f"DAE epochs:batch among {[f'{e}:{b}' for e, b in grid]}: validation hole PSNR"],
       untuned=[f"spatial_denoising channels {channels}, latent 784, Adam 2e-3 cosine; "
                "the baselines have no settings"],

@@ -234,6 +234,20 @@ def test_protocol_record_names_splits_tuning_budget_and_cpu():
   assert "chosen on validation" in items and "CPU" in items
 
 
+def test_carved_splits_describe_the_three_splits_alike():
+  from experiments import _protocol
+  plain = _protocol.carved_splits(7000, 1000, 2000)
+  assert plain == {
+      "train": "7000 training images (the training split less the validation images)",
+      "validation": f"1000 training images held out (seed {_protocol.VAL_SEED})",
+      "test": "2000 test images, scored once"}
+  noted = _protocol.carved_splits(7, 1, 2, train_note="fits PCA", val_note="one hole each",
+                                  test_note="scored once per budget")
+  assert noted["train"].endswith("validation images); fits PCA")
+  assert noted["validation"].endswith(f"(seed {_protocol.VAL_SEED}), one hole each")
+  assert noted["test"] == "2 test images, scored once per budget"
+
+
 # ---- experiment scripts -------------------------------------------------------------
 
 def _script(name: str, dataset: str, figures: list[str]):
