@@ -12,6 +12,9 @@ API:
     seeded random `num_val` examples of the training split for validation, the rest to fit.
   carved_splits(n_train, n_val, n_test, train_note="", val_note="", test_note="scored once")
     -> dict: the `splits` record of a carved protocol, worded the same in every script.
+  fit_budgets(grid, make_config, train, val_score, score_name, seed, first=None)
+    -> (trained, seconds, rows): one model per (epochs, batch) of `grid`, the best validation
+    score kept; `rows` is the validation table with a `chosen` column.
   select(scores, higher=True) -> int: the index of the best validation score (first on ties).
   protocol(data, splits, tuned, budget, untuned=()) -> dict: the record for result.json.
   rows(record) -> list[dict]: the same record as table rows ({"item", "value"}) for table.md.
@@ -22,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ae_jax import results
+from ae_jax import fit, results
 
 VAL_SEED = 12345
 
@@ -54,6 +57,29 @@ def select(scores: Sequence[float], higher: bool = True) -> int:
     raise ValueError(f"no finite validation score to choose from: {list(scores)}")
   values = np.where(np.isnan(values), -np.inf if higher else np.inf, values)
   return int(np.argmax(values) if higher else np.argmin(values))
+
+
+def fit_budgets(grid, make_config, train, val_score, score_name: str, seed: int,
+                first: dict | None = None):
+  """Trains one model per training budget and keeps the best on validation.
+
+  grid: (epochs, batch_size) pairs; make_config(epochs, batch_size) -> config (its seed is
+  set to `seed`); train: the data the models fit; val_score(trained) -> float, higher is
+  better; score_name: its column in the rows; first: columns put before the others in
+  every row. Returns (the chosen model, its training seconds, the validation rows).
+  """
+  rows, models = [], []
+  for epochs, batch_size in grid:
+    cfg = make_config(epochs, batch_size)
+    cfg.seed = seed
+    trained, seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
+    models.append((trained, seconds))
+    rows.append({**(first or {}), "epochs": epochs, "batch": batch_size,
+                 score_name: float(val_score(trained)), "train seconds": round(seconds, 1)})
+  best = select([r[score_name] for r in rows])
+  for i, r in enumerate(rows):
+    r["chosen"] = i == best
+  return (*models[best], rows)
 
 
 def protocol(data: str, splits: dict, tuned: Sequence[str], budget: dict,

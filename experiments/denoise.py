@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ae_jax import fit, results
+from ae_jax import results
 from ae_jax.applications import denoise, metrics
 from experiments import _protocol
 
@@ -67,24 +67,16 @@ def run_noise(noise, level, index, train, val, test, args, settings):
                                     psnr_score)
     outputs["NL-means"] = (denoise.nl_means(noisy, **nlm),
                            f"h={nlm['h']}, patch {nlm['patch_size']}", time.time() - t0)
-  val_rows, models = [], []
-  for epochs, batch_size in settings["dae_grid"]:
-    cfg = denoise.denoiser_config(noise, level, channels=settings["channels"],
-                                  latent_dim=settings["latent_dim"], epochs=epochs,
-                                  batch_size=batch_size)
-    cfg.seed = args.seed
-    t0 = time.time()
-    trained = fit.fit(cfg, train_data=train, progress=False)
-    seconds = time.time() - t0
-    models.append((trained, f"{epochs} epochs, batch {batch_size}", seconds))
-    val_rows.append({"noise": label(noise, level), "epochs": epochs, "batch": batch_size,
-                     "validation PSNR": float(np.mean(psnr_score(val.x, trained.reconstruct(
-                         val_noisy)))), "train seconds": round(seconds, 1)})
-  best = _protocol.select([r["validation PSNR"] for r in val_rows])
-  for i, r in enumerate(val_rows):
-    r["chosen"] = i == best
-  trained, setting, seconds = models[best]
-  outputs["conv DAE"] = (trained.reconstruct(noisy), setting, seconds)
+  trained, seconds, val_rows = _protocol.fit_budgets(
+      settings["dae_grid"],
+      lambda epochs, batch_size: denoise.denoiser_config(
+          noise, level, channels=settings["channels"], latent_dim=settings["latent_dim"],
+          epochs=epochs, batch_size=batch_size),
+      train, lambda model: np.mean(psnr_score(val.x, model.reconstruct(val_noisy))),
+      "validation PSNR", args.seed, first={"noise": label(noise, level)})
+  chosen = next(r for r in val_rows if r["chosen"])
+  outputs["conv DAE"] = (trained.reconstruct(noisy),
+                         f"{chosen['epochs']} epochs, batch {chosen['batch']}", seconds)
   rows = []
   for method, (images, setting, seconds) in outputs.items():
     images = np.clip(images, 0, 1)

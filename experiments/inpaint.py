@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from ae_jax import figures, fit, results
+from ae_jax import figures, results
 from ae_jax.applications import denoise, inpaint, metrics
 from experiments import _protocol
 
@@ -61,24 +61,19 @@ def main(argv=None):
   except ImportError:
     print("note: scikit-image is not installed (pip install 'ae_jax[compare]'); "
           "the biharmonic baseline is skipped")
-  val_rows, models = [], []
-  for epochs, batch_size in grid:
-    cfg = denoise.denoiser_config("block", 0.0, channels=channels, epochs=epochs,
-                                  batch_size=batch_size, block_size=BLOCK, block_region=REGION)
-    cfg.seed = args.seed
-    trained, seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
-    filled = inpaint.model_fill(trained, val_cut, val_masks)
-    models.append((trained, epochs, seconds))
-    val_rows.append({"epochs": epochs, "batch": batch_size, "validation hole PSNR (dB)":
-                     float(metrics.masked_psnr(val.x, filled, val_masks).mean()),
-                     "train seconds": round(seconds, 1)})
-  best = _protocol.select([r["validation hole PSNR (dB)"] for r in val_rows])
-  for i, r in enumerate(val_rows):
-    r["chosen"] = i == best
-  trained, epochs, train_seconds = models[best]
+  trained, train_seconds, val_rows = _protocol.fit_budgets(
+      grid,
+      lambda epochs, batch_size: denoise.denoiser_config(
+          "block", 0.0, channels=channels, epochs=epochs, batch_size=batch_size,
+          block_size=BLOCK, block_region=REGION),
+      train,
+      lambda model: metrics.masked_psnr(
+          val.x, inpaint.model_fill(model, val_cut, val_masks), val_masks).mean(),
+      "validation hole PSNR (dB)", args.seed)
+  chosen = next(r for r in val_rows if r["chosen"])
   fills["conv DAE"] = (inpaint.model_fill(trained, x_cut, masks),
-                       f"spatial_denoising {channels}, {epochs} epochs, batch "
-                       f"{val_rows[best]['batch']} ({train_seconds:.0f} s)")
+                       f"spatial_denoising {channels}, {chosen['epochs']} epochs, batch "
+                       f"{chosen['batch']} ({train_seconds:.0f} s)")
   rows = []
   for name, (images, setting) in fills.items():
     rows.append({"method": name, "setting": setting,

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ae_jax import figures, fit, results
+from ae_jax import figures, results
 from ae_jax.applications import denoise, metrics, superres
 from experiments import _protocol
 
@@ -58,23 +58,18 @@ def main(argv=None):
     print("note: scikit-image is not installed (pip install 'ae_jax[compare]'); "
           "the cubic spline baseline is skipped")
   val_small = superres.repeat_upsample(superres.box_downsample(val.x, FACTOR), FACTOR)
-  val_rows, models = [], []
-  for epochs, batch_size in grid:
-    cfg = denoise.denoiser_config("downsample", 0.0, channels=channels, epochs=epochs,
-                                  batch_size=batch_size, factor=FACTOR)
-    cfg.seed = args.seed
-    trained, seconds = results.timed(fit.fit, cfg, train_data=train, progress=False)
-    models.append((trained, epochs, seconds))
-    val_rows.append({"epochs": epochs, "batch": batch_size, "validation PSNR": float(
-        metrics.psnr(val.x, np.clip(trained.reconstruct(val_small), 0, 1)).mean()),
-                     "train seconds": round(seconds, 1)})
-  best = _protocol.select([r["validation PSNR"] for r in val_rows])
-  for i, r in enumerate(val_rows):
-    r["chosen"] = i == best
-  trained, epochs, train_seconds = models[best]
+  trained, train_seconds, val_rows = _protocol.fit_budgets(
+      grid,
+      lambda epochs, batch_size: denoise.denoiser_config(
+          "downsample", 0.0, channels=channels, epochs=epochs, batch_size=batch_size,
+          factor=FACTOR),
+      train,
+      lambda model: metrics.psnr(val.x, np.clip(model.reconstruct(val_small), 0, 1)).mean(),
+      "validation PSNR", args.seed)
+  chosen = next(r for r in val_rows if r["chosen"])
   outputs["conv autoencoder"] = (
       np.clip(trained.reconstruct(superres.repeat_upsample(small, FACTOR)), 0, 1),
-      f"spatial_denoising {channels}, {epochs} epochs, batch {val_rows[best]['batch']} "
+      f"spatial_denoising {channels}, {chosen['epochs']} epochs, batch {chosen['batch']} "
       f"({train_seconds:.0f} s)")
   rows = [{"method": name, "setting": setting,
            "psnr": float(metrics.psnr(test.x, images).mean()),
