@@ -16,17 +16,18 @@ def _code_cells(nb):
   return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_notebook_is_stored_stripped_with_install_cell_and_badge():
+def test_notebook_is_stored_stripped_with_install_cell_and_colab_note():
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbformat.validate(nb)
   assert NOTEBOOK.stat().st_size < 50_000
   for cell in _code_cells(nb):
     assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
-  badge = re.search(r"colab\.research\.google\.com/github/[^/]+/[^/]+/blob/main/(\S+?)\)",
+  colab = re.search(r"colab\.research\.google\.com/github/OWNER/REPO/blob/main/(\S+?\.ipynb)",
                     nb.cells[0].source)
-  assert badge and badge.group(1) == NOTEBOOK.relative_to(ROOT).as_posix()
+  assert colab and colab.group(1) == NOTEBOOK.relative_to(ROOT).as_posix()
   first = _code_cells(nb)[0].source
-  assert "pip" in first and "ae_jax" in first
+  assert "pip" in first and "ae_jax" in first and "AE_JAX_SOURCE" in first
+  assert "github.com/ae-jax" not in nbformat.writes(nb)  # no guessed public address
 
 
 @pytest.mark.slow
