@@ -71,8 +71,9 @@ def main(argv=None):
           val.x, inpaint.model_fill(model, val_cut, val_masks), val_masks).mean(),
       "validation hole PSNR (dB)", args.seed)
   chosen = next(r for r in val_rows if r["chosen"])
+  epochs = chosen["epochs"]
   fills["conv DAE"] = (inpaint.model_fill(trained, x_cut, masks),
-                       f"spatial_denoising {channels}, {chosen['epochs']} epochs, batch "
+                       f"spatial_denoising {channels}, {epochs} epochs, batch "
                        f"{chosen['batch']} ({train_seconds:.0f} s)")
   rows = []
   for name, (images, setting) in fills.items():

@@ -67,9 +67,10 @@ def main(argv=None):
       lambda model: metrics.psnr(val.x, np.clip(model.reconstruct(val_small), 0, 1)).mean(),
       "validation PSNR", args.seed)
   chosen = next(r for r in val_rows if r["chosen"])
+  epochs = chosen["epochs"]
   outputs["conv autoencoder"] = (
       np.clip(trained.reconstruct(superres.repeat_upsample(small, FACTOR)), 0, 1),
-      f"spatial_denoising {channels}, {chosen['epochs']} epochs, batch {chosen['batch']} "
+      f"spatial_denoising {channels}, {epochs} epochs, batch {chosen['batch']} "
       f"({train_seconds:.0f} s)")
   rows = [{"method": name, "setting": setting,
            "psnr": float(metrics.psnr(test.x, images).mean()),
