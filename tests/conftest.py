@@ -70,6 +70,16 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture
+def fewer_optimizations():
+  """Compile with few XLA optimizations for one test: for the experiment smoke runs, whose
+  many small programs take longer to compile than to run. Restored afterwards."""
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture
 def cfg():
   """A fresh copy of the 'tiny' preset; tests may change it freely."""
   return configs.get_preset("tiny")
