@@ -40,8 +40,12 @@ def _cond(trained, cond):
   return cond if conditional else None
 
 
-@functools.lru_cache(maxsize=16)
-def _nll_fn(model, cfg_json: str, num_samples: int, chunk: int, conditional: bool):
+@functools.lru_cache(maxsize=32)
+def nll_fn(model, cfg_json: str, num_samples: int, chunk: int, conditional: bool):
+  """The jitted estimator fn(params, x (B, ...), key, *cond) -> -log p(x) (B,) with
+  `num_samples` importance samples drawn `chunk` at a time; `cfg_json` is the config (as
+  JSON) that `families.importance_sampled_nll` reads. One compilation per architecture
+  and setting, shared by every model of that kind."""
   cfg = ml_collections.ConfigDict(json.loads(cfg_json))
 
   def nll(params, x, key, *cond):
@@ -50,14 +54,19 @@ def _nll_fn(model, cfg_json: str, num_samples: int, chunk: int, conditional: boo
   return jax.jit(nll)
 
 
-@functools.lru_cache(maxsize=16)
-def _elbo_fn(model, cfg_json: str, conditional: bool):
+@functools.lru_cache(maxsize=32)
+def elbo_fn(model, cfg_json: str, conditional: bool, num_samples: int = 1,
+            terms: tuple[str, ...] | None = None):
+  """The jitted fn(params, x (B, ...), key, *cond) -> {name: (B,)}: the per-example terms
+  of `families.elbo_terms` with `num_samples` posterior draws ('elbo', 'iw_bound', ...),
+  only those named in `terms` (None: all of them)."""
   cfg = ml_collections.ConfigDict(json.loads(cfg_json))
 
-  def elbo(params, x, key, *cond):
-    return families.elbo_terms(model, params, x, cond[0] if conditional else None, key, cfg,
-                               1)["elbo"]
-  return jax.jit(elbo)
+  def elbo_terms(params, x, key, *cond):
+    out = families.elbo_terms(model, params, x, cond[0] if conditional else None, key, cfg,
+                              num_samples)
+    return out if terms is None else {name: out[name] for name in terms}
+  return jax.jit(elbo_terms)
 
 
 def _batches(n: int, batch_size: int):
@@ -99,7 +108,7 @@ def importance_nll(trained, x, *, num_samples: int = 5000, chunk: int = 250,
                       f"{num_samples!r}")
   cond = _cond(trained, cond)
   chunk = math.gcd(num_samples, max(1, min(chunk, num_samples)))
-  fn = _nll_fn(trained.model, trained.config.to_json(), num_samples, chunk, cond is not None)
+  fn = nll_fn(trained.model, trained.config.to_json(), num_samples, chunk, cond is not None)
   return _run(fn, trained, x, cond, batch_size, seed, f"NLL (k={num_samples})", progress)
 
 
@@ -109,8 +118,9 @@ def elbo(trained, x, *, batch_size: int = 500, seed: int = 0, cond=None,
   has one), beta = 1."""
   _require_vae(trained)
   cond = _cond(trained, cond)
-  fn = _elbo_fn(trained.model, trained.config.to_json(), cond is not None)
-  return _run(fn, trained, x, cond, batch_size, seed, "ELBO", progress)
+  fn = elbo_fn(trained.model, trained.config.to_json(), cond is not None, terms=("elbo",))
+  return _run(lambda *args: fn(*args)["elbo"], trained, x, cond, batch_size, seed, "ELBO",
+              progress)
 
 
 def active_units(trained, x, *, threshold: float = ACTIVE_UNIT_THRESHOLD,

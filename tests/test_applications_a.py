@@ -261,7 +261,7 @@ def _script(name: str, dataset: str, figures: list[str]):
     _script("inpaint", "mnist_t10k", ["inpaint_grid.png"]),
     _script("superres", "mnist_t10k", ["superres_grid.png"]),
 ])
-def test_experiment_smoke(script, figures, tmp_path):
+def test_experiment_smoke(script, figures, tmp_path, fewer_optimizations):
   module = __import__(f"experiments.{script}", fromlist=["main"])
   result = module.main(["--smoke", "--out", str(tmp_path)])
   assert result["smoke"]

@@ -180,7 +180,7 @@ def experiments_importable(monkeypatch):
 
 
 @needs_mnist
-def test_generation_smoke(tmp_path, experiments_importable):
+def test_generation_smoke(tmp_path, experiments_importable, fewer_optimizations):
   from experiments import generation
   result = generation.main(["--smoke", "--out", str(tmp_path)])
   for name in ("result.json", "table.md", "samples.png", "interpolation.png",
@@ -194,7 +194,7 @@ def test_generation_smoke(tmp_path, experiments_importable):
 
 
 @needs_mnist
-def test_compression_smoke(tmp_path, experiments_importable):
+def test_compression_smoke(tmp_path, experiments_importable, fewer_optimizations):
   from experiments import compression
   result = compression.main(["--smoke", "--out", str(tmp_path)])
   for name in ("result.json", "table.md", "rate_distortion.png", "reconstructions.png"):

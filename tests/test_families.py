@@ -25,9 +25,10 @@ def test_contractive_penalty_of_a_linear_encoder_is_the_weight_norm(cfg):
   sum(W^2) for every example."""
   cfg.model.widths = ()
   model = families.build_model(cfg, (5,))
-  params = train.init_params(model, (5,), jax.random.key(0))
+  params = jax.jit(lambda k: train.init_params(model, (5,), k))(jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (4, 5))
-  penalty = families.contractive.jacobian_penalty(model, params, x)
+  # Compiled as one program: run eagerly, each primitive of the Jacobian compiles alone.
+  penalty = jax.jit(lambda p, x: families.contractive.jacobian_penalty(model, p, x))(params, x)
   w = params["params"]["to_latent"]["kernel"]
   np.testing.assert_allclose(penalty, np.full(4, float(jnp.sum(w ** 2))), rtol=1e-5)
 
@@ -35,10 +36,11 @@ def test_contractive_penalty_of_a_linear_encoder_is_the_weight_norm(cfg):
 def test_contractive_terms_add_the_weighted_penalty(cfg):
   cfg.objective.contractive_weight = 0.5
   model = families.build_model(cfg, (6,))
-  params = train.init_params(model, (6,), jax.random.key(0))
+  params = jax.jit(lambda k: train.init_params(model, (6,), k))(jax.random.key(0))
   x = jax.random.uniform(jax.random.key(1), (8, 6))
   keys = jax.random.split(jax.random.key(2), 8)
-  t = families.get_family("contractive").terms(model, params, {"x": x}, keys, 0, cfg, True)
+  terms = families.get_family("contractive").terms
+  t = jax.jit(lambda p, x, k: terms(model, p, {"x": x}, k, 0, cfg, True))(params, x, keys)
   np.testing.assert_allclose(t["loss"], t["recon"] + 0.5 * t["jacobian_norm"], rtol=1e-6)
   assert t["loss"].shape == (8,)
   # a relu MLP's Jacobian changes with x: the penalty differs between examples

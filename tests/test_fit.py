@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from ae_jax import data as data_lib
+from ae_jax import cli, data as data_lib
 from ae_jax.fit import Trained, fit
 from ae_jax.prepare import prepare_data
 
@@ -164,13 +164,23 @@ def test_best_parameters_survive_a_kill_and_resume(cfg, tmp_path, patience, rest
 
 
 def _cli(*args, cwd):
+  """`python -m ae_jax.cli ARGS` as a real process (one CPU device)."""
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", "ae_jax.cli", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
 
 
-def test_cli_smoke(tmp_path):
+def _main(capsys, *args):
+  """`ae-jax ARGS` in this process: (exit code, stdout, stderr)."""
+  code = cli.main(list(args))
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_cli_smoke(tmp_path, capsys):
+  """`ae-jax train` as a real process into a path with spaces, then the commands that
+  read its workdir (in this process: what they read and write is what is tested)."""
   wd = tmp_path / "run dir with spaces"
   out = _cli("train", "--config", "tiny", "--workdir", str(wd), "--no-progress",
              "--config.model.family=vae", "--config.model.recon_loss=bce",
@@ -178,42 +188,45 @@ def test_cli_smoke(tmp_path):
   assert out.returncode == 0, out.stderr
   assert "loss_curve" in out.stdout and (wd / "loss_curve.png").exists()
   for command in ("evaluate", "encode", "reconstruct", "sample"):
-    out = _cli(command, "--workdir", str(wd), cwd=tmp_path)
-    assert out.returncode == 0, (command, out.stderr)
+    code, _, err = _main(capsys, command, "--workdir", str(wd))
+    assert code == 0, (command, err)
   assert np.load(wd / "latents.npy").shape == (1797, 4)
+  assert np.load(wd / "reconstructions.npy").shape == (1797, 8, 8, 1)
   assert np.load(wd / "samples.npy").shape == (16, 8, 8, 1)
   assert json.loads((wd / "evaluate.json").read_text())["data"] == "digits"
   config = json.loads((wd / "config.json").read_text())
   assert config["model"]["family"] == "vae"
 
 
-def test_cli_early_stopping_saves_the_best_model_as_the_final_one(tmp_path):
+def test_cli_early_stopping_saves_the_best_model_as_the_final_one(tmp_path, capsys):
   wd = tmp_path / "w"
-  out = _cli("train", "--config", "tiny", "--workdir", str(wd), "--no-progress",
-             "--config.train.parallel=jit", "--config.train.num_steps=400",
-             "--config.train.eval_every=5", "--config.train.checkpoint_every=5",
-             "--config.train.patience=2", "--config.optim.name=sgd",
-             "--config.optim.learning_rate=0.5", cwd=tmp_path)
-  assert out.returncode == 0, out.stderr
+  code, stdout, err = _main(
+      capsys, "train", "--config", "tiny", "--workdir", str(wd), "--no-progress",
+      "--config.train.parallel=jit", "--config.train.num_steps=400",
+      "--config.train.eval_every=5", "--config.train.checkpoint_every=5",
+      "--config.train.patience=2", "--config.optim.name=sgd",
+      "--config.optim.learning_rate=0.5")
+  assert code == 0, err
   evals = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
   evals = [r["loss"] for r in evals if r["split"] == "eval"]
   assert min(evals) < evals[-1]
   for name, extra in (("final", []), ("best", ["--best"])):
-    got = _cli("evaluate", "--workdir", str(wd), "--out", str(tmp_path / f"{name}.json"),
-               *extra, cwd=tmp_path)
-    assert got.returncode == 0, got.stderr
+    got, _, err = _main(capsys, "evaluate", "--workdir", str(wd), "--out",
+                        str(tmp_path / f"{name}.json"), *extra)
+    assert got == 0, err
   final = json.loads((tmp_path / "final.json").read_text())
   best = json.loads((tmp_path / "best.json").read_text())
   assert final == best
-  assert f"validation loss: {min(evals):.5g} (the best evaluation" in out.stdout
+  assert f"validation loss: {min(evals):.5g} (the best evaluation" in stdout
 
 
-def test_cli_rejects_bad_overrides_with_a_clear_message(tmp_path):
-  out = _cli("train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
-             "--config.model.latent_dimm=3", cwd=tmp_path)
-  assert out.returncode == 2
-  assert "unknown config key 'model.latent_dimm'" in out.stderr
-  assert "latent_dim" in out.stderr and "Traceback" not in out.stderr
-  out = _cli("train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
-             "--config.model.family=transformer", cwd=tmp_path)
-  assert out.returncode == 2 and "valid family names are" in out.stderr
+def test_cli_rejects_bad_overrides_with_a_clear_message(tmp_path, capsys):
+  code, _, err = _main(capsys, "train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
+                       "--config.model.latent_dimm=3")
+  assert code == 2
+  assert "unknown config key 'model.latent_dimm'" in err
+  assert "latent_dim" in err and "Traceback" not in err
+  code, _, err = _main(capsys, "train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
+                       "--config.model.family=transformer")
+  assert code == 2 and "valid family names are" in err
+  assert not (tmp_path / "w").exists()

@@ -10,7 +10,7 @@ from experiments import gallery  # noqa: E402
 
 
 @pytest.mark.slow
-def test_gallery_smoke_writes_every_figure_under_the_size_limit(tmp_path):
+def test_gallery_smoke_writes_every_figure_under_the_size_limit(tmp_path, fewer_optimizations):
   written = gallery.main(["--smoke", "--data", "digits", "--out", str(tmp_path)])
   names = {p.stem for p in written}
   expected = set(gallery.FIGURES) - ({"speed"} if gallery._speed_rows("mlp") is None else set())

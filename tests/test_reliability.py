@@ -241,26 +241,35 @@ def _env():
 
 def test_sigkill_during_training_then_resume_is_bit_exact(tmp_path):
   steps = 100
+  # The uninterrupted reference trains in a process of its own beside the killed one.
+  whole_log = tmp_path / "whole.log"
+  with whole_log.open("w") as log:
+    whole = subprocess.Popen(_train_cmd(tmp_path / "whole", steps), env=_env(), stdout=log,
+                             stderr=subprocess.STDOUT)
   proc = subprocess.Popen(_train_cmd(tmp_path / "killed", steps), env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  ckpt_dir = tmp_path / "killed" / LATEST_DIR
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    done = [p for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
-    if any(int(p.name) >= 10 for p in done):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "training finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit())
-  assert killed_at < steps
-  resumed = subprocess.run(_train_cmd(tmp_path / "killed", steps), env=_env(),
-                           capture_output=True, text=True, timeout=300)
-  assert resumed.returncode == 0, resumed.stderr
-  whole = subprocess.run(_train_cmd(tmp_path / "whole", steps), env=_env(),
-                         capture_output=True, text=True, timeout=300)
-  assert whole.returncode == 0, whole.stderr
+  try:
+    ckpt_dir = tmp_path / "killed" / LATEST_DIR
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      done = [p for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+      if any(int(p.name) >= 10 for p in done):
+        break
+      time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit())
+    assert killed_at < steps
+    resumed = subprocess.run(_train_cmd(tmp_path / "killed", steps), env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert whole.wait(timeout=300) == 0, whole_log.read_text()[-3000:]
+  finally:
+    for p in (proc, whole):
+      if p.poll() is None:
+        p.kill()
+        p.wait()
   a, b = Trained.load(tmp_path / "killed"), Trained.load(tmp_path / "whole")
   assert a.step == b.step == steps
   chex.assert_trees_all_equal(a.params, b.params)

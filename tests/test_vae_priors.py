@@ -61,7 +61,7 @@ def _np_vamp_log_prior(z, n):
 def test_vamp_log_prior_matches_numpy_logsumexp():
   _, model, params, n = _linear_vamp()
   z = np.random.RandomState(1).normal(size=(5, 7, L)).astype(np.float32)
-  got = model.apply(params, jnp.asarray(z), method=model.log_prior)
+  got = jax.jit(lambda p, z: model.apply(p, z, method=model.log_prior))(params, jnp.asarray(z))
   assert got.shape == (5, 7)
   np.testing.assert_allclose(got, _np_vamp_log_prior(z.astype(np.float64), n), rtol=1e-5,
                              atol=1e-5)
@@ -83,7 +83,8 @@ def test_vamp_terms_use_the_mixture_in_kl_and_iw_bound():
   keys = jax.random.split(jax.random.key(5), 3)
   for samples in (1, 4):
     cfg.objective.iw_samples = samples
-    got = vae_lib.terms(model, params, {"x": jnp.asarray(x)}, keys, None, cfg, False)
+    got = jax.jit(lambda p, x, k: vae_lib.terms(model, p, {"x": x}, k, None, cfg, False))(
+        params, jnp.asarray(x), keys)
     eps = np.asarray(vae_lib.draw_eps(keys, samples, L), np.float64)      # (B, S, L)
     mean, logvar = x @ n["A"] + n["a"], x @ n["B"] + n["bv"]
     z = mean[:, None] + np.exp(0.5 * logvar)[:, None] * eps

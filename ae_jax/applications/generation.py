@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import configs, data as data_lib, families, parallel
+from ae_jax import configs, data as data_lib, families, likelihood, parallel
 from ae_jax.fit import Trained
 from ae_jax.train import create_train_state, train_step
 
@@ -65,25 +65,14 @@ def _likelihood(cfg) -> str:
                      "objective": {"output_sigma": float(cfg.objective.output_sigma)}})
 
 
-@functools.lru_cache(maxsize=32)
-def _nll_fn(model, likelihood: str, num_samples: int, chunk: int, conditional: bool):
-  """One compiled estimator per architecture and setting, shared by models of that kind."""
-  cfg = ml_collections.ConfigDict(json.loads(likelihood))
-
-  def nll(params, x, key, *cond):
-    return families.importance_sampled_nll(model, params, x, key, cfg, num_samples, chunk,
-                                           cond=cond[0] if conditional else None)
-  return jax.jit(nll)
-
-
 def estimate_nll(trained: Trained, x, *, num_samples: int = 5000, chunk: int = 500,
              batch_size: int = 100, seed: int = 0, cond=None) -> np.ndarray:
   """-log p(x) in nats by importance sampling with `num_samples` posterior draws.
 
   x: binary images (N, *input_shape); returns (N,). Each batch gets its own key.
   """
-  fn = _nll_fn(trained.model, _likelihood(trained.config), num_samples, min(chunk, num_samples),
-               cond is not None)
+  fn = likelihood.nll_fn(trained.model, _likelihood(trained.config), num_samples,
+                         min(chunk, num_samples), cond is not None)
   x = np.asarray(x, np.float32)
   out = []
   for i, start in enumerate(range(0, len(x), batch_size)):
@@ -94,21 +83,12 @@ def estimate_nll(trained: Trained, x, *, num_samples: int = 5000, chunk: int = 5
   return np.concatenate(out)
 
 
-@functools.lru_cache(maxsize=32)
-def _elbo_fn(model, likelihood: str, num_samples: int, conditional: bool):
-  cfg = ml_collections.ConfigDict(json.loads(likelihood))
-
-  def elbo(params, x, key, *cond):
-    return families.elbo_terms(model, params, x, cond[0] if conditional else None, key, cfg,
-                               num_samples)
-  return jax.jit(elbo)
-
-
 def estimate_elbo(trained: Trained, x, *, num_samples: int = 1, batch_size: int = 500,
               seed: int = 0, cond=None) -> dict[str, np.ndarray]:
   """Per-example ELBO (analytic KL, `num_samples` draws) and the `num_samples`-sample
   importance-weighted bound, in nats, for binary images x (N, ...): {'elbo', 'iw_bound'}."""
-  fn = _elbo_fn(trained.model, _likelihood(trained.config), num_samples, cond is not None)
+  fn = likelihood.elbo_fn(trained.model, _likelihood(trained.config), cond is not None,
+                          num_samples)
   x = np.asarray(x, np.float32)
   parts = {"elbo": [], "iw_bound": []}
   for i, start in enumerate(range(0, len(x), batch_size)):
