@@ -214,6 +214,7 @@ def test_scaler_handles_constant_columns():
     np.testing.assert_allclose(scaler.inverse_transform(z), x, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_adbench_script_smoke_on_any_folder(tmp_path, fewer_optimizations):
   from experiments import anomaly_adbench
   rng = np.random.default_rng(0)

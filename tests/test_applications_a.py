@@ -254,6 +254,7 @@ def _script(name: str, dataset: str, figures: list[str]):
   return pytest.param(name, figures, marks=pytest.mark.shared_data(dataset), id=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,figures", [
     _script("denoise", "mnist_t10k", ["denoise_grid.png"]),
     _script("denoise_ecg", "ecg5000", ["ecg_denoise.png"]),

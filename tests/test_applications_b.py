@@ -179,6 +179,7 @@ def experiments_importable(monkeypatch):
   monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_generation_smoke(tmp_path, experiments_importable, fewer_optimizations):
   from experiments import generation
@@ -193,6 +194,7 @@ def test_generation_smoke(tmp_path, experiments_importable, fewer_optimizations)
   assert "lr" in result["finetune"][1]["training"]
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_compression_smoke(tmp_path, experiments_importable, fewer_optimizations):
   from experiments import compression

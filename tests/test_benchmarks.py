@@ -33,6 +33,7 @@ def _load(path):
   return payload
 
 
+@pytest.mark.slow
 def test_peak_smoke(tmp_path):
   out = tmp_path / "peak.json"
   peak.main(["--smoke", "--out", str(out)])
@@ -45,6 +46,7 @@ def test_peak_smoke(tmp_path):
   assert peak.peak_flops(payload["rows"], "float32") > 0
 
 
+@pytest.mark.slow
 def test_encode_decode_smoke(tmp_path):
   out = tmp_path / "encode_decode.json"
   encode_decode.main(["--smoke", "--families", "sparse", "--networks", "mlp", "--batches", "2",
@@ -60,6 +62,7 @@ def test_encode_decode_smoke(tmp_path):
   assert set(payload["peak_gflops_per_s"]) == {"float32", "bfloat16"}
 
 
+@pytest.mark.slow
 def test_train_step_smoke(tmp_path):
   out = tmp_path / "train_step.json"
   train_step.main(["--smoke", "--devices", "2", "--steps-per-call", "2",
@@ -75,6 +78,7 @@ def test_train_step_smoke(tmp_path):
   assert len(payload["shard_map_over_pmap"]) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TORCH, reason="PyTorch not installed (the [compare] extra)")
 def test_torch_compare_smoke(tmp_path):
   out = tmp_path / "torch_compare.json"
@@ -93,6 +97,7 @@ def test_torch_compare_without_torch_exits_cleanly(monkeypatch, capsys):
   assert "skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data("mnist_t10k")
 def test_time_to_quality_smoke(tmp_path):
   out = tmp_path / "time_to_quality.json"

@@ -132,6 +132,7 @@ def test_bad_setting_is_a_config_error():
         jax.random.key(0), x)
 
 
+@pytest.mark.slow
 def test_conv_profile_smoke(tmp_path):
   from benchmarks import conv_profile  # pylint: disable=g-import-not-at-top
   out = tmp_path / "conv_profile.json"

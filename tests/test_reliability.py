@@ -239,6 +239,7 @@ def _env():
   return env
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_then_resume_is_bit_exact(tmp_path):
   steps = 100
   # The uninterrupted reference trains in a process of its own beside the killed one.
@@ -356,6 +357,7 @@ def test_loading_a_checkpoint_runs_no_code_from_it(cfg, tmp_path):
 
 # ---- 6. load (the figures themselves come from the benchmark scripts) ---------------
 
+@pytest.mark.slow
 def test_train_soak_script_runs_in_smoke_mode(tmp_path):
   from benchmarks import train_soak
   result = train_soak.main(["--smoke", "--out", str(tmp_path / "soak.json")])
@@ -364,6 +366,7 @@ def test_train_soak_script_runs_in_smoke_mode(tmp_path):
   assert (tmp_path / "soak.json").exists()
 
 
+@pytest.mark.slow
 def test_detector_load_script_runs_in_smoke_mode(tmp_path):
   from benchmarks import detector_load
   result = detector_load.main(["--smoke", "--out", str(tmp_path / "load.json")])

@@ -194,6 +194,7 @@ def test_cli_evaluate_writes_nll_over_the_whole_split(tmp_path):
 
 # ---- the experiment -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_experiment_smoke(tmp_path, monkeypatch, fewer_optimizations):
   if data_dir() is None or not (data_dir() / "binarized_mnist").is_dir():
     pytest.skip("no shared binarized_mnist folder (set AE_JAX_DATA_DIR or add ../shared/data)")
