@@ -306,6 +306,7 @@ def test_calibration_secant_in_log_log():
   # L0 = 0.0016 / c^2 (slope -2 in log-log): the secant lands on the root c = 0.01 sqrt(2).
   np.testing.assert_allclose(step([run(0.01, 16.0), run(0.02, 4.0)], 8.0), 0.01 * np.sqrt(2),
                              rtol=1e-9)
-  # A flat response falls back to slope -1; the step is capped at 30x.
+  # A flat response falls back to slope -1; the step is capped at 30x (L0 far below the
+  # target: a coefficient 30 times smaller).
   np.testing.assert_allclose(step([run(0.01, 16.0), run(0.02, 16.0)], 8.0), 0.02, rtol=1e-9)
-  np.testing.assert_allclose(step([run(0.01, 0.001)], 16.0), 0.3, rtol=1e-9)
+  np.testing.assert_allclose(step([run(0.01, 0.001)], 16.0), 0.01 / 30, rtol=1e-9)
