@@ -295,3 +295,18 @@ def test_experiment_smoke(tmp_path):
       assert r["test L0"] <= 8
   assert len(result["seeds"]) == 2 * 2
   assert (tmp_path / "firing_frequencies.png").exists() and (tmp_path / "table.md").exists()
+
+
+def test_calibration_secant_in_log_log():
+  from experiments import sparse_dictionary  # noqa: PLC0415
+  step = sparse_dictionary.next_coefficient
+  run = lambda coef, l0: {"coef": coef, "val": {"l0": l0}}
+  # One run: L0 ~ 1 / coefficient, so halving L0 from 32 to 16 doubles the coefficient.
+  np.testing.assert_allclose(step([run(0.01, 32.0)], 16.0), 0.02, rtol=1e-9)
+  # L0 = 0.0016 / c^2 (slope -2 in log-log): the secant lands on the root c = 0.01 sqrt(2).
+  np.testing.assert_allclose(step([run(0.01, 16.0), run(0.02, 4.0)], 8.0), 0.01 * np.sqrt(2),
+                             rtol=1e-9)
+  # A flat response falls back to slope -1; the step is capped at 30x (L0 far below the
+  # target: a coefficient 30 times smaller).
+  np.testing.assert_allclose(step([run(0.01, 16.0), run(0.02, 16.0)], 8.0), 0.02, rtol=1e-9)
+  np.testing.assert_allclose(step([run(0.01, 0.001)], 16.0), 0.01 / 30, rtol=1e-9)

@@ -94,8 +94,8 @@ STATS = "sae_stats"        # the variable collection of the dictionary's trainin
 def topk(pre, k: int):
   """Keep the k largest entries of the last axis that are positive, zero the others:
   top-k over ReLU pre-activations (ties broken by index). pre (..., L) -> (..., L)."""
-  values, idx = jax.lax.top_k(pre, k)
-  keep = jnp.sum(jax.nn.one_hot(idx, pre.shape[-1], dtype=pre.dtype), axis=-2)
+  _, idx = jax.lax.top_k(pre, k)
+  keep = jnp.put_along_axis(jnp.zeros_like(pre), idx, 1.0, axis=-1, inplace=False)
   return nn.relu(pre) * keep
 
 
