@@ -283,6 +283,7 @@ def test_bad_sparse_settings_are_rejected(cfg, change, match):
     families.build_model(cfg, (8,))
 
 
+@pytest.mark.slow
 def test_experiment_smoke(tmp_path):
   from experiments import sparse_dictionary  # noqa: PLC0415
   result = sparse_dictionary.main(["--smoke", "--out", str(tmp_path), "--calibration-runs", "1"])
