@@ -21,6 +21,7 @@ import numpy as np
 
 from ae_jax import data as data_lib
 from ae_jax.anomaly import THRESHOLDS, AutoencoderDetector
+from ae_jax.errors import DataError
 from experiments import _anomaly_common as common
 from ae_jax import results as _io
 
@@ -104,8 +105,14 @@ def add_rule_metrics(row, reference, val_scores, val_y, scores, test_y, contamin
   """Test accuracy / precision / recall at each rule set on `reference` (held-out normal
   scores; f1_best on labelled validation scores)."""
   for rule in RULES:
-    t = THRESHOLDS.get(rule)(reference, contamination=contamination, k=1.0,
-                             val_scores=val_scores, val_labels=val_y)
+    try:
+      t = THRESHOLDS.get(rule)(reference, contamination=contamination, k=1.0,
+                               val_scores=val_scores, val_labels=val_y)
+    except DataError as err:  # a rule that does not apply to these scores (log_tukey on
+      print(f"note: {row['detector']}: {err}")  # scores <= 0, as IForest's): left empty
+      for k in ("accuracy", "precision", "recall", "f1", "val_accuracy"):
+        row[f"{k}@{rule}"] = None
+      continue
     for k, v in common.label_metrics(test_y, scores > t).items():
       row[f"{k}@{rule}"] = v
     row[f"val_accuracy@{rule}"] = common.label_metrics(val_y, val_scores > t)["accuracy"]

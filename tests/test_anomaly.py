@@ -233,6 +233,38 @@ def test_adbench_script_smoke_on_any_folder(tmp_path, fewer_optimizations):
   assert (tmp_path / "out" / "roc_auc_per_set.png").exists()
 
 
+def test_ecg_rule_metrics_leave_a_rule_empty_where_it_does_not_apply():
+  # IForest-like scores can be <= 0, where log_tukey is undefined: that rule is left empty
+  # (None) and the others are still computed, instead of the whole experiment stopping.
+  from experiments import anomaly_ecg5000
+  reference = np.array([-0.2, -0.1, 0.0, 0.1, 0.2])
+  val_scores, val_y = np.array([-0.1, 0.5, 0.05, 0.9]), np.array([0, 1, 0, 1])
+  scores, test_y = np.array([-0.3, 0.0, 0.6, 1.0]), np.array([0, 0, 1, 1])
+  row = {"detector": "IForest"}
+  anomaly_ecg5000.add_rule_metrics(row, reference, val_scores, val_y, scores, test_y, 0.1)
+  assert row["accuracy@log_tukey"] is None and row["val_accuracy@log_tukey"] is None
+  assert row["accuracy@max"] == 1.0  # threshold 0.2: flags exactly the two anomalies
+  assert row["accuracy@f1_best"] == 1.0 and row["val_accuracy@f1_best"] == 1.0
+  assert all(isinstance(row[f"accuracy@{r}"], float)
+             for r in anomaly_ecg5000.RULES if r != "log_tukey")
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data("ecg5000")
+def test_ecg5000_script_smoke(tmp_path, fewer_optimizations):
+  from experiments import anomaly_ecg5000
+  anomaly_ecg5000.main(["--smoke", "--out", str(tmp_path), "--cache", ""])
+  assert (tmp_path / "table.md").exists() and (tmp_path / "result.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data("mnist_t10k")
+def test_mnist_one_class_script_smoke(tmp_path, fewer_optimizations):
+  from experiments import anomaly_mnist
+  anomaly_mnist.main(["--smoke", "--out", str(tmp_path), "--cache", ""])
+  assert (tmp_path / "table.md").exists() and (tmp_path / "result.json").exists()
+
+
 def test_registries_complete_on_package_import_and_array_batches_resume():
   import ae_jax.anomaly as pkg
   from ae_jax import data as data_lib
