@@ -132,7 +132,7 @@ class RateDistortionAutoencoder(Autoencoder):
     rate = self.bottleneck(y, None if noise is None else self._latent(noise))
     y_hat = rate["y_hat"].reshape(y_flat.shape)
     if noise is not None and self.straight_through:
-      rounded = self.encode(x, cond, train)
+      rounded = self.bottleneck.dequantize(self.bottleneck.quantize(y)).reshape(y_flat.shape)
       y_hat = y_flat + jax.lax.stop_gradient(rounded - y_flat)
     bits = rate["bits"].reshape(y.shape[0], -1).sum(-1)
     return {"z": y_flat, "y_hat": y_hat, "out": self.decode(y_hat, cond, train), "bits": bits}
