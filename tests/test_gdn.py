@@ -134,3 +134,17 @@ def test_gdn_codec_round_trip_is_exact_for_every_example(cfg, digits, tmp_path):
     np.testing.assert_array_equal(codec.decompress(codec.compress(x[i:i + 1]))[0], out[i])
   model_recon = codec.model.apply(codec.params, codec.scale(x), method=codec.model.reconstruct)
   np.testing.assert_allclose(codec.inverse(np.asarray(model_recon)), out, atol=1e-5)
+
+
+def test_dense_configs_saved_before_the_gdn_fields_still_load(cfg):
+  from ae_jax import checkpoint
+  cfg = gdn_cfg(cfg, model__rd_transform="dense")
+  saved = cfg.to_dict()
+  for name in ("rd_transform", "rd_channels", "rd_latent_channels", "rd_kernel"):
+    del saved["model"][name]
+  old = checkpoint.with_defaults(saved)
+  assert old.model.rd_transform == "dense"
+  model = build_model(old, (8, 8, 1))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  assert set(params) == {"encoder", "decoder", "to_latent", "bottleneck"}
+  chex.assert_shape(params["to_latent"]["kernel"], (None, old.model.latent_dim))
