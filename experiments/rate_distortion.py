@@ -150,7 +150,9 @@ def rd_config(args, epochs: int):
   cfg.model.widths = tuple(args.widths)
   cfg.model.channels = tuple(args.channels)
   cfg.model.latent_dim = args.latent
-  cfg.model.recon_loss = "bce"             # logits out; the distortion is MSE in [0, 1]
+  # dense: logits out (sigmoid); gdn: linear out, as Ballé's (a sigmoid there saturates
+  # in the first steps and its MSE gradient vanishes). The distortion is MSE in [0, 1].
+  cfg.model.recon_loss = "mse" if args.transform == "gdn" else "bce"
   cfg.model.rd_quantization = args.quantization
   cfg.model.rd_transform = args.transform
   cfg.model.rd_channels = args.rd_channels

@@ -83,6 +83,7 @@ def main(argv=None):
                  "lr": run.overrides["optim.learning_rate"], "epochs": args.epochs,
                  "val mse": ev["mse"], "lambda*bpp": lam * ev["bpp"],
                  **latent_checks(run.trained, val.x), "train s": time.time() - t0})
+    print(rows[-1], flush=True)
   t0 = time.time()
   cfg = rd.rd_config(args, args.epochs)
   cfg.model.family = "ae"
@@ -92,6 +93,7 @@ def main(argv=None):
                "epochs": args.epochs, "val mse": float(np.mean((recon - val.x) ** 2)),
                "psnr_continuous": float(metrics.psnr(recon, val.x).mean()),
                "train s": time.time() - t0})
+  print(rows[-1], flush=True)
   t0 = time.time()
   gcfg = rd.rd_config(args, args.gdn_epochs)
   gcfg.model.rd_transform = "gdn"
@@ -103,6 +105,7 @@ def main(argv=None):
     rows.append({"model": "gdn rate_distortion", "lambda": lam_, "lr": args.lr,
                  "epochs": args.gdn_epochs, "val mse": ev["mse"], "lambda*bpp": lam_ * ev["bpp"],
                  **latent_checks(run.trained, val.x), "train s": train_s})
+    print(rows[-1], flush=True)
   _io.write_results(out, {"rows": rows}, {"Diagnostics (validation, 1,000 images)": rows},
                     title="Why the dense rate_distortion curve is flat", echo=True)
   return rows
