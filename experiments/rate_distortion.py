@@ -33,11 +33,11 @@ PIXELS = 28 * 28
 def parse(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--lambdas", type=float, nargs="+",
-                 default=[0.0003, 0.001, 0.003, 0.01, 0.03],
+                 default=[0.0005, 0.001, 0.002, 0.004, 0.008, 0.016],
                  help="rate weights (per bit per pixel) of our curve, trained in one vmapped sweep")
-  p.add_argument("--epochs", type=int, nargs="+", default=[25],
+  p.add_argument("--epochs", type=int, nargs="+", default=[40],
                  help="training lengths to choose from on validation (one sweep each)")
-  p.add_argument("--latent", type=int, default=64)
+  p.add_argument("--latent", type=int, default=256)
   p.add_argument("--transform", default="dense",
                  help="dense (--network + Dense latent) | gdn (convs + GDN, spatial latent)")
   p.add_argument("--rd-channels", type=int, default=32, help="gdn: hidden channels")
@@ -50,8 +50,8 @@ def parse(argv=None):
                  help="a result.json of an earlier run (same seed and split) whose PCA, JPEG "
                       "and WebP points are reused instead of run again")
   p.add_argument("--network", default="mlp", help="mlp | conv2d")
-  p.add_argument("--widths", type=int, nargs="*", default=[512, 256],
-                 help="MLP widths (none: linear encoder and decoder)")
+  p.add_argument("--widths", type=int, nargs="*", default=[],
+                 help="MLP widths (none, the default: linear encoder and decoder)")
   p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
   p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
   p.add_argument("--batch-size", type=int, default=100)
