@@ -33,7 +33,12 @@ def _bottleneck(model) -> entropy.EntropyBottleneck:
   if not all(hasattr(model, name) for name in ("symbols", "dequantize", "filters")):
     raise ConfigError(f"a codec needs a model with an entropy bottleneck (family "
                       f"'rate_distortion'); this is a {type(model).__name__}")
-  return entropy.EntropyBottleneck(model.latent_dim, filters=tuple(model.filters))
+  return entropy.EntropyBottleneck(_channels(model), filters=tuple(model.filters))
+
+
+def _channels(model) -> int:
+  """Channels of the model's entropy model (the latent size for a dense latent)."""
+  return getattr(model, "bottleneck_channels", model.latent_dim)
 
 
 def _with_quantiles(params, quantiles):
@@ -55,9 +60,9 @@ def prepare(model, params, tables: entropy.CodingTables | None = None):
     eb_params = entropy.solve_quantiles(module, eb_params)
     tables = entropy.coding_tables(module, eb_params)
     return _with_quantiles(params, eb_params["quantiles"]), tables
-  if len(tables.medians) != model.latent_dim:
-    raise DataError(f"entropy tables code {len(tables.medians)} latents but the model has "
-                    f"{model.latent_dim}: delete the stale {TABLES_FILE}")
+  if len(tables.medians) != _channels(model):
+    raise DataError(f"entropy tables code {len(tables.medians)} latent channels but the "
+                    f"model has {_channels(model)}: delete the stale {TABLES_FILE}")
   quantiles = np.asarray(eb_params["quantiles"]).copy()
   quantiles[:, 1] = tables.medians
   return _with_quantiles(params, quantiles), tables
@@ -68,6 +73,8 @@ class Codec:
   """A trained rate-distortion model with its coding tables.
 
   model/params: the Flax module (with encode / decode / to_data) and its variables.
+  tables: one table per latent channel (what the workdir keeps); `stream_tables` tiles
+    them over the latent's positions, one table per coded symbol.
   scale / inverse: data space <-> model space maps (the training scaler), arrays to arrays.
   """
   model: Any
@@ -100,6 +107,11 @@ class Codec:
     return cls.from_trained(Trained.load(workdir, best=best))
 
   @functools.cached_property
+  def stream_tables(self) -> entropy.CodingTables:
+    """Tables of the flat symbols (N, latent_dim) the bitstream codes."""
+    return self.tables.tile(getattr(self.model, "positions", 1))
+
+  @functools.cached_property
   def _symbols(self):
     return jax.jit(lambda p, x: self.model.apply(p, x, method=self.model.symbols))
 
@@ -124,7 +136,7 @@ class Codec:
     x = self._check_input(x)
     out = [np.asarray(self._symbols(self.params, x[i:i + self.batch_size]))
            for i in range(0, len(x), self.batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, len(self.tables.sizes)), np.int32)
+    return np.concatenate(out) if out else np.zeros((0, self.model.latent_dim), np.int32)
 
   def from_symbols(self, symbols) -> np.ndarray:
     """Data-space reconstructions (N, *input_shape) of integer symbols (N, C)."""
@@ -140,20 +152,20 @@ class Codec:
 
   def compress(self, x) -> bytes:
     """One byte string holding N examples x (N, *input_shape)."""
-    return bitstream.encode(self.symbols(x), self.tables)
+    return bitstream.encode(self.symbols(x), self.stream_tables)
 
   def decompress(self, data: bytes) -> np.ndarray:
     """The examples (N, *input_shape) float32 of a byte string from `compress`."""
-    return self.from_symbols(bitstream.decode(data, self.tables))
+    return self.from_symbols(bitstream.decode(data, self.stream_tables))
 
   def bytes_per_example(self, x) -> np.ndarray:
     """Length (N,) of each example's stream on its own, header and check included."""
-    return bitstream.stream_bytes(self.symbols(x), self.tables)
+    return bitstream.stream_bytes(self.symbols(x), self.stream_tables)
 
 
 def ideal_bits(codec: Codec, x) -> np.ndarray:
   """Bits (N,) an ideal entropy coder would spend on each example's symbols."""
-  return entropy.ideal_bits(codec.tables, codec.symbols(x))
+  return entropy.ideal_bits(codec.stream_tables, codec.symbols(x))
 
 
 def read_images(path) -> np.ndarray:

@@ -198,11 +198,22 @@ class CodingTables:
     return self.counts.shape[1] - 1
 
   def digest(self) -> bytes:
-    """Bytes that identify the tables (checked by the bitstream's checksum)."""
-    h = hashlib.sha256()
-    for a in (self.lower, self.sizes, self.counts, self.medians):
-      h.update(np.ascontiguousarray(a).tobytes())
-    return h.digest()
+    """Bytes that identify the tables (checked by the bitstream's checksum); computed
+    once per tables object."""
+    if "_digest" not in self.__dict__:
+      h = hashlib.sha256()
+      for a in (self.lower, self.sizes, self.counts, self.medians):
+        h.update(np.ascontiguousarray(a).tobytes())
+      self.__dict__["_digest"] = h.digest()
+    return self.__dict__["_digest"]
+
+  def tile(self, positions: int) -> "CodingTables":
+    """The tables of a flattened spatial latent (positions, C) -> (positions * C,): value
+    p * C + c is coded with channel c's table."""
+    if positions == 1:
+      return self
+    return CodingTables(np.tile(self.lower, positions), np.tile(self.sizes, positions),
+                        np.tile(self.counts, (positions, 1)), np.tile(self.medians, positions))
 
   def to_arrays(self) -> dict[str, np.ndarray]:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -33,14 +33,25 @@ PIXELS = 28 * 28
 def parse(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--lambdas", type=float, nargs="+",
-                 default=[0.0003, 0.001, 0.003, 0.01, 0.03],
+                 default=[0.0005, 0.001, 0.002, 0.004, 0.008, 0.016],
                  help="rate weights (per bit per pixel) of our curve, trained in one vmapped sweep")
-  p.add_argument("--epochs", type=int, nargs="+", default=[25],
+  p.add_argument("--epochs", type=int, nargs="+", default=[40],
                  help="training lengths to choose from on validation (one sweep each)")
-  p.add_argument("--latent", type=int, default=64)
+  p.add_argument("--latent", type=int, default=256)
+  p.add_argument("--transform", default="dense",
+                 help="dense (--network + Dense latent) | gdn (convs + GDN, spatial latent)")
+  p.add_argument("--rd-channels", type=int, default=32, help="gdn: hidden channels")
+  p.add_argument("--latent-channels", type=int, default=16,
+                 help="gdn: channels of the 7x7 latent")
+  p.add_argument("--kernel", type=int, default=5, help="gdn: kernel size")
+  p.add_argument("--methods", nargs="+", default=["ours", "PCA", "JPEG", "WEBP"],
+                 help="which methods to run (ours, PCA, JPEG, WEBP)")
+  p.add_argument("--baselines-from", default=None,
+                 help="a result.json of an earlier run (same seed and split) whose PCA, JPEG "
+                      "and WebP points are reused instead of run again")
   p.add_argument("--network", default="mlp", help="mlp | conv2d")
-  p.add_argument("--widths", type=int, nargs="*", default=[512, 256],
-                 help="MLP widths (none: linear encoder and decoder)")
+  p.add_argument("--widths", type=int, nargs="*", default=[],
+                 help="MLP widths (none, the default: linear encoder and decoder)")
   p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
   p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
   p.add_argument("--batch-size", type=int, default=100)
@@ -139,8 +150,14 @@ def rd_config(args, epochs: int):
   cfg.model.widths = tuple(args.widths)
   cfg.model.channels = tuple(args.channels)
   cfg.model.latent_dim = args.latent
-  cfg.model.recon_loss = "bce"             # logits out; the distortion is MSE in [0, 1]
+  # dense: logits out (sigmoid); gdn: linear out, as Ballé's (a sigmoid there saturates
+  # in the first steps and its MSE gradient vanishes). The distortion is MSE in [0, 1].
+  cfg.model.recon_loss = "mse" if args.transform == "gdn" else "bce"
   cfg.model.rd_quantization = args.quantization
+  cfg.model.rd_transform = args.transform
+  cfg.model.rd_channels = args.rd_channels
+  cfg.model.rd_latent_channels = args.latent_channels
+  cfg.model.rd_kernel = args.kernel
   cfg.objective.rd_distortion = "mse"
   return cfg
 
@@ -206,6 +223,15 @@ def pca(args, train, val, test):
       points[-1]["decode_ms"] = 1e3 * _timed(
           lambda b: p.inverse_transform(q.dequantize(q.unpack(b, k)[0])), blobs)
   return points, coders
+
+
+def pca_coder(setting: str, train, seed: int):
+  """(PCA, quantiser) of a setting "<k> comp, <bits> bit" fitted as `pca` fits it."""
+  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
+  k, bits = int(setting.split()[0]), int(setting.split()[2])
+  flat = train.x.reshape(len(train.x), -1)
+  p = PCA(k, random_state=seed).fit(flat)
+  return p, compress.UniformQuantizer(bits).fit(p.transform(flat), 0.001)
 
 
 def pillow_encode(image, fmt: str, quality_: int) -> bytes:
@@ -336,7 +362,7 @@ def image_grid(rows, labels, out):
   return path
 
 
-def decoded_rows(chosen, codecs, pca_coders, test, n: int = 8):
+def decoded_rows(chosen, codecs, pca_coders, train, test, seed: int, n: int = 8):
   x = test.x[:n]
   rows, labels = [x], ["original"]
   for budget in BUDGETS:
@@ -347,6 +373,8 @@ def decoded_rows(chosen, codecs, pca_coders, test, n: int = 8):
       if method == "ours":
         recon = codecs[p["setting"]].reconstruct(x)
       elif method == "PCA":
+        if p["setting"] not in pca_coders:  # reused points: refit this one setting
+          pca_coders[p["setting"]] = pca_coder(p["setting"], train, seed)
         pc, q = pca_coders[p["setting"]]
         recon = pc.inverse_transform(q.round_trip(pc.transform(x.reshape(n, -1))))
       else:
@@ -357,17 +385,41 @@ def decoded_rows(chosen, codecs, pca_coders, test, n: int = 8):
   return rows, labels
 
 
+def reused_baselines(path, args):
+  """The PCA / JPEG / WebP points of an earlier result.json, checked to share the seed
+  and validation size of this run."""
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from ae_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"--baselines-from {path}: no such result.json")
+  old = json.loads(path.read_text())
+  split = old.get("split", {})
+  if split != {"seed": args.seed, "val_size": args.val_size, "smoke": args.smoke}:
+    raise DataError(f"--baselines-from {path} was made on another split ({split}); rerun "
+                    "the baselines with the same --seed and --val-size")
+  return [p for p in old["points"] if p["method"] != "ours"]
+
+
 def main(argv=None):
   args = parse(argv)
   out = _io.out_dir(args, NAME)
   train, val, test = splits(args)
-  t0 = time.time()
-  ours_points, codecs = ours(args, train, val, test)
-  ours_s = time.time() - t0
-  pca_points, pca_coders = pca(args, train, val, test)
-  points = ours_points + pca_points
-  points += pillow("JPEG", args.jpeg_qualities, val, test, args.timing_images)
-  points += pillow("WEBP", args.webp_qualities, val, test, args.timing_images)
+  points, codecs, pca_coders, ours_s = [], {}, {}, 0.0
+  if "ours" in args.methods:
+    t0 = time.time()
+    points, codecs = ours(args, train, val, test)
+    ours_s = time.time() - t0
+  if args.baselines_from:
+    points += reused_baselines(args.baselines_from, args)
+  else:
+    if "PCA" in args.methods:
+      pca_points, pca_coders = pca(args, train, val, test)
+      points += pca_points
+    for fmt, qualities in (("JPEG", args.jpeg_qualities), ("WEBP", args.webp_qualities)):
+      if fmt in args.methods:
+        points += pillow(fmt, qualities, val, test, args.timing_images)
   cai = compressai_status()
   chosen = {(m, b): select(points, m, b) for m in ("ours", "PCA", "JPEG", "WEBP")
             for b in BUDGETS}
@@ -391,9 +443,12 @@ def main(argv=None):
   curve = [{k: p.get(k) for k in ("method", "setting", "bytes", "bpp", "psnr", "ms_ssim")}
            for p in points if p["split"] == "test" and p["method"] == "ours"]
   fig_path = figure(points, out)
-  grid_path = image_grid(*decoded_rows(chosen, codecs, pca_coders, test), out)
+  grid_path = image_grid(*decoded_rows(chosen, codecs, pca_coders, train, test, args.seed),
+                         out)
   _io.write_results(
       out, {"points": points, "compressai": cai or "ok", "ours_seconds": ours_s,
+            "split": {"seed": args.seed, "val_size": args.val_size, "smoke": args.smoke},
+            "baselines_from": args.baselines_from,
             "figures": [str(fig_path), str(grid_path)]},
       {"Chosen settings per budget (test, 2,000 images)": rows, "Goals": goals,
        "Per-image times at the 64 B setting (single image, CPU)": timing,

@@ -2,8 +2,14 @@
 trained on distortion + lambda * rate (Ballé et al.'s end-to-end optimised compression
 with the factorized prior).
 
-The latent y = Dense(encoder(x)) of `model.latent_dim` channels goes through
-`ae_jax.entropy.EntropyBottleneck`. In training the rate is that of y + u,
+Two transforms (`model.rd_transform`):
+  dense  y = Dense(encoder(x)) of `model.latent_dim` channels, the encoder and decoder
+         being `model.network` (mlp, conv2d, ...);
+  gdn    Ballé's convolutional transforms with GDN (`ae_jax.gdn`): images (H, W, C) ->
+         spatial latents (H/4, W/4, model.rd_latent_channels), `model.rd_channels`
+         hidden channels, `model.rd_kernel` kernels; the flat latent has
+         H/4 * W/4 * rd_latent_channels values, one density per latent channel.
+The latent goes through `ae_jax.entropy.EntropyBottleneck`. In training the rate is that of y + u,
 u ~ U(-1/2, 1/2) drawn from each example's key; the decoder sees the same noisy latent
 (`model.rd_quantization = 'noise'`) or the latent rounded on the median grid with a
 straight-through gradient ('ste'; from scratch it can stall while every latent still
@@ -34,52 +40,84 @@ from ae_jax.entropy import EntropyBottleneck
 from ae_jax.families.base import (FAMILIES, Family, Terms, apply, check_recon_loss,
                                   common_kwargs, networks, require)
 from ae_jax.families.common import Autoencoder
+from ae_jax.gdn import AnalysisTransform, SynthesisTransform
 
 FIELDS = {
     "model.rd_quantization": "noise",     # noise | ste: what the decoder sees in training
     "model.rd_filters": (3, 3, 3),        # hidden widths of each channel's density network
     "model.rd_latent_scale": 10.0,        # y = scale * Dense(h); the decoder sees y_hat / scale
+    "model.rd_transform": "dense",        # dense (model.network + Dense) | gdn (conv + GDN)
+    "model.rd_channels": 32,              # gdn: hidden channels
+    "model.rd_latent_channels": 16,       # gdn: channels of the (H/4, W/4) latent
+    "model.rd_kernel": 5,                 # gdn: kernel size
     "objective.rd_lambda": 0.01,          # weight of the rate, in bits per input value
     "objective.rd_distortion": "mse",     # mse (data space) | recon (model.recon_loss)
 }
 
 
 class RateDistortionAutoencoder(Autoencoder):
-  """x (B, *shape) -> y (B, latent_dim) -> integer symbols -> y_hat -> x_hat (B, *shape).
+  """x (B, *shape) -> y (B, *latent) -> integer symbols -> y_hat -> x_hat (B, *shape).
 
-  `analysis` gives the continuous latents, `symbols` their integers round(y - median),
-  `encode` the test-time latents median + symbols (what the decoder sees), `decode` the
-  raw output of y_hat and `reconstruct` the test-time reconstruction in data space.
+  `latent_shape` () means y = Dense(encoder(x)) of (latent_dim,) values; otherwise the
+  encoder gives the spatial latent (B, *latent_shape) itself (latent_dim = its size)
+  and the decoder takes it. `analysis` gives the continuous latents (B, *latent),
+  `symbols` their integers round(y - median) flattened to (B, latent_dim), `encode` the
+  flat test-time latents median + symbols (what the decoder sees), `decode` the raw
+  output of flat latents (B, latent_dim) and `reconstruct` the test-time reconstruction
+  in data space.
   """
   filters: tuple[int, ...] = (3, 3, 3)
   straight_through: bool = False
   latent_scale: float = 10.0
+  latent_shape: tuple[int, ...] = ()
+
+  @property
+  def bottleneck_channels(self) -> int:
+    """Channels of the entropy model: the last latent axis."""
+    return self.latent_shape[-1] if self.latent_shape else self.latent_dim
+
+  @property
+  def positions(self) -> int:
+    """Latent values that share one channel's density (1 for a dense latent)."""
+    return self.latent_dim // self.bottleneck_channels
 
   def setup(self):
-    self.to_latent = nn.Dense(self.latent_dim, name="to_latent")
-    self.bottleneck = EntropyBottleneck(self.latent_dim, filters=tuple(self.filters),
+    if not self.latent_shape:
+      self.to_latent = nn.Dense(self.latent_dim, name="to_latent")
+    self.bottleneck = EntropyBottleneck(self.bottleneck_channels, filters=tuple(self.filters),
                                         name="bottleneck")
 
+  def _latent(self, flat):
+    """Flat latents (B, latent_dim) -> (B, *latent_shape)."""
+    return flat.reshape(flat.shape[0], *self.latent_shape) if self.latent_shape else flat
+
   def analysis(self, x, cond=None, train: bool = False):
-    """Continuous latents (B, latent_dim) before quantisation, in units of the
-    quantisation step (`latent_scale` times the Dense output: a unit step is small
+    """Continuous latents (B, *latent) before quantisation, in units of the
+    quantisation step (`latent_scale` times the transform's output: a unit step is small
     against the features' spread from the start, and Adam moves latents as fast)."""
+    if self.latent_shape:
+      return self.latent_scale * self.encoder(x, train=train)
     return self.latent_scale * self.to_latent(self.features(x, cond, train))
 
   def symbols(self, x, cond=None):
     """Integer symbols (B, latent_dim) int32 of examples x."""
-    return self.bottleneck.quantize(self.analysis(x, cond))
+    q = self.bottleneck.quantize(self.analysis(x, cond))
+    return q.reshape(q.shape[0], -1)
 
   def dequantize(self, symbols):
-    """Latent values (B, latent_dim) float32 of integer symbols."""
-    return self.bottleneck.dequantize(symbols)
+    """Flat latent values (B, latent_dim) float32 of integer symbols (B, latent_dim)."""
+    y_hat = self.bottleneck.dequantize(self._latent(symbols))
+    return y_hat.reshape(y_hat.shape[0], -1)
 
   def encode(self, x, cond=None, train: bool = False):
     """Test-time latents: the rounded y on each channel's median grid, (B, latent_dim)."""
-    return self.dequantize(self.bottleneck.quantize(self.analysis(x, cond, train)))
+    q = self.bottleneck.quantize(self.analysis(x, cond, train))
+    return self.dequantize(q.reshape(q.shape[0], -1))
 
   def decode(self, y_hat, cond=None, train: bool = False):
-    """Raw decoder output (B, *shape) of (quantised) latents (B, latent_dim)."""
+    """Raw decoder output (B, *shape) of flat (quantised) latents (B, latent_dim)."""
+    if self.latent_shape:
+      return self.decoder(self._latent(y_hat) / self.latent_scale, train=train)
     return self.decoder(self.latent_in(y_hat / self.latent_scale, cond), train=train)
 
   def aux_loss(self):
@@ -88,23 +126,43 @@ class RateDistortionAutoencoder(Autoencoder):
   def __call__(self, x, cond=None, train: bool = False, noise=None) -> dict[str, Any]:
     """With `noise` (B, latent_dim) in U(-1/2, 1/2): the training relaxation; without:
     test-time rounding. Returns z (continuous latents), y_hat (what the decoder saw),
-    out (raw decoder output) and bits (B,)."""
+    both flat (B, latent_dim), out (raw decoder output) and bits (B,)."""
     y = self.analysis(x, cond, train)
-    rate = self.bottleneck(y, noise)
-    y_hat = rate["y_hat"]
+    y_flat = y.reshape(y.shape[0], -1)
+    rate = self.bottleneck(y, None if noise is None else self._latent(noise))
+    y_hat = rate["y_hat"].reshape(y_flat.shape)
     if noise is not None and self.straight_through:
-      rounded = self.dequantize(self.bottleneck.quantize(y))
-      y_hat = y + jax.lax.stop_gradient(rounded - y)
-    return {"z": y, "y_hat": y_hat, "out": self.decode(y_hat, cond, train),
-            "bits": rate["bits"]}
+      rounded = self.bottleneck.dequantize(self.bottleneck.quantize(y)).reshape(y_flat.shape)
+      y_hat = y_flat + jax.lax.stop_gradient(rounded - y_flat)
+    bits = rate["bits"].reshape(y.shape[0], -1).sum(-1)
+    return {"z": y_flat, "y_hat": y_hat, "out": self.decode(y_hat, cond, train), "bits": bits}
+
+
+def latent_shape(cfg, input_shape) -> tuple[int, ...]:
+  """The spatial latent shape (H/4, W/4, rd_latent_channels) of the gdn transform, () for
+  the dense one."""
+  if cfg.model.rd_transform != "gdn":
+    return ()
+  return (*(s // 4 for s in input_shape[:-1]), int(cfg.model.rd_latent_channels))
 
 
 def build(cfg, input_shape):
-  enc, dec = networks(cfg, input_shape)
+  kw = common_kwargs(cfg)
+  shape = latent_shape(cfg, input_shape)
+  if shape:
+    m = cfg.model
+    impl = m.get("conv_impl", "auto")
+    enc = AnalysisTransform(int(m.rd_channels), int(m.rd_latent_channels), int(m.rd_kernel),
+                            conv_impl=impl)
+    dec = SynthesisTransform(input_shape[-1], int(m.rd_channels), int(m.rd_kernel),
+                             conv_impl=impl)
+    kw["latent_dim"] = math.prod(shape)
+  else:
+    enc, dec = networks(cfg, input_shape)
   return RateDistortionAutoencoder(enc, dec, filters=tuple(cfg.model.rd_filters),
                                    straight_through=cfg.model.rd_quantization == "ste",
                                    latent_scale=float(cfg.model.rd_latent_scale),
-                                   **common_kwargs(cfg))
+                                   latent_shape=shape, **kw)
 
 
 def uniform_noise(keys, latent_dim: int):
@@ -135,9 +193,18 @@ def terms(model, params, batch, keys, step, cfg, train) -> Terms:
 
 
 def validate(cfg, input_shape):
-  del input_shape
   m, o = cfg.model, cfg.objective
   check_recon_loss(cfg)
+  require(m.rd_transform in ("dense", "gdn"),
+          f"model.rd_transform must be 'dense' or 'gdn', got {m.rd_transform!r}")
+  if m.rd_transform == "gdn":
+    require(len(input_shape) == 3 and all(s % 4 == 0 for s in input_shape[:2]),
+            f"model.rd_transform='gdn' needs images (H, W, C) with H and W divisible by 4 "
+            f"(two stride-2 layers), got examples of shape {tuple(input_shape)}; pad the "
+            "images or use rd_transform='dense'")
+    for name in ("rd_channels", "rd_latent_channels", "rd_kernel"):
+      require(isinstance(m[name], int) and m[name] > 0,
+              f"model.{name} must be a positive integer, got {m[name]!r}")
   require(m.rd_quantization in ("ste", "noise"),
           f"model.rd_quantization must be 'ste' or 'noise', got {m.rd_quantization!r}")
   require(all(isinstance(f, int) and f > 0 for f in m.rd_filters),
