@@ -116,6 +116,7 @@ def test_tables_tile_over_positions():
   assert t.tile(1) is t
 
 
+@pytest.mark.slow
 def test_gdn_codec_round_trip_is_exact_for_every_example(cfg, digits, tmp_path):
   cfg = gdn_cfg(cfg)
   cfg.train.num_steps = 10

@@ -183,6 +183,7 @@ def test_ms_ssim():
                              rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_experiment_smoke(tmp_path):
   if "mnist_t10k" not in data_lib.available():
     pytest.skip("needs the shared mnist_t10k data (AE_JAX_DATA_DIR)")
