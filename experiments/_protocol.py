@@ -12,6 +12,8 @@ API:
     seeded random `num_val` examples of the training split for validation, the rest to fit.
   carved_splits(n_train, n_val, n_test, train_note="", val_note="", test_note="scored once")
     -> dict: the `splits` record of a carved protocol, worded the same in every script.
+  add_budget_arguments(parser, default, help): --dae-grid EPOCHS:BATCH ... and --val-size,
+    the flags of every script that chooses its training budget with fit_budgets.
   fit_budgets(grid, make_config, train, val_score, score_name, seed, first=None)
     -> (trained, seconds, rows): one model per (epochs, batch) of `grid`, the best validation
     score kept; `rows` is the validation table with a `chosen` column.
@@ -57,6 +59,21 @@ def select(scores: Sequence[float], higher: bool = True) -> int:
     raise ValueError(f"no finite validation score to choose from: {list(scores)}")
   values = np.where(np.isnan(values), -np.inf if higher else np.inf, values)
   return int(np.argmax(values) if higher else np.argmin(values))
+
+
+def _budget(text: str) -> tuple[int, int]:
+  """'EPOCHS:BATCH' -> (epochs, batch_size)."""
+  epochs, batch = text.split(":")
+  return int(epochs), int(batch)
+
+
+def add_budget_arguments(parser, default: list[tuple[int, int]], help: str) -> None:  # pylint: disable=redefined-builtin
+  """--dae-grid (the training budgets fit_budgets chooses among) and --val-size (the
+  training images held out for validation)."""
+  parser.add_argument("--dae-grid", nargs="+", type=_budget, default=default,
+                      metavar="EPOCHS:BATCH", help=help)
+  parser.add_argument("--val-size", type=int, default=1000,
+                      help="training images held out for validation")
 
 
 def fit_budgets(grid, make_config, train, val_score, score_name: str, seed: int,

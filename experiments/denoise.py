@@ -131,18 +131,10 @@ def draw(shown_by_noise: dict, path):
   return path
 
 
-def grid_entry(text: str) -> tuple[int, int]:
-  epochs, batch = text.split(":")
-  return int(epochs), int(batch)
-
-
 def main(argv=None):
   p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k")
-  p.add_argument("--dae-grid", nargs="+", type=grid_entry, default=[(4, 16), (12, 64)],
-                 metavar="EPOCHS:BATCH",
-                 help="autoencoder training budgets; the best on validation is kept")
-  p.add_argument("--val-size", type=int, default=1000,
-                 help="training images held out for validation")
+  _protocol.add_budget_arguments(
+      p, [(4, 16), (12, 64)], "autoencoder training budgets; the best on validation is kept")
   args = p.parse_args(argv)
   out, train, test = results.setup(args, NAME, smoke=(160, 16))
   settings = {"channels": (32, 64), "latent_dim": 784, "dae_grid": args.dae_grid,

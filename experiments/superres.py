@@ -28,18 +28,10 @@ GOAL = 24.0
 SHOW = 8
 
 
-def grid_entry(text: str) -> tuple[int, int]:
-  epochs, batch = text.split(":")
-  return int(epochs), int(batch)
-
-
 def main(argv=None):
   p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k")
-  p.add_argument("--dae-grid", nargs="+", type=grid_entry, default=[(3, 16), (6, 16)],
-                 metavar="EPOCHS:BATCH",
-                 help="training budgets; the best PSNR on validation is kept")
-  p.add_argument("--val-size", type=int, default=1000,
-                 help="training images held out for validation")
+  _protocol.add_budget_arguments(
+      p, [(3, 16), (6, 16)], "training budgets; the best PSNR on validation is kept")
   args = p.parse_args(argv)
   out, train, test = results.setup(args, NAME, smoke=(160, 16))
   channels, grid, val_size = ((4, 8), [(1, 32)], 32) if args.smoke else (

@@ -250,6 +250,16 @@ def test_carved_splits_describe_the_three_splits_alike():
 
 # ---- experiment scripts -------------------------------------------------------------
 
+def test_budget_arguments_parse_epochs_and_batch():
+  import argparse
+  from experiments import _protocol
+  p = argparse.ArgumentParser()
+  _protocol.add_budget_arguments(p, [(3, 16)], "budgets")
+  assert vars(p.parse_args([])) == {"dae_grid": [(3, 16)], "val_size": 1000}
+  args = p.parse_args(["--dae-grid", "2:8", "5:32", "--val-size", "50"])
+  assert args.dae_grid == [(2, 8), (5, 32)] and args.val_size == 50
+
+
 def _script(name: str, dataset: str, figures: list[str]):
   return pytest.param(name, figures, marks=pytest.mark.shared_data(dataset), id=name)
 
