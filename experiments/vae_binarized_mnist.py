@@ -99,9 +99,10 @@ def _select(run: Run, trained: Trained, valid):
 
 
 def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_every=1,
-              steps_per_call=25):
-  """Train the ae_jax model of setting `name` for `epochs` epochs or until `budget_s`
-  seconds of training; returns a Run with the parameters of the best validation epoch."""
+              steps_per_call=25, patience=0):
+  """Train the ae_jax model of setting `name` for `epochs` epochs, until `budget_s`
+  seconds of training, or (patience > 0) until the validation objective has not improved
+  for `patience` epochs; returns a Run with the parameters of the best validation epoch."""
   s = SETTINGS[name]
   n = len(train) // s["batch"] * s["batch"]
   steps_per_epoch = n // s["batch"]
@@ -126,9 +127,12 @@ def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_ever
     run.epochs += 1
     trained = Trained(cfg, model, state.params, scaler, SHAPE, int(state.step))
     _select(run, trained, valid)
-    last = run.epochs >= epochs or run.train_seconds >= budget_s
+    stalled = patience > 0 and run.epochs - run.best_epoch >= patience
+    last = run.epochs >= epochs or run.train_seconds >= budget_s or stalled
     if run.epochs % curve_every == 0 or last:
       _curve_point(run, trained, curve_x, seed)
+    if stalled:
+      break
   return run
 
 
@@ -300,6 +304,10 @@ def main(argv=None):
   p.add_argument("--budget-minutes", type=float, default=0.0,
                  help="> 0: stop each ae_jax run after this much training time; the peer "
                  "then trains for the same number of epochs")
+  p.add_argument("--patience", type=int, default=0,
+                 help="> 0: stop an ae_jax run once the validation objective has not improved "
+                 "for this many epochs (static binarization overfits); the peer then trains "
+                 "for the same number of epochs")
   p.add_argument("--nll-samples", type=int, default=5000)
   p.add_argument("--curve-every", type=int, default=1, help="epochs between curve points")
   args = p.parse_args(argv)
@@ -324,7 +332,7 @@ def main(argv=None):
   for name in models:
     epochs = args.epochs or SETTINGS[name]["epochs"]
     run = train_jax(name, train, valid, curve_x, epochs=epochs, budget_s=budget, seed=args.seed,
-                    curve_every=args.curve_every)
+                    curve_every=args.curve_every, patience=args.patience)
     runs.append(run)
     rows.append(score(run, test, nll_samples, args.seed))
     print(rows[-1], flush=True)
@@ -348,6 +356,7 @@ def main(argv=None):
   result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
                     if not args.smoke else "smoke subset", "budget_minutes": args.budget_minutes,
+            "patience": args.patience,
             "pythae_installed": peer_ok, "figure": str(png)}
   _io.write_results(out, result, {"test split": rows, "time to the peer's NLL": speed},
                     title="VAE likelihoods on binarized MNIST")
