@@ -22,7 +22,9 @@ def save(fig: Figure, path, dpi: int = 100, colors: int = 256) -> pathlib.Path:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+  # a tight bounding box with a margin keeps titles and labels off the image's edge
+  fig.savefig(buffer, format="png", dpi=dpi, facecolor="white", bbox_inches="tight",
+              pad_inches=0.08)
   with Image.open(buffer) as img:
     img.convert("RGB").quantize(colors).save(path, optimize=True)
   return path

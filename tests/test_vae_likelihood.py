@@ -213,3 +213,19 @@ def test_experiment_smoke(tmp_path, monkeypatch, fewer_optimizations):
     assert r["test_nll"] <= -r["test_elbo"] + 5     # the NLL estimate sits below -ELBO
   assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
   assert (tmp_path / "table.md").read_text().count("| ae_jax |") == 3
+
+
+def test_experiment_patience_stops_on_a_stalled_validation(tmp_path, monkeypatch):
+  """--patience P: training stops P epochs after the best validation epoch, keeping it."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  _fake_binarized(tmp_path, sizes=(200, 10, 10))
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  train, valid = load("binarized_mnist", "train"), load("binarized_mnist", "valid")
+  losses = iter([5.0, 4.0, 4.5, 4.2, 4.1, 3.0, 2.0])   # best at epoch 2, then no better
+  monkeypatch.setattr(exp, "evaluate", lambda *a, **k: {"loss": next(losses)})
+  monkeypatch.setattr(exp, "_curve_point", lambda *a, **k: None)
+  run = exp.train_jax("vae", train, valid, train.x[:5], epochs=7, budget_s=float("inf"),
+                      seed=0, curve_every=100, patience=3)
+  assert (run.epochs, run.best_epoch, run.best_valid) == (5, 2, 4.0)
