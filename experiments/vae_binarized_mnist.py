@@ -277,6 +277,21 @@ def time_to_reach(curve, target: float):
   return next((t for t, _, nll in curve if nll <= target), None)
 
 
+def speed_row(name: str, pair: dict) -> dict | None:
+  """Training seconds each implementation needed to reach a common curve NLL: the worse
+  of the two best curve values, which both reached (None without a peer run)."""
+  if "pythae" not in pair:
+    return None
+  best = {impl: min(nll for _, _, nll in run.curve) for impl, run in pair.items()}
+  target = max(best.values())
+  t_jax = time_to_reach(pair["ae_jax"].curve, target)
+  t_peer = time_to_reach(pair["pythae"].curve, target)
+  return {"model": name, "common_curve_nll": round(target, 2),
+          "ae_jax_s_to_reach_it": t_jax, "pythae_s_to_reach_it": t_peer,
+          "ratio": t_jax / t_peer, "ae_jax_train_s": round(pair["ae_jax"].train_seconds, 1),
+          "pythae_train_s": round(pair["pythae"].train_seconds, 1)}
+
+
 def plot_curves(runs, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -343,22 +358,14 @@ def main(argv=None):
       rows.append(score(peer, test, nll_samples, args.seed))
       print(rows[-1], flush=True)
   png = plot_curves(runs, out / "nll_vs_time.png")
-  speed = []
-  for name in models:
-    pair = {r.impl: r for r in runs if r.name == name}
-    if "pythae" in pair:
-      target = pair["pythae"].curve[-1][2]
-      t_jax = time_to_reach(pair["ae_jax"].curve, target)
-      speed.append({"model": name, "pythae_final_curve_nll": target,
-                    "pythae_train_s": round(pair["pythae"].train_seconds, 1),
-                    "ae_jax_s_to_reach_it": t_jax,
-                    "ratio": None if t_jax is None else t_jax / pair["pythae"].train_seconds})
+  speed = [speed_row(name, {r.impl: r for r in runs if r.name == name}) for name in models]
+  speed = [row for row in speed if row is not None]
   result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
                     if not args.smoke else "smoke subset", "budget_minutes": args.budget_minutes,
             "patience": args.patience,
             "pythae_installed": peer_ok, "figure": str(png)}
-  _io.write_results(out, result, {"test split": rows, "time to the peer's NLL": speed},
+  _io.write_results(out, result, {"test split": rows, "time to a curve NLL both reach": speed},
                     title="VAE likelihoods on binarized MNIST")
   return result
 

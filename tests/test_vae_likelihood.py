@@ -229,3 +229,18 @@ def test_experiment_patience_stops_on_a_stalled_validation(tmp_path, monkeypatch
   run = exp.train_jax("vae", train, valid, train.x[:5], epochs=7, budget_s=float("inf"),
                       seed=0, curve_every=100, patience=3)
   assert (run.epochs, run.best_epoch, run.best_valid) == (5, 2, 4.0)
+
+
+def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  ours, peer = exp.Run("vae", "ae_jax"), exp.Run("vae", "pythae")
+  ours.curve, ours.train_seconds = [(10.0, 1, 110.0), (20.0, 2, 104.0), (30.0, 3, 105.0)], 30.0
+  peer.curve, peer.train_seconds = [(25.0, 1, 108.0), (50.0, 2, 103.0), (75.0, 3, 104.0)], 75.0
+  row = exp.speed_row("vae", {"ae_jax": ours, "pythae": peer})
+  # the common target is the worse best value (104.0): ours at 20 s, the peer at 50 s
+  assert row["common_curve_nll"] == 104.0
+  assert (row["ae_jax_s_to_reach_it"], row["pythae_s_to_reach_it"]) == (20.0, 50.0)
+  assert row["ratio"] == pytest.approx(0.4)
+  assert exp.speed_row("vae", {"ae_jax": ours}) is None
