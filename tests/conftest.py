@@ -69,6 +69,52 @@ def pytest_runtest_setup(item):
     requires_shared_data(*mark.args)
 
 
+# AE_JAX_COMPILE_STATS=1: per test, the seconds spent tracing, lowering and compiling
+# programs and the persistent cache's hits and misses; the tests that compile most are
+# listed at the end of the session (to see which tests compile more than they run).
+_STATS = {} if os.environ.get("AE_JAX_COMPILE_STATS") == "1" else None
+_CURRENT = ["(collection)"]
+if _STATS is not None:
+  from jax import monitoring
+
+  def _add(key, amount):
+    row = _STATS.setdefault(_CURRENT[0], {})
+    row[key] = row.get(key, 0.0) + amount
+
+  def _on_duration(event, duration, **_):
+    for key in ("jaxpr_trace", "jaxpr_to_mlir_module", "backend_compile"):
+      if event.endswith(f"/{key}_duration"):
+        _add(key, duration)
+
+  def _on_event(event, **_):
+    if event.endswith(("/cache_hits", "/cache_misses")):
+      _add(event.rsplit("/", 1)[1], 1)
+
+  monitoring.register_event_duration_secs_listener(_on_duration)
+  monitoring.register_event_listener(_on_event)
+
+  @pytest.hookimpl(hookwrapper=True)
+  def pytest_runtest_protocol(item, nextitem):
+    _CURRENT[0] = item.nodeid
+    yield
+    _CURRENT[0] = "(between tests)"
+
+  def pytest_terminal_summary(terminalreporter):
+    total = lambda r: r.get("jaxpr_trace", 0) + r.get("jaxpr_to_mlir_module", 0) + r.get(
+        "backend_compile", 0)
+    rows = sorted(_STATS.items(), key=lambda kv: -total(kv[1]))
+    write = terminalreporter.write_line
+    write("compile seconds (trace + lower + backend) and persistent cache hits/misses:")
+    for name in ("jaxpr_trace", "jaxpr_to_mlir_module", "backend_compile", "cache_hits",
+                 "cache_misses"):
+      write(f"  all tests {name}: {sum(r.get(name, 0) for r in _STATS.values()):.1f}")
+    for nodeid, r in rows[:25]:
+      write(f"  {total(r):6.1f}s (trace {r.get('jaxpr_trace', 0):.1f} lower "
+            f"{r.get('jaxpr_to_mlir_module', 0):.1f} compile {r.get('backend_compile', 0):.1f})"
+            f" hits {int(r.get('cache_hits', 0))} misses {int(r.get('cache_misses', 0))}"
+            f"  {nodeid}")
+
+
 @pytest.fixture
 def fewer_optimizations():
   """Compile with few XLA optimizations for one test: for the experiment smoke runs, whose
