@@ -12,6 +12,7 @@ from ae_jax import codec as codec_lib, entropy, gdn
 from ae_jax.errors import ConfigError
 from ae_jax.families import build_model, get_family
 from ae_jax.fit import fit
+from _helpers import set_fields
 
 
 def test_gdn_and_inverse_by_hand():
@@ -70,10 +71,7 @@ def gdn_cfg(cfg, **kw):
   cfg.objective.rd_lambda = 0.01
   cfg.train.parallel = "jit"
   cfg.train.num_devices = 1
-  for key, value in kw.items():
-    section, field = key.split("__")
-    cfg[section][field] = value
-  return cfg
+  return set_fields(cfg, **kw)
 
 
 def test_gdn_family_terms(cfg, digits):

@@ -13,6 +13,7 @@ from ae_jax.errors import ConfigError, DataError
 from ae_jax.families import build_model, get_family
 from ae_jax.families.rate_distortion import RateDistortionAutoencoder, uniform_noise
 from ae_jax.fit import fit
+from _helpers import set_fields
 
 
 def rd_cfg(cfg, **kw):
@@ -22,10 +23,7 @@ def rd_cfg(cfg, **kw):
   cfg.objective.rd_lambda = 0.01
   cfg.train.parallel = "jit"
   cfg.train.num_devices = 1
-  for key, value in kw.items():
-    section, field = key.split("__")
-    cfg[section][field] = value
-  return cfg
+  return set_fields(cfg, **kw)
 
 
 def init(cfg, shape=(8, 8, 1)):
