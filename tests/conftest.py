@@ -4,7 +4,10 @@ cache for the session, fixtures, and the `shared_data` marker.
 Many tests train the same small programs again (a run, then its resumed half; the same
 preset in several files): a persistent compilation cache in a fresh temporary folder,
 removed when the session ends, compiles each distinct program once per session. The
-`backend_compile_duration` events that tests count fire on cache hits too.
+`backend_compile_duration` events that tests count fire on cache hits too. Programs are
+compiled with few XLA optimizations (JAX_DISABLE_MOST_OPTIMIZATIONS=1, also for the
+processes tests start), since compiling the tests' tiny programs costs more than running
+them; set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to test with full optimization.
 
 `@pytest.mark.shared_data("mnist_t10k", ...)` skips a test, with a reason, unless each named
 folder exists in the shared data folder (`AE_JAX_DATA_DIR`, default ../shared/data), so a
@@ -19,6 +22,10 @@ import tempfile
 _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+# Few XLA optimizations (LLVM at -O0) for the session and the processes tests start: the
+# tests' programs are tiny, so compiling them costs far more than running them.
+# JAX_DISABLE_MOST_OPTIMIZATIONS=0 compiles as a user's run does.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -48,6 +55,8 @@ def requires_shared_data(*names: str):
   return data_dir()
 
 
+if os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1":  # also when jax was imported first
+  jax.config.update("jax_disable_most_optimizations", True)
 _CACHE_DIR = tempfile.mkdtemp(prefix="ae_jax_test_compile_cache_")
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -118,7 +127,8 @@ if _STATS is not None:
 @pytest.fixture
 def fewer_optimizations():
   """Compile with few XLA optimizations for one test: for the experiment smoke runs, whose
-  many small programs take longer to compile than to run. Restored afterwards."""
+  many small programs take longer to compile than to run; already so for the whole session
+  unless JAX_DISABLE_MOST_OPTIMIZATIONS=0. Restored afterwards."""
   old = jax.config.values["jax_disable_most_optimizations"]
   jax.config.update("jax_disable_most_optimizations", True)
   yield
