@@ -168,15 +168,36 @@ def _main(capsys, *args):
   return code, out, err
 
 
+_TRAIN_ARGS = ("train", "--config", "tiny", "--no-progress", "--config.model.family=vae",
+               "--config.model.recon_loss=bce", "--config.train.figures=true")
+
+
 def test_cli_smoke(tmp_path, capsys):
-  """`ae-jax train` as a real process into a path with spaces, then the commands that
-  read its workdir (in this process: what they read and write is what is tested)."""
+  """`ae-jax train` into a path with spaces, then the commands that read its workdir, all
+  in this process; `python -m ae_jax.cli` as a real process exits with main's code (the
+  whole run as a real process: test_cli_smoke_in_a_real_process, slow)."""
   wd = tmp_path / "run dir with spaces"
-  out = _cli("train", "--config", "tiny", "--workdir", str(wd), "--no-progress",
-             "--config.model.family=vae", "--config.model.recon_loss=bce",
-             "--config.train.figures=true", cwd=tmp_path)
+  code, stdout, err = _main(capsys, *_TRAIN_ARGS, "--workdir", str(wd))
+  assert code == 0, err
+  _check_cli_workdir(wd, stdout, capsys)
+  out = _cli("train", "--config", "tiny", "--workdir", str(tmp_path / "w"),
+             "--config.model.latent_dimm=3", cwd=tmp_path)
+  assert out.returncode == 2 and "unknown config key 'model.latent_dimm'" in out.stderr
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_cli_smoke_in_a_real_process(tmp_path, capsys):
+  """`ae-jax train` as a real process (one CPU device) into a path with spaces, then the
+  commands that read its workdir (in this process: what they read and write is tested)."""
+  wd = tmp_path / "run dir with spaces"
+  out = _cli(*_TRAIN_ARGS, "--workdir", str(wd), cwd=tmp_path)
   assert out.returncode == 0, out.stderr
-  assert "loss_curve" in out.stdout and (wd / "loss_curve.png").exists()
+  _check_cli_workdir(wd, out.stdout, capsys)
+
+
+def _check_cli_workdir(wd, stdout, capsys):
+  assert "loss_curve" in stdout and (wd / "loss_curve.png").exists()
   for command in ("evaluate", "encode", "reconstruct", "sample"):
     code, _, err = _main(capsys, command, "--workdir", str(wd))
     assert code == 0, (command, err)
