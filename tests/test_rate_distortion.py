@@ -60,7 +60,7 @@ def test_training_adds_noise_for_the_rate_and_rounds_for_the_decoder(cfg, digits
     model, params = init(c)
 
     @jax.jit  # one program: run eagerly, each primitive compiles alone
-    def run(params, model=model):
+    def run(params):
       res = model.apply(params, x, noise=noise)
       rounded = model.apply(params, x, method=RateDistortionAutoencoder.encode)
       # What the decoder sees passes the gradient to the encoder (identity through rounding).
