@@ -244,8 +244,8 @@ def coding_tables(module: EntropyBottleneck, eb_params, precision: int = 16,
   width = int(sizes.max())
   grid = lower[None, :] + np.arange(width)[:, None]  # (S, C)
   values = jnp.asarray(grid + med[None, :], jnp.float32)
-  p = np.asarray(module.apply(variables, values, method=EntropyBottleneck.likelihood),
-                 np.float64)
+  likelihood = jax.jit(lambda v, y: module.apply(v, y, method=EntropyBottleneck.likelihood))
+  p = np.asarray(likelihood(variables, values), np.float64)  # one program, not op by op
   valid = np.arange(width)[:, None] < sizes[None, :]
   p = np.where(valid, p, 0.0)
   escape = np.clip(1.0 - p.sum(0), 0.0, 1.0)

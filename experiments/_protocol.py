@@ -12,6 +12,8 @@ API:
     seeded random `num_val` examples of the training split for validation, the rest to fit.
   carved_splits(n_train, n_val, n_test, train_note="", val_note="", test_note="scored once")
     -> dict: the `splits` record of a carved protocol, worded the same in every script.
+  colon_entry(metavar, *types) -> argparse type: 'A:B' -> (types[0](A), types[1](B)), e.g.
+    the --dae-grid EPOCHS:BATCH and features' --ae-grid NETWORK:EPOCHS entries.
   add_budget_arguments(parser, default, help): --dae-grid EPOCHS:BATCH ... and --val-size,
     the flags of every script that chooses its training budget with fit_budgets.
   fit_budgets(grid, make_config, train, val_score, score_name, seed, first=None)
@@ -22,6 +24,7 @@ API:
   rows(record) -> list[dict]: the same record as table rows ({"item", "value"}) for table.md.
 """
 
+import argparse
 import time
 from typing import Sequence
 
@@ -61,10 +64,24 @@ def select(scores: Sequence[float], higher: bool = True) -> int:
   return int(np.argmax(values) if higher else np.argmin(values))
 
 
-def _budget(text: str) -> tuple[int, int]:
-  """'EPOCHS:BATCH' -> (epochs, batch_size)."""
-  epochs, batch = text.split(":")
-  return int(epochs), int(batch)
+def colon_entry(metavar: str, *types):
+  """An argparse `type` for one grid entry written as colon-separated fields.
+
+  `colon_entry("NETWORK:EPOCHS", str, int)("mlp:10") == ("mlp", 10)`; a wrong field count
+  or a field that does not convert is an argparse error naming the expected form.
+  """
+  def parse(text: str) -> tuple:
+    parts = text.split(":")
+    if len(parts) != len(types):
+      raise argparse.ArgumentTypeError(f"{text!r} is not {metavar}")
+    try:
+      return tuple(kind(part) for kind, part in zip(types, parts))
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not {metavar}") from None
+  return parse
+
+
+_budget = colon_entry("EPOCHS:BATCH", int, int)  # 'EPOCHS:BATCH' -> (epochs, batch_size)
 
 
 def add_budget_arguments(parser, default: list[tuple[int, int]], help: str) -> None:  # pylint: disable=redefined-builtin

@@ -65,15 +65,10 @@ def probe(z_tr, ytr, z_val, yval, z_te, yte, grid) -> dict:
           "accuracy": features.linear_probe(z_tr, ytr, z_te, yte, c=c)}
 
 
-def grid_entry(text: str) -> tuple[str, int]:
-  network, epochs = text.split(":")
-  return network, int(epochs)
-
-
 def main(argv=None):
   p = results.parser(NAME, __doc__.splitlines()[0], data="mnist_t10k", batch_size=32)
-  p.add_argument("--ae-grid", nargs="+", type=grid_entry,
-                 default=[("subpixel", 3), ("mlp", 10)], metavar="NETWORK:EPOCHS",
+  p.add_argument("--ae-grid", nargs="+", default=[("subpixel", 3), ("mlp", 10)],
+                 metavar="NETWORK:EPOCHS", type=_protocol.colon_entry("NETWORK:EPOCHS", str, int),
                  help="autoencoder candidates per latent size; the lowest validation MSE wins")
   p.add_argument("--probe-c", nargs="+", type=float, default=[0.01, 0.1, 1.0, 10.0],
                  help="probe C candidates; the best validation accuracy wins")

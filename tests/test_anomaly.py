@@ -249,6 +249,43 @@ def test_ecg_rule_metrics_leave_a_rule_empty_where_it_does_not_apply():
              for r in anomaly_ecg5000.RULES if r != "log_tukey")
 
 
+def test_ecg_anchors_run_the_seeds_of_ours_in_every_protocol(tmp_path, monkeypatch):
+  """The PyOD anchors run every seed our detectors run, on the same splits, and the
+  summary averages each over them (detectors stubbed: this checks the script's loop)."""
+  from experiments import anomaly_ecg5000 as ecg
+  calls = []
+
+  def splits(protocol, seed, smoke):
+    return ("fit", seed), ("val", seed), ("test", seed), np.array([0, 1])
+
+  def detector(args, network, score, protocol, seed, split):
+    calls.append((protocol, f"AE-{network}", seed, split[0][1]))
+    return {"protocol": protocol, "detector": f"AE-{network}", "seed": seed,
+            "roc_auc": 0.5 + seed / 10}, None, np.array([0.1, 0.9])
+
+  def anchor(args, name, protocol, seed, split):
+    calls.append((protocol, name, seed, split[0][1]))
+    return {"protocol": protocol, "detector": name, "seed": seed,
+            "roc_auc": 0.4 + seed / 10}, np.array([0.2, 0.8])
+
+  for name, fn in {"protocol_splits": splits, "run_detector": detector, "run_anchor": anchor,
+                   "beat_figure": lambda *a: None, "histogram_figure": lambda *a: None,
+                   "rule_thresholds": lambda *a: {}}.items():
+    monkeypatch.setattr(ecg, name, fn)
+  monkeypatch.setattr(ecg.common, "roc_figure", lambda *a: None)
+  monkeypatch.setattr(ecg.common, "pyod_missing", lambda: None)
+  result = ecg.main(["--protocols", "ucr", "random80", "--networks", "mlp", "--seeds", "3",
+                     "--seed", "4", "--anchors", "IForest", "KNN", "--out", str(tmp_path),
+                     "--cache", ""])
+  for protocol in ("ucr", "random80"):
+    for name in ("AE-mlp", "IForest", "KNN"):
+      runs = [(seed, split) for p, d, seed, split in calls if (p, d) == (protocol, name)]
+      assert runs == [(4, 4), (5, 5), (6, 6)], (protocol, name, runs)  # same seeds and splits
+  summary = {(s["protocol"], s["detector"]): s for s in result["summary"]}
+  assert summary["random80", "KNN"]["seeds"] == 3
+  assert summary["random80", "KNN"]["roc_auc"] == pytest.approx(0.4 + 0.5)  # mean of 0.8..1.0
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data("ecg5000")
 def test_ecg5000_script_smoke(tmp_path, fewer_optimizations):

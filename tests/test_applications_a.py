@@ -258,6 +258,14 @@ def test_budget_arguments_parse_epochs_and_batch():
   assert vars(p.parse_args([])) == {"dae_grid": [(3, 16)], "val_size": 1000}
   args = p.parse_args(["--dae-grid", "2:8", "5:32", "--val-size", "50"])
   assert args.dae_grid == [(2, 8), (5, 32)] and args.val_size == 50
+  for bad in ("3", "3:16:2", "3:x"):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"'{bad}' is not EPOCHS:BATCH"):
+      _protocol._budget(bad)
+  # features' --ae-grid entries use the same parser: NETWORK:EPOCHS.
+  network_epochs = _protocol.colon_entry("NETWORK:EPOCHS", str, int)
+  assert network_epochs("subpixel:3") == ("subpixel", 3)
+  with pytest.raises(argparse.ArgumentTypeError, match="'mlp' is not NETWORK:EPOCHS"):
+    network_epochs("mlp")
 
 
 def _script(name: str, dataset: str, figures: list[str]):

@@ -105,8 +105,10 @@ def test_networks_same_params_and_outputs(network, shape):
   for impl in ("xla", "fast"):
     cfg.model.conv_impl = impl
     model = families.build_model(cfg, shape)
-    params = train.init_params(model, shape, jax.random.key(0))
-    out[impl] = (params, model.apply(params, x, method=model.reconstruct))
+    # Compiled: run eagerly, each primitive of init and apply compiles alone.
+    params = jax.jit(lambda k: train.init_params(model, shape, k))(jax.random.key(0))
+    recon = jax.jit(lambda p, x: model.apply(p, x, method=model.reconstruct))(params, x)
+    out[impl] = (params, recon)
   chex.assert_trees_all_equal(out["xla"][0], out["fast"][0])
   np.testing.assert_allclose(out["fast"][1], out["xla"][1], rtol=1e-5, atol=1e-5)
 

@@ -30,12 +30,12 @@ def sigmoid(x):
 def test_init_shapes_and_outputs():
   model = EB(5)
   y = jax.random.normal(jax.random.key(0), (7, 5))
-  params = model.init(jax.random.key(1), y)["params"]
+  params = jax.jit(model.init)(jax.random.key(1), y)["params"]
   chex.assert_shape(params["matrix0"], (5, 3, 1))
   chex.assert_shape(params["matrix1"], (5, 3, 3))
   chex.assert_shape(params["matrix3"], (5, 1, 3))
   chex.assert_shape(params["quantiles"], (5, 3))
-  out = model.apply({"params": params}, y)
+  out = jax.jit(model.apply)({"params": params}, y)
   chex.assert_shape(out["y_hat"], (7, 5))
   chex.assert_shape(out["likelihood"], (7, 5))
   chex.assert_shape(out["bits"], (7,))
@@ -46,27 +46,34 @@ def test_init_shapes_and_outputs():
 def test_likelihood_of_a_unit_bin_of_the_logistic():
   model = EB(1, filters=())
   v = {"params": logistic_params(1)}
-  p0 = model.apply(v, jnp.zeros((1, 1)), method=EB.likelihood)
+  likelihood = jax.jit(lambda y: model.apply(v, y, method=EB.likelihood))  # compiled once
+  p0 = likelihood(jnp.zeros((1, 1)))
   np.testing.assert_allclose(p0[0, 0], sigmoid(0.5) - sigmoid(-0.5), rtol=1e-6)  # 0.2449187
-  out = model.apply(v, jnp.zeros((1, 1)))
+  out = jax.jit(model.apply)(v, jnp.zeros((1, 1)))
   np.testing.assert_allclose(out["bits"][0], -math.log2(0.24491866), rtol=1e-5)  # 2.0296 bits
   # Far in the upper tail the sign trick keeps the difference accurate.
-  p20 = model.apply(v, jnp.full((1, 1), 20.0), method=EB.likelihood)
+  p20 = likelihood(jnp.full((1, 1), 20.0))
   np.testing.assert_allclose(p20[0, 0], math.exp(-19.5) - math.exp(-20.5), rtol=1e-3)
   # The bound: 1e-9 at most 1e-9 below.
-  p50 = model.apply(v, jnp.full((1, 1), 50.0), method=EB.likelihood)
+  p50 = likelihood(jnp.full((1, 1), 50.0))
   assert p50[0, 0] == pytest.approx(entropy.LIKELIHOOD_BOUND)
 
 
 def test_cdf_is_monotone_and_bins_sum_to_one():
   model = EB(3)
   grid = jnp.arange(-400.0, 401.0)[:, None] * jnp.ones((1, 3))
-  params = model.init(jax.random.key(2), grid)["params"]
-  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape),
-                        params)
-  logits = model.apply({"params": params}, grid, method=EB.cdf_logits)
+
+  @jax.jit  # one program: run eagerly, each primitive compiles alone
+  def run(grid):
+    params = model.init(jax.random.key(2), grid)["params"]
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(3), p.shape),
+                          params)
+    return (model.apply({"params": params}, grid, method=EB.cdf_logits),
+            model.apply({"params": params}, grid, method=EB.likelihood))
+
+  logits, likelihood = run(grid)
   assert bool(jnp.all(jnp.diff(logits, axis=0) > 0))
-  total = jnp.sum(model.apply({"params": params}, grid, method=EB.likelihood), axis=0)
+  total = jnp.sum(likelihood, axis=0)
   np.testing.assert_allclose(total, np.ones(3), atol=1e-4)
 
 
@@ -98,8 +105,9 @@ def test_aux_loss_fits_only_the_quantiles():
 def test_rate_gradient_reaches_the_density():
   model = EB(2)
   y = jax.random.normal(jax.random.key(4), (16, 2))
-  params = model.init(jax.random.key(5), y)["params"]
-  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, y)["bits"]))(params)
+  params = jax.jit(model.init)(jax.random.key(5), y)["params"]
+  # Compiled: run eagerly, each primitive of the gradient compiles alone.
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, y)["bits"])))(params)
   assert float(jnp.abs(grads["matrix1"]).sum()) > 0
   np.testing.assert_array_equal(grads["quantiles"], 0.0)
 
@@ -122,8 +130,9 @@ def test_coding_tables_of_the_logistic():
 def trained_tables():
   model = EB(12)
   y = 2.0 * jax.random.normal(jax.random.key(6), (300, 12))
-  params = model.init(jax.random.key(7), y)["params"]
-  symbols = np.asarray(model.apply({"params": params}, y, method=EB.quantize))
+  params = jax.jit(model.init)(jax.random.key(7), y)["params"]
+  symbols = np.asarray(jax.jit(lambda p, y: model.apply({"params": p}, y, method=EB.quantize))(
+      params, y))
   return entropy.coding_tables(model, params), symbols
 
 
@@ -161,7 +170,8 @@ def test_bad_bitstreams_raise_data_error(trained_tables):
   data = bitstream.encode(symbols[:4], tables)
   flipped = bytearray(data)
   flipped[len(data) // 2] ^= 0x10
-  other = entropy.coding_tables(EB(12), EB(12).init(jax.random.key(9), symbols[:1] * 1.0)["params"])
+  other_params = jax.jit(EB(12).init)(jax.random.key(9), symbols[:1] * 1.0)["params"]
+  other = entropy.coding_tables(EB(12), other_params)
   cases = {
       "truncated": (data[:-3], "check failed"),
       "corrupt": (bytes(flipped), "check failed"),

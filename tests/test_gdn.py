@@ -12,6 +12,7 @@ from ae_jax import codec as codec_lib, entropy, gdn
 from ae_jax.errors import ConfigError
 from ae_jax.families import build_model, get_family
 from ae_jax.fit import fit
+from _helpers import set_fields
 
 
 def test_gdn_and_inverse_by_hand():
@@ -49,14 +50,17 @@ def test_lower_bound_passes_gradients_that_raise_the_value():
 
 
 def test_transform_shapes():
-  x = jnp.zeros((2, 12, 16, 1))
   enc = gdn.AnalysisTransform(channels=8, latent_channels=5, kernel_size=3)
-  p = enc.init(jax.random.key(0), x)
-  y = enc.apply(p, x)
+  dec = gdn.SynthesisTransform(out_channels=1, channels=8, kernel_size=3)
+
+  @jax.jit  # one program: run eagerly, each primitive of init and apply compiles alone
+  def analysis_synthesis(x):
+    y = enc.apply(enc.init(jax.random.key(0), x), x)
+    return y, dec.apply(dec.init(jax.random.key(1), y), y)
+
+  y, out = analysis_synthesis(jnp.zeros((2, 12, 16, 1)))
   chex.assert_shape(y, (2, 3, 4, 5))
   chex.assert_type(y, jnp.float32)
-  dec = gdn.SynthesisTransform(out_channels=1, channels=8, kernel_size=3)
-  out = dec.apply(dec.init(jax.random.key(1), y), y)
   chex.assert_shape(out, (2, 12, 16, 1))
 
 
@@ -70,27 +74,29 @@ def gdn_cfg(cfg, **kw):
   cfg.objective.rd_lambda = 0.01
   cfg.train.parallel = "jit"
   cfg.train.num_devices = 1
-  for key, value in kw.items():
-    section, field = key.split("__")
-    cfg[section][field] = value
-  return cfg
+  return set_fields(cfg, **kw)
 
 
 def test_gdn_family_terms(cfg, digits):
   cfg = gdn_cfg(cfg)
   model = build_model(cfg, (8, 8, 1))
   assert (model.latent_dim, model.positions, model.bottleneck_channels) == (12, 4, 3)
-  x = jnp.asarray(digits[:5])
-  params = model.init(jax.random.key(0), x)
-  keys = jax.random.split(jax.random.key(1), 5)
-  t = get_family("rate_distortion").terms(model, params, {"x": x}, keys, None, cfg, False)
+  terms = get_family("rate_distortion").terms
+
+  @jax.jit  # one program: run eagerly, each primitive compiles alone
+  def run(x):
+    params = model.init(jax.random.key(0), x)
+    keys = jax.random.split(jax.random.key(1), 5)
+    t = terms(model, params, {"x": x}, keys, None, cfg, False)
+    y_hat = model.apply(params, x, method=model.encode).reshape(5, 2, 2, 3)
+    p = model.apply(params, y_hat, method=lambda m, v: m.bottleneck.likelihood(v))
+    return t, p, model.apply(params, x, method=model.symbols)
+
+  t, p, symbols = run(jnp.asarray(digits[:5]))
   for name in ("loss", "mse", "bits", "bpp"):
     chex.assert_shape(t[name], (5,))
   # The rate is the sum of -log2 P over every position and channel of the (2, 2, 3) latent.
-  y_hat = model.apply(params, x, method=model.encode).reshape(5, 2, 2, 3)
-  p = model.apply(params, y_hat, method=lambda m, v: m.bottleneck.likelihood(v))
   np.testing.assert_allclose(t["bits"], -np.log2(np.asarray(p)).sum((1, 2, 3)), rtol=1e-5)
-  symbols = model.apply(params, x, method=model.symbols)
   chex.assert_shape(symbols, (5, 12))
   chex.assert_type(symbols, jnp.int32)
 

@@ -12,7 +12,8 @@ from ae_jax import cli, codec as codec_lib, data as data_lib, vmap_trials
 from ae_jax.errors import ConfigError, DataError
 from ae_jax.families import build_model, get_family
 from ae_jax.families.rate_distortion import RateDistortionAutoencoder, uniform_noise
-from ae_jax.fit import fit
+from ae_jax.fit import Trained, fit
+from _helpers import set_fields
 
 
 def rd_cfg(cfg, **kw):
@@ -22,15 +23,12 @@ def rd_cfg(cfg, **kw):
   cfg.objective.rd_lambda = 0.01
   cfg.train.parallel = "jit"
   cfg.train.num_devices = 1
-  for key, value in kw.items():
-    section, field = key.split("__")
-    cfg[section][field] = value
-  return cfg
+  return set_fields(cfg, **kw)
 
 
 def init(cfg, shape=(8, 8, 1)):
   model = build_model(cfg, shape)
-  return model, model.init(jax.random.key(0), jnp.zeros((2, *shape)))
+  return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, *shape)))
 
 
 def test_terms_shapes_and_the_loss_by_hand(cfg, digits):
@@ -38,10 +36,13 @@ def test_terms_shapes_and_the_loss_by_hand(cfg, digits):
   model, params = init(cfg)
   x = jnp.asarray(digits[:5])
   keys = jax.random.split(jax.random.key(1), 5)
-  t = get_family("rate_distortion").terms(model, params, {"x": x}, keys, None, cfg, False)
+  terms = get_family("rate_distortion").terms
+  # Compiled: run eagerly, each primitive compiles alone.
+  t = jax.jit(lambda p, x, k: terms(model, p, {"x": x}, k, None, cfg, False))(params, x, keys)
   for name in ("loss", "distortion", "mse", "psnr", "bits", "bpp", "aux"):
     chex.assert_shape(t[name], (5,))
-  recon = model.apply(params, x, method=RateDistortionAutoencoder.reconstruct)
+  recon = jax.jit(lambda p, x: model.apply(p, x, method=RateDistortionAutoencoder.reconstruct))(
+      params, x)
   mse = jnp.mean(jnp.square(recon - x).reshape(5, -1), -1)
   np.testing.assert_allclose(t["mse"], mse, rtol=1e-5)
   np.testing.assert_allclose(t["bpp"], t["bits"] / 64, rtol=1e-6)
@@ -57,14 +58,20 @@ def test_training_adds_noise_for_the_rate_and_rounds_for_the_decoder(cfg, digits
   for quantization in ("ste", "noise"):
     c = rd_cfg(cfg, model__rd_quantization=quantization)
     model, params = init(c)
-    res = model.apply(params, x, noise=noise)
-    rounded = model.apply(params, x, method=RateDistortionAutoencoder.encode)
+
+    @jax.jit  # one program: run eagerly, each primitive compiles alone
+    def run(params):
+      res = model.apply(params, x, noise=noise)
+      rounded = model.apply(params, x, method=RateDistortionAutoencoder.encode)
+      # What the decoder sees passes the gradient to the encoder (identity through rounding).
+      grad = jax.grad(lambda p: jnp.sum(model.apply(p, x, noise=noise)["y_hat"]))(params)
+      direct = jax.grad(lambda p: jnp.sum(model.apply(
+          p, x, method=RateDistortionAutoencoder.analysis)))(params)
+      return res, rounded, grad, direct
+
+    res, rounded, grad, direct = run(params)
     expect = rounded if quantization == "ste" else res["z"] + noise
     np.testing.assert_allclose(res["y_hat"], expect, rtol=1e-6, atol=1e-6)
-    # What the decoder sees passes the gradient to the encoder (identity through rounding).
-    grad = jax.grad(lambda p: jnp.sum(model.apply(p, x, noise=noise)["y_hat"]))(params)
-    direct = jax.grad(lambda p: jnp.sum(model.apply(
-        p, x, method=RateDistortionAutoencoder.analysis)))(params)
     np.testing.assert_allclose(grad["params"]["to_latent"]["kernel"],
                                direct["params"]["to_latent"]["kernel"], rtol=1e-6)
 
@@ -137,7 +144,8 @@ def test_codec_bad_input(workdir, digits, cfg):
     codec.compress(np.full((1, 8, 8, 1), np.nan, np.float32))
   with pytest.raises(DataError, match="check failed"):
     codec.decompress(codec.compress(digits[:3])[:-4] + b"\0\0\0\0")
-  ae = fit(cfg, progress=False, train_data=array_data(digits[:64]))
+  # A plain autoencoder (the tiny preset's; untrained: the refusal reads the model only).
+  ae = Trained(cfg, *init(cfg), data_lib.Scaler("none").fit(digits[:2]), (8, 8, 1))
   with pytest.raises(ConfigError, match="entropy bottleneck"):
     codec_lib.Codec.from_trained(ae)
 

@@ -15,6 +15,7 @@ from ae_jax import data as data_lib
 from ae_jax import families, fit, parallel, train
 from ae_jax.errors import ConfigError
 from ae_jax.families import sparse
+from _helpers import set_fields
 
 
 def dictionary_cfg(cfg, sparsity="topk", latent_dim=16, k=3, **extra):
@@ -26,10 +27,7 @@ def dictionary_cfg(cfg, sparsity="topk", latent_dim=16, k=3, **extra):
   cfg.model.recon_loss = "mse"
   cfg.train.parallel = "jit"
   cfg.train.num_devices = 1
-  for dotted, value in extra.items():
-    section, field = dotted.split("__")
-    cfg[section][field] = value
-  return cfg
+  return set_fields(cfg, **extra)
 
 
 def state_for(cfg, shape, data=None, steps=10):
