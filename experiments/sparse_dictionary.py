@@ -395,6 +395,9 @@ AUXK_STUDY = {
     "TopK constant lr": ("TopK", {"optim.schedule": "constant"}),
     "JumpReLU l0 1e-3": ("JumpReLU", {"objective.l0_weight": 1e-3}),
     "JumpReLU l0 1e-2": ("JumpReLU", {"objective.l0_weight": 1e-2}),
+    # First calibration points of the penalties on the pooled pixels (validation L0).
+    "L1 3e-4": ("L1", {"objective.l1_weight": 3e-4}),
+    "L1 + decoder norm 1e-3": ("L1 + decoder norm", {"objective.l1_weight": 1e-3}),
 }
 
 

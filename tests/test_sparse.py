@@ -345,3 +345,24 @@ def test_calibration_secant_in_log_log():
   # target: a coefficient 30 times smaller).
   np.testing.assert_allclose(step([run(0.01, 16.0), run(0.02, 16.0)], 8.0), 0.02, rtol=1e-9)
   np.testing.assert_allclose(step([run(0.01, 0.001)], 16.0), 0.01 / 30, rtol=1e-9)
+
+
+def test_experiment_pools_pixels_and_resolves_relative_settings():
+  from experiments import sparse_dictionary as sd  # noqa: PLC0415
+  img = np.arange(16, dtype=np.float32).reshape(1, 16)  # a 4x4 image 0..15, row-major
+  splits = sd.Splits("m", img, img, img, np.zeros(1), np.zeros(1), np.zeros(1))
+  pooled = sd.pool_pixels(splits, 4, 2)
+  # 2x2 blocks: (0+1+4+5)/4 = 2.5, (2+3+6+7)/4 = 4.5, 10.5, 12.5.
+  np.testing.assert_allclose(pooled.train, [[2.5, 4.5, 10.5, 12.5]])
+  assert sd.pool_pixels(splits, 4, 1) is splits
+  with pytest.raises(ConfigError, match="must divide"):
+    sd.pool_pixels(splits, 4, 3)
+  kw = dict(expansion=8, k=16, coef=None, epochs=1, batch_size=256, learning_rate=1e-3, seed=0,
+            eval_every=1, kind="acts", n_train=7000)
+  c = sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -2}, **kw)
+  assert (c.model.dead_window, c.objective.auxk) == (14000, 64)
+  c = sd.sae_config("JumpReLU", 128, **kw)
+  assert c.model.jump_init_l0 == 16.0 and c.model.sparsity == "jumprelu"
+  with pytest.raises(ConfigError, match="n_train"):
+    sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -1},
+                  **{**kw, "n_train": 0})
