@@ -345,6 +345,9 @@ def test_calibration_secant_in_log_log():
   # target: a coefficient 30 times smaller).
   np.testing.assert_allclose(step([run(0.01, 16.0), run(0.02, 16.0)], 8.0), 0.02, rtol=1e-9)
   np.testing.assert_allclose(step([run(0.01, 0.001)], 16.0), 0.01 / 30, rtol=1e-9)
+  # A known first slope of -0.25: doubling L0 takes a coefficient 2^4 = 16 times smaller.
+  np.testing.assert_allclose(step([run(0.016, 8.0)], 16.0, first_slope=-0.25), 0.001,
+                             rtol=1e-9)
 
 
 def test_experiment_pools_pixels_and_resolves_relative_settings():
