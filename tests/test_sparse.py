@@ -145,6 +145,38 @@ def test_dictionary_forward_by_hand(cfg):
   np.testing.assert_allclose(res["out"], [[3.0, 1.0]])        # z W_dec + b_pre
 
 
+def test_firing_rate_thresholds_by_hand():
+  pre = np.array([[3.0, -1.0], [1.0, -2.0], [4.0, -3.0], [1.5, -4.0], [9.0, -5.0]])
+  # rate 0.4 of 5 rows: m = 2 rows must lie above, so the 3rd largest value: 3 and -3.
+  np.testing.assert_array_equal(sparse.firing_rate_thresholds(pre, 0.4), [3.0, -3.0])
+  np.testing.assert_array_equal(sparse.firing_rate_thresholds(pre, 0.0), [9.0, -1.0])
+  with pytest.raises(ValueError, match="no row below"):
+    sparse.firing_rate_thresholds(pre, 1.0)
+
+
+def test_jumprelu_thresholds_from_data_set_the_initial_l0(cfg):
+  """Latents 0, 1 read x0, x1; latents 2, 3 read -x0, -x1 (negative on all this data)."""
+  c = dictionary_cfg(cfg, sparsity="jumprelu", latent_dim=4, model__jump_init_l0=1.0,
+                     model__jump_threshold_init=0.25, model__pre_bias_init="zeros")
+  model, state = state_for(c, (2,))
+  params = jax.tree.map(np.asarray, state.params)
+  params["params"]["W_enc"] = np.array([[1, 0, -1, 0], [0, 1, 0, -1]], np.float32)
+  x = np.array([[1, 8], [2, 7], [3, 6], [4, 5], [5, 4], [6, 3], [7, 2], [8, 1]], np.float32)
+  new = sparse.init_from_data(params, x, c)
+  # Rate 1/4 of 8 rows = 2 rows above: the 3rd largest of 1..8 is 6 for latents 0 and 1;
+  # latents 2 and 3 (3rd largest -3) take the floor model.jump_threshold_init = 0.25.
+  np.testing.assert_allclose(np.exp(new["params"]["log_threshold"]), [6.0, 6.0, 0.25, 0.25],
+                             rtol=1e-6)
+  z = np.asarray(model.apply(new, jnp.asarray(x), method=model.encode))
+  np.testing.assert_array_equal((z != 0).sum(0), [2, 2, 0, 0])
+  # The floored latents never fire: mean L0 = 2 latents x 2 rows / 8 rows = 0.5, not 1.
+  np.testing.assert_allclose((z != 0).sum(1).mean(), 0.5)
+  # Off (0) or another sparsity: the thresholds stay at model.jump_threshold_init.
+  c.model.jump_init_l0 = 0.0
+  np.testing.assert_allclose(np.exp(sparse.init_from_data(params, x, c)["params"]
+                                    ["log_threshold"]), 0.25, rtol=1e-6)
+
+
 # ---- objective terms --------------------------------------------------------------------
 
 def test_l1_weighted_by_decoder_norms(cfg):
@@ -270,6 +302,8 @@ def test_training_logs_and_evaluate_reports_sparsity_metrics(cfg, digits):
     ({"model.dictionary": True, "model.dead_window": 0}, "dead_window"),
     ({"model.dictionary": True, "objective.auxk": 100}, "objective.auxk"),
     ({"model.sparsity": "sparsemax"}, "model.sparsity"),
+    ({"model.dictionary": True, "model.sparsity": "jumprelu", "model.jump_init_l0": 16.0},
+     "jump_init_l0"),
 ])
 def test_bad_sparse_settings_are_rejected(cfg, change, match):
   cfg.model.family = "sparse"
@@ -309,3 +343,27 @@ def test_calibration_secant_in_log_log():
   # target: a coefficient 30 times smaller).
   np.testing.assert_allclose(step([run(0.01, 16.0), run(0.02, 16.0)], 8.0), 0.02, rtol=1e-9)
   np.testing.assert_allclose(step([run(0.01, 0.001)], 16.0), 0.01 / 30, rtol=1e-9)
+  # A known first slope of -0.25: doubling L0 takes a coefficient 2^4 = 16 times smaller.
+  np.testing.assert_allclose(step([run(0.016, 8.0)], 16.0, first_slope=-0.25), 0.001,
+                             rtol=1e-9)
+
+
+def test_experiment_pools_pixels_and_resolves_relative_settings():
+  from experiments import sparse_dictionary as sd  # noqa: PLC0415
+  img = np.arange(16, dtype=np.float32).reshape(1, 16)  # a 4x4 image 0..15, row-major
+  splits = sd.Splits("m", img, img, img, np.zeros(1), np.zeros(1), np.zeros(1))
+  pooled = sd.pool_pixels(splits, 4, 2)
+  # 2x2 blocks: (0+1+4+5)/4 = 2.5, (2+3+6+7)/4 = 4.5, 10.5, 12.5.
+  np.testing.assert_allclose(pooled.train, [[2.5, 4.5, 10.5, 12.5]])
+  assert sd.pool_pixels(splits, 4, 1) is splits
+  with pytest.raises(ConfigError, match="must divide"):
+    sd.pool_pixels(splits, 4, 3)
+  kw = dict(expansion=8, k=16, coef=None, epochs=1, batch_size=256, learning_rate=1e-3, seed=0,
+            eval_every=1, kind="acts", n_train=7000)
+  c = sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -2}, **kw)
+  assert (c.model.dead_window, c.objective.auxk) == (14000, 64)
+  c = sd.sae_config("JumpReLU", 128, **kw)
+  assert c.model.jump_init_l0 == 16.0 and c.model.sparsity == "jumprelu"
+  with pytest.raises(ConfigError, match="n_train"):
+    sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -1},
+                  **{**kw, "n_train": 0})

@@ -27,7 +27,9 @@ sphere after every optimizer step (a projection, in the family's `post_update` h
 the last `model.dead_window` training examples) reconstructing the residual, weighted by
 `objective.auxk_weight`; `model.tied_init` starts the encoder as the decoder's transpose;
 `model.pre_bias_init` sets b_pre to the training data's mean or geometric median before
-the first step (the `init_from_data` hook).
+the first step (the `init_from_data` hook); with `model.jump_init_l0` > 0 the same hook
+sets each JumpReLU threshold so that its latent fires on jump_init_l0 / latent_dim of the
+sample (the initial L0 is then jump_init_l0 and no latent starts dead).
 Reported: L0, fraction of variance unexplained (FVU), dead latents (never fired in the
 batch or evaluation set; `dead_window_fraction`: not fired within the window, in
 training), dense latents (firing on more than 10 % of the examples).
@@ -54,7 +56,8 @@ FIELDS = {
     "model.tied_init": True,        # dictionary: encoder initialised as the decoder's transpose
     "model.pre_bias_init": "zeros", # dictionary: zeros | mean | geometric_median of the data
     "model.dead_window": 4096,      # dictionary: a latent not fired in this many examples is dead
-    "model.jump_threshold_init": 1e-3,  # jumprelu: initial threshold
+    "model.jump_threshold_init": 1e-3,  # jumprelu: initial threshold (floor with jump_init_l0)
+    "model.jump_init_l0": 0.0,      # jumprelu: > 0 = thresholds from the data for this initial L0
     "model.jump_bandwidth": 1e-3,   # jumprelu: width of the straight-through kernel
     "objective.l1_weight": 1e-3,
     "objective.l1_decoder_norm": False,  # weight |z_i| by the norm of decoder row i
@@ -181,6 +184,17 @@ def geometric_median(x, iterations: int = 100, eps: float = 1e-8):
       break
     point = new
   return point.astype(np.float32)
+
+
+def firing_rate_thresholds(pre, rate: float) -> np.ndarray:
+  """Per-latent thresholds at which each latent fires on round(rate * N) of the N rows of
+  pre (N, L): the latent's (m+1)-th largest value, m = round(rate * N), so that exactly m
+  values lie strictly above it when there are no ties. Returns (L,)."""
+  pre = np.asarray(pre)
+  m = int(round(rate * len(pre)))
+  if not 0 <= m < len(pre):
+    raise ValueError(f"rate {rate} of {len(pre)} rows leaves no row below the threshold")
+  return -np.sort(-pre, axis=0)[m]
 
 
 def unit_rows(w, eps: float = 1e-12):
@@ -355,15 +369,28 @@ def post_update(params, previous, means, cfg):
 
 
 def init_from_data(params, x, cfg):
-  """Set the pre-encoder bias b_pre to the mean or geometric median of x (N, ...), a
-  sample of the (scaled) training data, as model.pre_bias_init says."""
-  how = cfg.model.get("pre_bias_init", "zeros")
-  if not cfg.model.get("dictionary", False) or how == "zeros":
+  """Data-dependent initialisation from x (N, ...), a sample of the (scaled) training data:
+  the pre-encoder bias b_pre to its mean or geometric median (model.pre_bias_init), then,
+  for JumpReLU with model.jump_init_l0 > 0, each latent's threshold to the value it exceeds
+  on jump_init_l0 / latent_dim of the sample (`firing_rate_thresholds` of the
+  pre-activations under the new b_pre), never below model.jump_threshold_init."""
+  m = cfg.model
+  how = m.get("pre_bias_init", "zeros")
+  init_l0 = m.get("jump_init_l0", 0.0) if m.get("sparsity") == "jumprelu" else 0.0
+  if not m.get("dictionary", False) or (how == "zeros" and not init_l0):
     return params
   flat = np.asarray(x, np.float32).reshape(len(x), -1)
-  center = flat.mean(0) if how == "mean" else geometric_median(flat)
+  inner = dict(params["params"])
+  if how != "zeros":
+    inner["b_pre"] = jnp.asarray(flat.mean(0) if how == "mean" else geometric_median(flat))
+  if init_l0:
+    pre = ((flat - np.asarray(inner["b_pre"])) @ np.asarray(inner["W_enc"])
+           + np.asarray(inner["b_enc"]))
+    theta = firing_rate_thresholds(pre, init_l0 / pre.shape[-1])
+    inner["log_threshold"] = jnp.log(jnp.asarray(
+        np.maximum(theta, m.jump_threshold_init), jnp.float32))
   new = dict(params)
-  new["params"] = {**new["params"], "b_pre": jnp.asarray(center)}
+  new["params"] = inner
   return new
 
 
@@ -393,6 +420,9 @@ def validate(cfg, input_shape) -> None:
           f"{m.pre_bias_init!r}")
   require(isinstance(m.dead_window, int) and m.dead_window > 0,
           f"model.dead_window (examples) must be a positive integer, got {m.dead_window!r}")
+  require(0 <= m.jump_init_l0 < m.latent_dim,
+          f"model.jump_init_l0 (the initial L0 of JumpReLU's data-set thresholds; 0 = off) "
+          f"must be in [0, latent_dim={m.latent_dim}), got {m.jump_init_l0!r}")
   require(m.jump_threshold_init > 0 and m.jump_bandwidth > 0,
           "model.jump_threshold_init and model.jump_bandwidth must be > 0, got "
           f"{m.jump_threshold_init} and {m.jump_bandwidth}")
