@@ -1,6 +1,7 @@
 """A trained model: inference in data space (encode, decode, reconstruct, sample, evaluate)
 and loading from a workdir; the evaluation over a dataset that training shares."""
 
+import copy
 import dataclasses
 import functools
 import pathlib
@@ -123,9 +124,22 @@ def evaluate(cfg, model, params, data, mode: str = "jit", batch_size: int | None
   return run_eval(fn, family, cfg, params, data, bs)
 
 
+_EVAL_FNS: dict = {}
+
+
 def eval_fn(cfg, model, family, mode, num_devices):
-  step = functools.partial(eval_step, model=model, family=family, config=cfg)
-  return parallel.compile_step(step, mode, num_devices=num_devices, donate_state=False)
+  """The compiled evaluation step of this model and config. One compilation per
+  (architecture, config, family, mode, device count): evaluating again (each epoch, each
+  model of a sweep, a peer's weights copied in) reuses it instead of compiling anew."""
+  key = (model, cfg.to_json(sort_keys=True), id(family), mode, num_devices)
+  fn = _EVAL_FNS.get(key)
+  if fn is None:
+    step = functools.partial(eval_step, model=model, family=family, config=copy.deepcopy(cfg))
+    fn = parallel.compile_step(step, mode, num_devices=num_devices, donate_state=False)
+    if len(_EVAL_FNS) >= 32:
+      _EVAL_FNS.pop(next(iter(_EVAL_FNS)))
+    _EVAL_FNS[key] = fn
+  return fn
 
 
 def run_eval(fn, family, cfg, params, data, batch_size) -> dict[str, float]:

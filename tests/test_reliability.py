@@ -372,3 +372,26 @@ def test_detector_load_script_runs_in_smoke_mode(tmp_path):
   result = detector_load.main(["--smoke", "--out", str(tmp_path / "load.json")])
   assert result["rows"] == 20_000 and result["all_finite"]
   assert 0.0 < result["share_flagged"] < 0.5
+
+
+def test_evaluating_again_reuses_the_compiled_step(cfg):
+  """Evaluation compiles once per architecture and config: again with other parameters,
+  or with an equal config in a new object, compiles nothing; another config compiles."""
+  import copy
+  from ae_jax.trained import evaluate
+  cfg.train.parallel = "jit"
+  x = np.random.RandomState(0).rand(64, 5).astype(np.float32)
+  trained = fit(cfg, train_data=_arrays(x), progress=False)
+  data = _arrays(x)
+  first = evaluate(trained.config, trained.model, trained.params, data)
+  zeros = jax.tree.map(np.zeros_like, trained.params)
+  with count_compiles() as compiles:
+    again = evaluate(trained.config, trained.model, trained.params, data)
+    other = evaluate(copy.deepcopy(trained.config), trained.model, zeros, data)
+  assert not compiles
+  assert again == first and other["loss"] != first["loss"]
+  changed = copy.deepcopy(trained.config)
+  changed.objective.noise_level = 0.25
+  with count_compiles() as compiles:
+    evaluate(changed, trained.model, trained.params, data)
+  assert compiles
