@@ -19,6 +19,7 @@ normal images (an ensemble whose members differ in network, not only in seed).
 
 import copy
 import json
+import shlex
 import time
 
 import numpy as np
@@ -69,6 +70,23 @@ def rescored(det: AutoencoderDetector, score: str) -> AutoencoderDetector:
                     if k not in ("_example_fn", "_element_fn")}
   other.score = score
   return other
+
+
+def choose(table: list[dict], variants: dict) -> tuple[str, list[str]]:
+  """The rule fixed before any run: the single-detector row 'variant/score' with the best
+  mean ROC-AUC on the development validation images (pairs and anchors are not
+  candidates, the detector trains one network per ensemble). Returns its name and the
+  `experiments.anomaly_mnist` arguments that run it on the TEST split, with the
+  detector's default ensemble size (the variants' own `ensemble` is dropped)."""
+  rows = [r for r in table if "/" in r["detector"] and "+" not in r["detector"]]
+  if not rows:
+    raise ValueError("no variant/score rows in the table to choose from")
+  best = max(rows, key=lambda r: r["mean ROC-AUC"])
+  variant, score = best["detector"].split("/")
+  kw = {k: v for k, v in variants[variant].items() if k != "ensemble"}
+  network = kw.pop("network", "mlp")
+  args = ["--network", network, "--scores", score]
+  return best["detector"], args + (["--detector", json.dumps(kw)] if kw else [])
 
 
 def main(argv=None):
@@ -123,6 +141,12 @@ def main(argv=None):
   _, md = _io.write_results(out, result, {"development validation, mean over digits": table},
                             title="MNIST one-class, development protocol")
   print(md.read_text())
+  name, test_args = choose(table, args.variants)
+  result["chosen"] = {"detector": name, "anomaly_mnist_args": test_args}
+  _io.write_json(out / "result.json", {**result, "command": _io.command(),
+                                       "environment": _io.environment()})
+  print(f"chosen: {name}; on TEST: python -m experiments.anomaly_mnist "
+        + " ".join(shlex.quote(a) for a in test_args))
   return result
 
 

@@ -47,3 +47,19 @@ def test_dev_script_smoke_scores_every_variant_score_and_pair(tmp_path):
   assert all(0.0 <= r["mean ROC-AUC"] <= 1.0 for r in result["table"])
   assert "TEST unused" in result["protocol"]
   assert (tmp_path / "table.md").exists()
+
+
+def test_choose_takes_the_best_single_detector_row_and_builds_the_test_command():
+  table = [{"detector": "mlp/knn", "mean ROC-AUC": 0.93},
+           {"detector": "conv/latent_knn", "mean ROC-AUC": 0.95},
+           {"detector": "mlp/knn+conv/knn", "mean ROC-AUC": 0.97},  # a pair: not a candidate
+           {"detector": "KNN", "mean ROC-AUC": 0.99}]  # an anchor: not a candidate
+  variants = {"mlp": {"network": "mlp", "ensemble": 1},
+              "conv": {"network": "auto", "channels": [8, 16], "ensemble": 1}}
+  name, args = dev.choose(table, variants)
+  assert name == "conv/latent_knn"
+  assert args == ["--network", "auto", "--scores", "latent_knn",
+                  "--detector", '{"channels": [8, 16]}']
+  assert dev.choose(table[:1], variants)[1] == ["--network", "mlp", "--scores", "knn"]
+  with pytest.raises(ValueError, match="no variant"):
+    dev.choose(table[3:], variants)
