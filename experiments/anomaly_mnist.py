@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from ae_jax.anomaly import AutoencoderDetector
+from ae_jax.anomaly.detector import network_for
 from experiments import _anomaly_common as common
 from ae_jax import results as _io
 
@@ -114,7 +115,8 @@ def main(argv=None):
   if missing:
     print(missing)
   train, test = load(args)
-  labels = {sc: f"AE-{args.network}" + (f"/{sc}" if len(args.scores) > 1 else "") + " (ours)"
+  network = network_for(args.network, train.x.shape[1:])
+  labels = {sc: f"AE-{network}" + (f"/{sc}" if len(args.scores) > 1 else "") + " (ours)"
             for sc in args.scores}
   ours = labels[args.scores[0]]
   detectors = [*labels.values(), *anchors]
