@@ -11,3 +11,15 @@ def set_fields(cfg, **fields):
     section, field = key.split("__")
     cfg[section][field] = value
   return cfg
+
+
+def rd_cfg(cfg, **fields):
+  """A small `rate_distortion` config (dense transform, 6 latents, BCE, λ 0.01, one
+  device under jit), then `set_fields(cfg, **fields)`."""
+  cfg.model.family = "rate_distortion"
+  cfg.model.latent_dim = 6
+  cfg.model.recon_loss = "bce"
+  cfg.objective.rd_lambda = 0.01
+  cfg.train.parallel = "jit"
+  cfg.train.num_devices = 1
+  return set_fields(cfg, **fields)

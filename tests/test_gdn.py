@@ -12,7 +12,7 @@ from ae_jax import codec as codec_lib, entropy, gdn
 from ae_jax.errors import ConfigError
 from ae_jax.families import build_model, get_family
 from ae_jax.fit import fit
-from _helpers import set_fields
+from _helpers import rd_cfg
 
 
 def test_gdn_and_inverse_by_hand():
@@ -65,16 +65,9 @@ def test_transform_shapes():
 
 
 def gdn_cfg(cfg, **kw):
-  cfg.model.family = "rate_distortion"
-  cfg.model.rd_transform = "gdn"
-  cfg.model.rd_channels = 8
-  cfg.model.rd_latent_channels = 3
-  cfg.model.rd_kernel = 3
-  cfg.model.recon_loss = "bce"
-  cfg.objective.rd_lambda = 0.01
-  cfg.train.parallel = "jit"
-  cfg.train.num_devices = 1
-  return set_fields(cfg, **kw)
+  """`rd_cfg` with the small GDN transform (its latent size follows from the image)."""
+  return rd_cfg(cfg, **{"model__rd_transform": "gdn", "model__rd_channels": 8,
+                        "model__rd_latent_channels": 3, "model__rd_kernel": 3, **kw})
 
 
 def test_gdn_family_terms(cfg, digits):

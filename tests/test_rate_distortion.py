@@ -13,17 +13,7 @@ from ae_jax.errors import ConfigError, DataError
 from ae_jax.families import build_model, get_family
 from ae_jax.families.rate_distortion import RateDistortionAutoencoder, uniform_noise
 from ae_jax.fit import Trained, fit
-from _helpers import set_fields
-
-
-def rd_cfg(cfg, **kw):
-  cfg.model.family = "rate_distortion"
-  cfg.model.latent_dim = 6
-  cfg.model.recon_loss = "bce"
-  cfg.objective.rd_lambda = 0.01
-  cfg.train.parallel = "jit"
-  cfg.train.num_devices = 1
-  return set_fields(cfg, **kw)
+from _helpers import rd_cfg
 
 
 def init(cfg, shape=(8, 8, 1)):
