@@ -323,6 +323,9 @@ def main(argv=None):
                  help="> 0: stop an ae_jax run once the validation objective has not improved "
                  "for this many epochs (static binarization overfits); the peer then trains "
                  "for the same number of epochs")
+  p.add_argument("--warmup-epochs", type=int, default=-1,
+                 help=">= 0: KL warm-up epochs for every setting (both implementations) instead "
+                 "of each setting's own (VampPrior: 100 of 2,000 epochs); for budgeted runs")
   p.add_argument("--nll-samples", type=int, default=5000)
   p.add_argument("--curve-every", type=int, default=1, help="epochs between curve points")
   args = p.parse_args(argv)
@@ -334,6 +337,9 @@ def main(argv=None):
     p.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
   train, valid, test = (data_lib.load("binarized_mnist", s) for s in ("train", "valid", "test"))
   nll_samples = args.nll_samples
+  if args.warmup_epochs >= 0:
+    for s in SETTINGS.values():
+      s["warmup_epochs"] = args.warmup_epochs
   if args.smoke:
     train, valid, test = (_io.smoke_subset(d, n) for d, n in ((train, 400), (valid, 100),
                                                              (test, 100)))
@@ -363,7 +369,8 @@ def main(argv=None):
   result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
                     if not args.smoke else "smoke subset", "budget_minutes": args.budget_minutes,
-            "patience": args.patience,
+            "patience": args.patience, "nll_samples": nll_samples,
+            "warmup_epochs": {m: SETTINGS[m]["warmup_epochs"] for m in models},
             "pythae_installed": peer_ok, "figure": str(png)}
   _io.write_results(out, result, {"test split": rows, "time to a curve NLL both reach": speed},
                     title="VAE likelihoods on binarized MNIST")
