@@ -34,8 +34,24 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int):
   if o.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps,
                                               max(total_steps, o.warmup_steps + 1))
+  if o.schedule == "multistep":
+    return multistep_schedule(o.learning_rate, o.milestones, o.milestone_gamma)
   raise ConfigError(f"unknown optim.schedule {o.schedule!r}; valid: constant, cosine, "
-                    "warmup_cosine")
+                    "warmup_cosine, multistep")
+
+
+def multistep_schedule(learning_rate: float, milestones, gamma: float):
+  """PyTorch's MultiStepLR as an optax schedule of the optimizer step: the rate is
+  learning_rate * gamma**j from step milestones[j] on (0-based: the update at step
+  `milestones[0]` is the first one with the decayed rate)."""
+  milestones = tuple(int(m) for m in milestones)
+  if not milestones or any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+    raise ConfigError(f"optim.milestones must be increasing positive step counts, got "
+                      f"{milestones}; e.g. optim.milestones=(1000, 2000)")
+  if not 0 < gamma <= 1:
+    raise ConfigError(f"optim.milestone_gamma must be in (0, 1], got {gamma}")
+  # optax scales from the step count equal to a boundary on; the update at step m sees count m.
+  return optax.piecewise_constant_schedule(learning_rate, {m: gamma for m in milestones})
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

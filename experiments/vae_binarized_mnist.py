@@ -15,6 +15,7 @@ Full length (hundreds of epochs) on a quiet machine:
 (--epochs 0 = each setting's own epoch count, as in pythae's reproduction scripts.)
 """
 
+import copy
 import dataclasses
 import functools
 import math
@@ -45,6 +46,7 @@ SETTINGS = {
     "vamp": dict(widths=(300, 300), latent=40, activation="relu", iw=1, prior="vamp",
                  batch=100, lr=1e-4, epochs=2000, warmup_epochs=100, components=500),
 }
+_DEFAULT_SETTINGS = copy.deepcopy(SETTINGS)   # main() starts from these on every call
 # The published figures (NLL in nats, static binarization).
 ANCHORS = {"vae": (89.78, 89.9), "iwae5": (None, None), "iwae50": (86.82, 87.1),
            "vamp": (85.79, 85.57)}
@@ -65,6 +67,10 @@ def config_for(name: str, epochs: int, steps_per_epoch: int, seed: int):
   cfg.objective.iw_samples = s["iw"]
   cfg.objective.beta_warmup_steps = s["warmup_epochs"] * steps_per_epoch
   cfg.optim.learning_rate = s["lr"]
+  if s.get("milestones"):   # PyTorch's MultiStepLR, stepped once per epoch (pythae's scripts)
+    cfg.optim.schedule = "multistep"
+    cfg.optim.milestones = tuple(e * steps_per_epoch for e in s["milestones"])
+    cfg.optim.milestone_gamma = s["gamma"]
   cfg.train.batch_size = s["batch"]
   cfg.train.num_epochs = epochs
   cfg.train.parallel = "jit"
@@ -233,6 +239,8 @@ def train_pythae(name, train, valid, curve_x, *, epochs, seed, curve_every=1):
   n = len(train) // s["batch"] * s["batch"]
   net = _pythae_model(name, n // s["batch"])
   opt = torch.optim.Adam(net.parameters(), lr=s["lr"])
+  sched = (torch.optim.lr_scheduler.MultiStepLR(opt, list(s["milestones"]), s["gamma"])
+           if s.get("milestones") else None)
   flat = torch.as_tensor(train.x.reshape(len(train), 1, 28, 28))
   gen = torch.Generator().manual_seed(seed)
   run = Run(name, "pythae")
@@ -245,6 +253,8 @@ def train_pythae(name, train, valid, curve_x, *, epochs, seed, curve_every=1):
       opt.zero_grad()
       out.loss.backward()
       opt.step()
+    if sched is not None:
+      sched.step()
     run.train_seconds += time.perf_counter() - start
     run.epochs += 1
     net.eval()
@@ -326,6 +336,11 @@ def main(argv=None):
   p.add_argument("--warmup-epochs", type=int, default=-1,
                  help=">= 0: KL warm-up epochs for every setting (both implementations) instead "
                  "of each setting's own (VampPrior: 100 of 2,000 epochs); for budgeted runs")
+  p.add_argument("--lr-milestones", default="",
+                 help="comma list of epochs at which the learning rate is multiplied by "
+                 "--lr-gamma, in both implementations (pythae's VAE script: "
+                 "200,350,500,750,1000 with gamma 10**-0.2); empty = constant rate")
+  p.add_argument("--lr-gamma", type=float, default=10 ** -0.2)
   p.add_argument("--nll-samples", type=int, default=5000)
   p.add_argument("--curve-every", type=int, default=1, help="epochs between curve points")
   args = p.parse_args(argv)
@@ -337,9 +352,22 @@ def main(argv=None):
     p.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
   train, valid, test = (data_lib.load("binarized_mnist", s) for s in ("train", "valid", "test"))
   nll_samples = args.nll_samples
+  SETTINGS.clear()
+  SETTINGS.update(copy.deepcopy(_DEFAULT_SETTINGS))
   if args.warmup_epochs >= 0:
     for s in SETTINGS.values():
       s["warmup_epochs"] = args.warmup_epochs
+  try:
+    milestones = tuple(int(e) for e in args.lr_milestones.split(",") if e.strip())
+  except ValueError:
+    p.error(f"--lr-milestones takes a comma list of epochs, got {args.lr_milestones!r}")
+  if milestones:
+    if list(milestones) != sorted(set(milestones)) or milestones[0] <= 0:
+      p.error(f"--lr-milestones must be increasing positive epochs, got {args.lr_milestones!r}")
+    if not 0 < args.lr_gamma <= 1:
+      p.error(f"--lr-gamma must be in (0, 1], got {args.lr_gamma}")
+    for s in SETTINGS.values():
+      s["milestones"], s["gamma"] = milestones, args.lr_gamma
   if args.smoke:
     train, valid, test = (_io.smoke_subset(d, n) for d, n in ((train, 400), (valid, 100),
                                                              (test, 100)))
@@ -370,6 +398,7 @@ def main(argv=None):
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
                     if not args.smoke else "smoke subset", "budget_minutes": args.budget_minutes,
             "patience": args.patience, "nll_samples": nll_samples,
+            "lr_milestones_epochs": list(milestones), "lr_gamma": args.lr_gamma if milestones else None,
             "warmup_epochs": {m: SETTINGS[m]["warmup_epochs"] for m in models},
             "pythae_installed": peer_ok, "figure": str(png)}
   _io.write_results(out, result, {"test split": rows, "time to a curve NLL both reach": speed},

@@ -610,3 +610,20 @@ def test_validation_errors(cfg):
   configure(cfg, "ae", network="conv2d", latent_dim=4)
   with pytest.raises(ConfigError, match="divisible"):
     families.build_model(cfg, (6, 6, 1))
+
+
+def test_multistep_schedule_decays_at_the_milestones_like_multisteplr(cfg):
+  # PyTorch's MultiStepLR(milestones=[3, 5], gamma=0.5) stepped once per update: updates
+  # 0-2 at 0.1, 3-4 at 0.05, 5 on at 0.025.
+  cfg.optim.learning_rate, cfg.optim.schedule = 0.1, "multistep"
+  cfg.optim.milestones, cfg.optim.milestone_gamma = (3, 5), 0.5
+  lr = train.learning_rate_schedule(cfg, 10)
+  np.testing.assert_allclose([float(lr(s)) for s in range(7)],
+                             [0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
+  for bad in [(), (5, 3), (0, 2)]:
+    cfg.optim.milestones = bad
+    with pytest.raises(ConfigError, match="milestones"):
+      train.learning_rate_schedule(cfg, 10)
+  cfg.optim.milestones, cfg.optim.milestone_gamma = (3,), 1.5
+  with pytest.raises(ConfigError, match="milestone_gamma"):
+    train.learning_rate_schedule(cfg, 10)

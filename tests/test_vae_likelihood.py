@@ -244,3 +244,22 @@ def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):
   assert (row["ae_jax_s_to_reach_it"], row["pythae_s_to_reach_it"]) == (20.0, 50.0)
   assert row["ratio"] == pytest.approx(0.4)
   assert exp.speed_row("vae", {"ae_jax": ours}) is None
+
+
+def test_experiment_lr_milestones_become_a_multistep_schedule_in_steps(monkeypatch):
+  """--lr-milestones E1,E2 (epochs) decay the ae_jax rate at E1 * steps_per_epoch etc., as
+  pythae's MultiStepLR stepped once per epoch does; bad lists are refused."""
+  import pathlib
+  from ae_jax import train as train_lib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  monkeypatch.setitem(exp.SETTINGS, "vae", {**exp.SETTINGS["vae"], "milestones": (2, 3),
+                                            "gamma": 0.5})
+  cfg = exp.config_for("vae", epochs=4, steps_per_epoch=10, seed=0)
+  assert cfg.optim.schedule == "multistep" and tuple(cfg.optim.milestones) == (20, 30)
+  lr = train_lib.learning_rate_schedule(cfg, 40)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 19, 20, 29, 30)],
+                             [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4], rtol=1e-6)
+  for bad in ("3,2", "x", "0,5"):
+    with pytest.raises(SystemExit):
+      exp.main(["--smoke", "--lr-milestones", bad])

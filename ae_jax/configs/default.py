@@ -46,8 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 0.0         # global-norm clip; 0 = off
-  c.optim.schedule = "constant"   # constant | cosine | warmup_cosine
+  c.optim.schedule = "constant"   # constant | cosine | warmup_cosine | multistep
   c.optim.warmup_steps = 0
+  c.optim.milestones = ()         # multistep: optimizer steps at which the rate decays
+  c.optim.milestone_gamma = 0.1   # multistep: factor applied at each milestone
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64         # global batch, split over devices
