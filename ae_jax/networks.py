@@ -90,6 +90,7 @@ class ConvEncoder(nn.Module):
   layer_norm: bool = False
   dtype: jnp.dtype | None = None
   conv_impl: str = "auto"  # ae_jax.conv.IMPLS
+  conv_batch_chunk: int = -1  # ae_jax.conv.resolve_chunk: -1 auto, 0 off, n examples
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -98,7 +99,8 @@ class ConvEncoder(nn.Module):
     h = x
     for ch in self.channels:
       h = conv_lib.Conv(ch, (self.kernel_size,) * ndim, strides=(self.stride,) * ndim,
-                        padding="SAME", dtype=self.dtype, impl=self.conv_impl)(h)
+                        padding="SAME", dtype=self.dtype, impl=self.conv_impl,
+                        batch_chunk=self.conv_batch_chunk)(h)
       if self.layer_norm:
         h = nn.LayerNorm(dtype=self.dtype)(h)
       h = act(h)
@@ -115,6 +117,7 @@ class ConvDecoder(nn.Module):
   layer_norm: bool = False
   dtype: jnp.dtype | None = None
   conv_impl: str = "auto"  # ae_jax.conv.IMPLS
+  conv_batch_chunk: int = -1  # ae_jax.conv.resolve_chunk: -1 auto, 0 off, n examples
 
   @nn.compact
   def __call__(self, z, train: bool = False):
@@ -129,12 +132,13 @@ class ConvDecoder(nn.Module):
     for ch in reversed(self.channels):
       h = conv_lib.ConvTranspose(ch, (self.kernel_size,) * ndim,
                                  strides=(self.stride,) * ndim, padding="SAME",
-                                 dtype=self.dtype, impl=self.conv_impl)(h)
+                                 dtype=self.dtype, impl=self.conv_impl,
+                                 batch_chunk=self.conv_batch_chunk)(h)
       if self.layer_norm:
         h = nn.LayerNorm(dtype=self.dtype)(h)
       h = act(h)
     return conv_lib.Conv(out_ch, (self.kernel_size,) * ndim, padding="SAME", dtype=self.dtype,
-                         impl=self.conv_impl)(h)
+                         impl=self.conv_impl, batch_chunk=self.conv_batch_chunk)(h)
 
 
 NETWORKS: Registry = Registry("network")
@@ -176,8 +180,10 @@ def _conv(name: str, rank: int):
     _check_conv_shape(name, input_shape, rank, cfg)
     kw = dict(kernel_size=cfg.kernel_size, stride=cfg.stride, activation=cfg.activation,
               layer_norm=cfg.layer_norm, dtype=_dtype(cfg),
-              conv_impl=cfg.get("conv_impl", "auto"))
-    conv_lib.resolve_impl(kw["conv_impl"])  # a bad setting fails here, not at first call
+              conv_impl=cfg.get("conv_impl", "auto"),
+              conv_batch_chunk=cfg.get("conv_batch_chunk", -1))
+    # A bad setting fails here, not at the first call.
+    conv_lib.resolve_chunk(kw["conv_batch_chunk"], kw["conv_impl"])
     return (ConvEncoder(tuple(cfg.channels), **kw),
             ConvDecoder(tuple(cfg.channels), tuple(input_shape), **kw))
   build.__doc__ = f"Strided conv encoder and transposed-conv decoder over {rank}-D inputs."

@@ -26,9 +26,11 @@ CONV_CHANNELS = (32, 64)
 
 
 def config(family: str = "ae", network: str = "mlp", dtype: str = "float32",
-           batch_size: int = 256, conv_impl: str = "auto") -> ml_collections.ConfigDict:
+           batch_size: int = 256, conv_impl: str = "auto",
+           conv_batch_chunk: int = -1) -> ml_collections.ConfigDict:
   """The ae_jax config of one benchmarked model (Adam 1e-3, MSE, or BCE for the VAE);
-  `conv_impl` is `model.conv_impl` (ae_jax.conv.IMPLS)."""
+  `conv_impl` is `model.conv_impl` (ae_jax.conv.IMPLS), `conv_batch_chunk` is
+  `model.conv_batch_chunk` (-1 auto, 0 off, n examples per chunk)."""
   c = default.get_config()
   c.model.family = family
   c.model.network = "mlp" if network == "mlp" else "conv2d"
@@ -37,20 +39,23 @@ def config(family: str = "ae", network: str = "mlp", dtype: str = "float32",
   c.model.channels = CONV_CHANNELS
   c.model.compute_dtype = dtype
   c.model.conv_impl = conv_impl
+  c.model.conv_batch_chunk = conv_batch_chunk
   c.model.recon_loss = "bce" if family == "vae" else "mse"
   c.model.sparsity = "l1"
   c.train.batch_size = batch_size
   return c
 
 
-def build(family: str = "ae", network: str = "mlp", dtype: str = "float32", seed: int = 0):
+def build(family: str = "ae", network: str = "mlp", dtype: str = "float32", seed: int = 0,
+          conv_batch_chunk: int = -1):
   """(model, params, input_shape) of one benchmarked model; params are float32.
 
   The parameters come from `host_init`: compiling the real initialiser takes seconds
   per conv model on a CPU, and a speed benchmark needs only values of the right scale.
   """
   shape = INPUT_SHAPES[network]
-  model = families.build_model(config(family, network, dtype), shape)
+  model = families.build_model(config(family, network, dtype,
+                                       conv_batch_chunk=conv_batch_chunk), shape)
   return model, host_init(model, shape, seed), shape
 
 
@@ -75,13 +80,13 @@ def host_init(model, input_shape, seed: int = 0):
 
 def train_state(family: str = "ae", network: str = "mlp", dtype: str = "float32",
                 batch_size: int = 256, seed: int = 0, real_init: bool = False,
-                conv_impl: str = "auto"):
+                conv_impl: str = "auto", conv_batch_chunk: int = -1):
   """(config, model, family, TrainState) ready for `ae_jax.train.train_step`.
 
   With `real_init` the state comes from `ae_jax.train.create_train_state` (the
   codebase's own initialiser, slow to compile); otherwise from `host_init`.
   """
-  cfg = config(family, network, dtype, batch_size, conv_impl)
+  cfg = config(family, network, dtype, batch_size, conv_impl, conv_batch_chunk)
   shape = INPUT_SHAPES[network]
   model = families.build_model(cfg, shape)
   if real_init:

@@ -29,15 +29,15 @@ import time
 import jax
 import numpy as np
 
-from ae_jax import parallel, train
+from ae_jax import conv as conv_lib, parallel, train
 from benchmarks import architectures, common
 
 VARIANTS = ("eager", "channels_last", "compile")
 TASKS = ("forward", "train")
 
 
-def _jax_forward(network, batch):
-  model, params, _ = architectures.build("ae", network)
+def _jax_forward(network, batch, chunk=-1):
+  model, params, _ = architectures.build("ae", network, conv_batch_chunk=chunk)
   fn = architectures.forward_fns(model)["roundtrip"]
   x = architectures.op_input("roundtrip", network, batch)
   compiled, _, compile_s = common.aot_compile(fn, params, x)
@@ -48,8 +48,9 @@ def _jax_forward(network, batch):
   return call, compile_s, 1
 
 
-def _jax_train(network, batch, steps_per_call):
-  cfg, model, family, state = architectures.train_state("ae", network, "float32", batch)
+def _jax_train(network, batch, steps_per_call, chunk=-1):
+  cfg, model, family, state = architectures.train_state("ae", network, "float32", batch,
+                                                        conv_batch_chunk=chunk)
   step = functools.partial(train.train_step, model=model, family=family, config=cfg)
   run = parallel.compile_step(step, "jit", steps_per_call=steps_per_call)
   x = architectures.example_batch(network, batch)
@@ -116,12 +117,19 @@ def _torch_train(torch, torch_models, network, batch, variant, backend, device):
 
 def bench_row(torch, torch_models, network, task, batch, variants, scan_steps, *, repeats,
               min_repeats, budget_s, backend="inductor", device="cpu", blocks=False,
-              log=print) -> dict:
+              conv_chunks=(-1,), log=print) -> dict:
+  """One row: every variant timed in turns. `conv_chunks` (conv networks): the
+  `model.conv_batch_chunk` settings timed, the first as `jax`, the others as
+  `jax_chunk<n>` (`jax_chunk0`: no chunking)."""
   builders = {}
-  if task == "forward":
-    builders["jax"] = functools.partial(_jax_forward, network, batch)
-  else:
-    builders["jax"] = functools.partial(_jax_train, network, batch, 1)
+  chunks = list(conv_chunks) if network != "mlp" else [-1]
+  for i, chunk in enumerate(chunks):
+    name = "jax" if i == 0 else f"jax_chunk{chunk}"
+    if task == "forward":
+      builders[name] = functools.partial(_jax_forward, network, batch, chunk)
+    else:
+      builders[name] = functools.partial(_jax_train, network, batch, 1, chunk)
+  if task != "forward":
     if scan_steps > 1:
       builders[f"jax_scan{scan_steps}"] = functools.partial(_jax_train, network, batch, scan_steps)
   torch_fn = _torch_forward if task == "forward" else _torch_train
@@ -184,6 +192,10 @@ def main(argv=None) -> dict | None:
   parser.add_argument("--compile-backend", default="inductor",
                       help="torch.compile backend ('eager' only checks that tracing works)")
   parser.add_argument("--torch-device", default="cpu", help="cpu, or cuda on a GPU machine")
+  parser.add_argument("--conv-chunks", type=common.int_list, default=[-1],
+                      help="conv networks: model.conv_batch_chunk settings to time, the first "
+                      "as 'jax', the others as 'jax_chunk<n>' (-1 auto, 0 off); "
+                      "e.g. --conv-chunks=-1,0")
   parser.add_argument("--order", choices=("turns", "blocks"), default="turns",
                       help="time the variants in turns (default) or each in one block")
   parser.add_argument("--scan-steps", type=int, default=None,
@@ -220,14 +232,17 @@ def main(argv=None) -> dict | None:
         rows.append(bench_row(torch, torch_models, network, task, batch, args.variants,
                               scan_steps, repeats=repeats, min_repeats=min_repeats,
                               budget_s=budget_s, backend=args.compile_backend,
-                              device=args.torch_device, blocks=args.order == "blocks"))
+                              device=args.torch_device, blocks=args.order == "blocks",
+                              conv_chunks=args.conv_chunks))
   env = common.environment()
   env["torch_threads"] = torch.get_num_threads()
   env["torch_device"] = args.torch_device
   env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
   payload = {"benchmark": "torch_compare", "command": common.command_line(),
              "environment": env, "smoke": smoke, "dtype": "float32",
-             "compile_backend": args.compile_backend, "order": args.order, "rows": rows,
+             "compile_backend": args.compile_backend, "order": args.order,
+             "conv_chunks": args.conv_chunks, "auto_batch_chunk": conv_lib.AUTO_BATCH_CHUNK,
+             "rows": rows,
              "wall_s": time.perf_counter() - t0}
   common.write_json(args.out, payload)
   print(common.rows_table(rows, _columns(rows)))

@@ -26,11 +26,11 @@ CASES = [(rank, 3, 2, "SAME", 3, 5) for rank in (1, 2)] + [
 SIZES = {1: (11,), 2: (9, 7)}
 
 
-def _pair(kind, rank, k, s, pad, cout, impl):
+def _pair(kind, rank, k, s, pad, cout, impl, batch_chunk=-1):
   args = dict(features=cout, kernel_size=(k,) * rank, strides=(s,) * rank, padding=pad)
   ref = nn.Conv(**args) if kind == "conv" else nn.ConvTranspose(**args)
   cls = fastconv.Conv if kind == "conv" else fastconv.ConvTranspose
-  return ref, cls(**args, impl=impl)
+  return ref, cls(**args, impl=impl, batch_chunk=batch_chunk)
 
 
 def _loss(module):
@@ -57,6 +57,51 @@ def test_matches_flax(kind, rank, k, s, pad, cin, cout):
   g_new = jax.jit(jax.grad(_loss(new), argnums=(0, 1)))(params, x)
   chex.assert_trees_all_close(g_new, g_ref, rtol=1e-4, atol=1e-5)
   assert float(jnp.abs(g_new[1]).max()) > 0  # the input gradient is not trivially zero
+
+
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+@pytest.mark.parametrize("rank,k,s,pad,cin,cout", CASES[:4] + CASES[-2:])
+@pytest.mark.parametrize("batch,chunk", [(4, 2), (5, 2)])
+def test_batch_chunks_match_flax(kind, rank, k, s, pad, cin, cout, batch, chunk):
+  """Chunked forward and backward (an even split, and one zero-padded to 3 chunks of 2)
+  give Flax's outputs and gradients, the kernel gradient summed over the chunks."""
+  x = jax.random.normal(jax.random.key(5), (batch, *SIZES[rank], cin))
+  ref, new = _pair(kind, rank, k, s, pad, cout, "fast", batch_chunk=chunk)
+  params = jax.tree.map(lambda p: p + 0.1, ref.init(jax.random.key(0), x))
+  y_new = jax.jit(new.apply)(params, x)
+  chex.assert_shape(y_new, ref.apply(params, x).shape)
+  np.testing.assert_allclose(y_new, ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  g_ref = jax.jit(jax.grad(_loss(ref), argnums=(0, 1)))(params, x)
+  g_new = jax.jit(jax.grad(_loss(new), argnums=(0, 1)))(params, x)
+  chex.assert_trees_all_close(g_new, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_map_chunks_by_hand():
+  """Per-example outputs are concatenated back, summed outputs added over the chunks,
+  and a zero-padded last chunk changes neither."""
+  x = jnp.arange(10.0).reshape(5, 2)
+  f = lambda xc: (2 * xc, jnp.sum(xc, axis=0))
+  for chunk in (0, 1, 2, 3, 5, 8):
+    per, total = fastconv._map_chunks(f, chunk, (x,), n_summed=1)
+    np.testing.assert_array_equal(per, 2 * x)
+    np.testing.assert_array_equal(total, [20.0, 25.0])
+
+
+def test_resolve_chunk():
+  fast_default = fastconv.AUTO_BATCH_CHUNK if jax.default_backend() == "cpu" else 0
+  assert fastconv.resolve_chunk(-1, "auto") == fast_default
+  assert fastconv.resolve_chunk(-1, "fast") == fastconv.AUTO_BATCH_CHUNK
+  assert fastconv.resolve_chunk(-1, "xla") == 0
+  assert fastconv.resolve_chunk(0, "fast") == 0
+  assert fastconv.resolve_chunk(16, "fast") == 16
+  for bad in (-2, 1.5, "64"):
+    with pytest.raises(ConfigError, match="batch_chunk"):
+      fastconv.resolve_chunk(bad, "fast")
+  cfg = default.get_config()
+  cfg.model.network = "conv2d"
+  cfg.model.conv_batch_chunk = -5
+  with pytest.raises(ConfigError, match="batch_chunk"):
+    NETWORKS.get("conv2d")(cfg.model, (8, 8, 1), 4)
 
 
 @pytest.mark.parametrize("kind", ["conv", "transpose"])
@@ -102,15 +147,17 @@ def test_networks_same_params_and_outputs(network, shape):
   cfg.model.latent_dim = 3
   x = jax.random.uniform(jax.random.key(4), (2, *shape))
   out = {}
-  for impl in ("xla", "fast"):
-    cfg.model.conv_impl = impl
+  for impl, chunk in (("xla", -1), ("fast", -1), ("fast_chunked", 1)):
+    cfg.model.conv_impl, cfg.model.conv_batch_chunk = impl.split("_")[0], chunk
     model = families.build_model(cfg, shape)
     # Compiled: run eagerly, each primitive of init and apply compiles alone.
     params = jax.jit(lambda k: train.init_params(model, shape, k))(jax.random.key(0))
     recon = jax.jit(lambda p, x: model.apply(p, x, method=model.reconstruct))(params, x)
     out[impl] = (params, recon)
   chex.assert_trees_all_equal(out["xla"][0], out["fast"][0])
+  chex.assert_trees_all_equal(out["xla"][0], out["fast_chunked"][0])
   np.testing.assert_allclose(out["fast"][1], out["xla"][1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out["fast_chunked"][1], out["xla"][1], rtol=1e-5, atol=1e-5)
 
 
 def test_auto_resolves_per_backend():

@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
   c.model.conv_impl = "auto"      # auto (fast path on CPU, XLA on GPU/TPU) | xla | fast
+  c.model.conv_batch_chunk = -1   # fast path: examples per chunk; -1 auto (64 on CPU), 0 off
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
 
   c.objective = ml_collections.ConfigDict()
