@@ -311,8 +311,18 @@ def main(argv=None):
             "epochs": ctx.epochs, "seconds": seconds,
             "wall_s": round(time.time() - t_start, 1), "cpu": cpu_model(),
             "environment": _io.environment(), "numbers": ctx.numbers}
-  (out / "gallery.json").write_text(json.dumps(_io._plain(record), indent=1) + "\n")
-  print(f"{len(written)} figures in {record['wall_s']} s on {record['cpu']}")
+  path = out / "gallery.json"
+  if args.only and path.exists():
+    # Redrawing some figures keeps the record of the others: their seconds and numbers
+    # stay, and each redrawn figure notes the command that drew it last.
+    old_record = json.loads(path.read_text())
+    redrawn = {name: record["command"] for name in seconds}
+    record = {**old_record,
+              "seconds": {**old_record.get("seconds", {}), **seconds},
+              "numbers": {**old_record.get("numbers", {}), **_io._plain(ctx.numbers)},
+              "redrawn_by": {**old_record.get("redrawn_by", {}), **redrawn}}
+  path.write_text(json.dumps(_io._plain(record), indent=1) + "\n")
+  print(f"{len(written)} figures in {round(time.time() - t_start, 1)} s on {cpu_model()}")
   return written
 
 
