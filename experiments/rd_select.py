@@ -7,7 +7,8 @@ On the 7,000 / 1,000 training / validation split of `experiments.rate_distortion
 test split is not read), each variant "<init>,<output>,<learning rate>" (init random |
 pca, output sigmoid | linear) trains the linear dense codec at every `--lambdas` in one
 vmapped sweep for `--epochs` epochs; the table gives each lambda's mean validation bytes
-(the real bitstream of each image on its own, header included) and PSNR, and the
+(the real bitstream of each image on its own, header included) and PSNR, the PSNR with
+the continuous latents (no quantisation: what the transform alone can give) and the
 validation PSNR interpolated (in log bytes) at the budgets of the experiment.
 """
 
@@ -19,6 +20,7 @@ from ae_jax import vmap_trials
 from ae_jax import results as _io
 from ae_jax.codec import Codec
 from experiments import rate_distortion as rd
+from experiments.rd_diagnostics import latent_checks
 
 NAME = "rd_select"
 
@@ -73,7 +75,9 @@ def main(argv=None):
       recon = codec.reconstruct(val.x)
       points.append({"variant": variant, "lambda": lam, "epochs": args.epochs,
                      "val bytes": float(codec.bytes_per_example(val.x).mean()),
-                     "val PSNR": rd.quality(recon, val.x)["psnr"], "train s": train_s})
+                     "val PSNR": rd.quality(recon, val.x)["psnr"],
+                     "val PSNR continuous": latent_checks(run.trained, val.x)["psnr_continuous"],
+                     "train s": train_s})
       print(points[-1], flush=True)
     rows += points
     summary.append({"variant": variant, "epochs": args.epochs,
