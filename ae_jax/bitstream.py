@@ -2,17 +2,21 @@
 
 `encode(symbols, tables)` writes the integer symbols (N, C) of N examples, one stream per
 example, into one byte string; `decode(data, tables)` reads them back exactly. The
-layout (version 1):
+layout (version 2):
 
-    0xAE            magic byte
-    0x01            format version
+    0xA2            magic (high nibble 0xA) and format version (low nibble, 2)
     varint N        number of examples
-    varint C        symbols per example (latent channels)
     varint L_i      payload length of examples 0 .. N-2 (the last one runs to the check)
     payload_i       N range-coded payloads
-    2 bytes         check: CRC-32 (low 16 bits, big endian) of the tables' digest and
-                    every byte above, so a corrupt stream, a truncated one, or one
-                    decoded with another model's tables is refused
+    1 byte          check: CRC-32 (low 8 bits) of the tables' digest and every byte
+                    above, so a corrupt stream, a truncated one, or one decoded with
+                    another model's tables is refused (all but 1 in 256 of them: the
+                    other 255 in 256 fail the check, and a stream that passes it by chance
+                    still needs a valid layout and range-coder state to decode)
+
+The number of symbols per example C is not written: the decoder knows it from the
+tables, which also enter the check. Version 1 (0xAE 0x01, varint C, 2 check bytes)
+spent 4 more bytes per stream; it is recognised and refused with a clear error.
 
 A payload codes each symbol with its channel's categorical table
 (`ae_jax.entropy.CodingTables`); a symbol outside its channel's alphabet is coded as the
@@ -30,10 +34,12 @@ import numpy as np
 from ae_jax.entropy import CodingTables
 from ae_jax.errors import DataError
 
-MAGIC = 0xAE
-VERSION = 1
+MAGIC = 0xA  # high nibble of the first byte
+VERSION = 2  # low nibble of the first byte
+HEAD = (MAGIC << 4) | VERSION
+LEGACY_HEAD = 0xAE  # first byte of version 1 streams (its second byte was the version)
 ESCAPE_BITS = 20  # escaped values differ from their alphabet's end by less than 2**20
-CHECK_BYTES = 2
+CHECK_BYTES = 1
 
 
 def _constriction():
@@ -63,7 +69,7 @@ def _read_varint(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
 
 
 def _check(tables: CodingTables, body: bytes) -> bytes:
-  crc = zlib.crc32(body, zlib.crc32(tables.digest())) & 0xFFFF
+  crc = zlib.crc32(body, zlib.crc32(tables.digest())) & ((1 << (8 * CHECK_BYTES)) - 1)
   return crc.to_bytes(CHECK_BYTES, "big")
 
 
@@ -132,24 +138,23 @@ def _layout(data: bytes, tables: CodingTables):
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise DataError(f"a bitstream must be bytes, got {type(data).__name__}")
   data = bytes(data)
-  if len(data) < 2 + 2 + CHECK_BYTES:
+  if len(data) < 2 + CHECK_BYTES:
     raise DataError(f"bitstream of {len(data)} bytes is too short to hold a header: "
                     "it is truncated or not an ae_jax bitstream")
-  if data[0] != MAGIC:
+  if data[0] == LEGACY_HEAD and len(data) > 1 and data[1] == 1:
+    raise DataError("bitstream format version 1 is not supported (this ae_jax reads "
+                    f"version {VERSION}): compress the data again")
+  if data[0] >> 4 != MAGIC:
     raise DataError(f"not an ae_jax bitstream (first byte 0x{data[0]:02x}, expected "
-                    f"0x{MAGIC:02x})")
-  if data[1] != VERSION:
-    raise DataError(f"bitstream format version {data[1]} is not supported (this ae_jax "
-                    f"reads version {VERSION})")
+                    f"0x{HEAD:02x})")
+  if data[0] & 0xF != VERSION:
+    raise DataError(f"bitstream format version {data[0] & 0xF} is not supported (this "
+                    f"ae_jax reads version {VERSION})")
   end = len(data) - CHECK_BYTES
   if data[end:] != _check(tables, data[:end]):
     raise DataError("bitstream check failed: the data is corrupt or truncated, or it was "
                     "written by a model with other entropy tables than this one")
-  count, pos = _read_varint(data, 2, end, "the number of examples")
-  channels, pos = _read_varint(data, pos, end, "the number of latents")
-  if channels != len(tables.sizes):
-    raise DataError(f"bitstream holds {channels} latents per example but the model codes "
-                    f"{len(tables.sizes)}: use the model that wrote it")
+  count, pos = _read_varint(data, 1, end, "the number of examples")
   lengths = []
   for i in range(max(count - 1, 0)):
     length, pos = _read_varint(data, pos, end, f"the length of example {i}")
@@ -169,8 +174,8 @@ def encode(symbols, tables: CodingTables) -> bytes:
   if not np.issubdtype(symbols.dtype, np.integer):
     raise DataError(f"symbols must be integers, got dtype {symbols.dtype}")
   payloads = [encode_one(row, tables) for row in symbols]
-  head = bytearray([MAGIC, VERSION])
-  head += _varint(len(payloads)) + _varint(symbols.shape[1])
+  head = bytearray([HEAD])
+  head += _varint(len(payloads))
   for payload in payloads[:-1]:
     head += _varint(len(payload))
   body = bytes(head) + b"".join(payloads)
@@ -191,9 +196,10 @@ def decode(data: bytes, tables: CodingTables) -> np.ndarray:
   return np.stack(rows) if rows else np.zeros((0, len(tables.sizes)), np.int32)
 
 
-def header_bytes(count: int, channels: int, payload_lengths=()) -> int:
-  """Bytes of a stream's header and check for `count` examples of `channels` symbols."""
-  return (2 + len(_varint(count)) + len(_varint(channels))
+def header_bytes(count: int, payload_lengths=()) -> int:
+  """Bytes of a stream's header and check for `count` examples (with the payload lengths
+  of the first count - 1)."""
+  return (1 + len(_varint(count))
           + sum(len(_varint(n)) for n in list(payload_lengths)[:max(count - 1, 0)])
           + CHECK_BYTES)
 

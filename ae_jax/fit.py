@@ -33,10 +33,9 @@ from ae_jax.loop import run_steps
 from ae_jax.prepare import prepare_data, total_steps, validate_train_config  # noqa: F401
 from ae_jax.trained import (Trained, eval_batch_size, eval_fn, evaluate,  # noqa: F401
                             run_eval, scaler_from_meta)
-from ae_jax.train import create_train_state, train_step
+from ae_jax.train import INIT_SAMPLE, create_train_state, train_step  # noqa: F401
 
 METRICS_FILE = "metrics.jsonl"
-INIT_SAMPLE = 4096  # training examples shown to a family's data-dependent initialisation
 
 
 class _MetricsLog:

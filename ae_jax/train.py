@@ -71,6 +71,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
   return tx
 
 
+INIT_SAMPLE = 4096  # training examples shown to a family's data-dependent initialisation
+
+
 def init_params(model, input_shape, rng, *, conditional: bool = False):
   """Initialise the model's parameters with a batch of two zero examples."""
   x = jnp.zeros((2, *input_shape), jnp.float32)

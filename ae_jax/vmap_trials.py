@@ -42,8 +42,8 @@ from ae_jax.errors import ConfigError
 from ae_jax.families import FAMILIES, build_model, get_family, validate_config
 from ae_jax.loop import run_steps
 from ae_jax.prepare import prepare_data, total_steps, validate_train_config
-from ae_jax.train import (TrainState, eval_step, finalize_eval, init_params, make_optimizer,
-                          train_step)
+from ae_jax.train import (INIT_SAMPLE, TrainState, eval_step, finalize_eval, init_params,
+                          make_optimizer, train_step)
 from ae_jax.trained import Trained, eval_batch_size
 
 OPTIM_HPARAMS = ("optim.learning_rate", "optim.weight_decay")
@@ -287,19 +287,27 @@ class _Batches:
 
 
 def trial_state(cfg: ml_collections.ConfigDict, cfgs: Sequence[ml_collections.ConfigDict],
-                input_shape: tuple, steps: int):
+                input_shape: tuple, steps: int, data=None):
   """(program, state, rngs, hparams) of T trial configs that differ from cfg in values only.
 
   `program.step(batch_axis)(state, batch, rngs, hparams)` advances every trial by one
   step (batch shared with batch_axis=None, or (T, B, ...) with 0); `state` is a
   TrainState whose leaves have a leading trial axis T, each trial's parameters
-  initialised as `fit` does from its seed; `rngs` (T,) step keys; `hparams` the
+  initialised as `fit` does from its seed (and, given `data`, a sample of the scaled
+  training data, by the family's `init_from_data` with its config); `rngs` (T,) step keys; `hparams` the
   values of the family's traced objective fields {'objective.beta': (T,), ...}.
   """
   prog = _program(cfg, input_shape, steps)
   model = prog.model
-  params = _stack([init_params(model, input_shape, jax.random.key(c.seed),
-                               conditional=bool(model.num_classes)) for c in cfgs])
+  init_from_data = get_family(cfg.model.family).init_from_data
+  params = []
+  for c in cfgs:
+    p = init_params(model, input_shape, jax.random.key(c.seed),
+                    conditional=bool(model.num_classes))
+    if data is not None and init_from_data is not None:
+      p = init_from_data(p, data, c)
+    params.append(p)
+  params = _stack(params)
   opt_state = jax.vmap(prog.tx.init)(params)
   opt_state = opt_state._replace(hyperparams={
       **opt_state.hyperparams, "learning_rate": jnp.asarray(_column(cfgs, "optim.learning_rate")),
@@ -354,7 +362,8 @@ def fit_trials(cfg: ml_collections.ConfigDict, overrides: Sequence[dict], *, tra
       raise ConfigError(f"optim.learning_rate must be > 0, got {c.optim.learning_rate}")
   steps = total_steps(base, len(train0))
   num_trials = len(cfgs)
-  prog, state, rngs, hparams = trial_state(cfg, cfgs, input_shape, steps)
+  prog, state, rngs, hparams = trial_state(cfg, cfgs, input_shape, steps,
+                                           data=train0.x[:INIT_SAMPLE])
   model, family = prog.model, prog.family
   seeds = jnp.asarray([c.seed for c in cfgs])
 

@@ -33,9 +33,9 @@ PIXELS = 28 * 28
 def parse(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--lambdas", type=float, nargs="+",
-                 default=[0.0005, 0.001, 0.002, 0.004, 0.008, 0.016],
+                 default=[0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032],
                  help="rate weights (per bit per pixel) of our curve, trained in one vmapped sweep")
-  p.add_argument("--epochs", type=int, nargs="+", default=[40],
+  p.add_argument("--epochs", type=int, nargs="+", default=[60],
                  help="training lengths to choose from on validation (one sweep each)")
   p.add_argument("--latent", type=int, default=256)
   p.add_argument("--transform", default="dense",
@@ -54,6 +54,13 @@ def parse(argv=None):
                  help="MLP widths (none, the default: linear encoder and decoder)")
   p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
   p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
+  p.add_argument("--init", default="pca",
+                 help="random | pca (model.rd_init: the linear dense transform from the KLT; "
+                      "an MLP with --widths or the gdn transform always starts random)")
+  p.add_argument("--init-step", type=float, default=0.4,
+                 help="pca init: quantisation step of a projection, in pixel units")
+  p.add_argument("--output", default="sigmoid",
+                 help="dense: sigmoid (logits, the default) | linear output; gdn is linear")
   p.add_argument("--batch-size", type=int, default=100)
   p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--val-size", type=int, default=1000)
@@ -66,7 +73,7 @@ def parse(argv=None):
                  help="test images coded one at a time for the per-image times")
   args = p.parse_args(argv)
   if args.smoke:
-    args.lambdas, args.epochs, args.latent, args.widths = [0.004, 0.03], [1], 16, [64]
+    args.lambdas, args.epochs, args.latent, args.widths = [0.004, 0.03], [1], 16, []
     args.pca_components, args.pca_bits = [8, 16], [4]
     args.jpeg_qualities, args.webp_qualities = [10, 50], [10, 50]
     args.timing_images, args.val_size = 5, 100
@@ -152,7 +159,11 @@ def rd_config(args, epochs: int):
   cfg.model.latent_dim = args.latent
   # dense: logits out (sigmoid); gdn: linear out, as Ballé's (a sigmoid there saturates
   # in the first steps and its MSE gradient vanishes). The distortion is MSE in [0, 1].
-  cfg.model.recon_loss = "mse" if args.transform == "gdn" else "bce"
+  linear = args.transform == "gdn" or args.output == "linear"
+  cfg.model.recon_loss = "mse" if linear else "bce"
+  linear_dense = args.transform == "dense" and args.network == "mlp" and not args.widths
+  cfg.model.rd_init = args.init if linear_dense else "random"
+  cfg.model.rd_init_step = args.init_step
   cfg.model.rd_quantization = args.quantization
   cfg.model.rd_transform = args.transform
   cfg.model.rd_channels = args.rd_channels

@@ -157,12 +157,12 @@ def test_bytes_are_the_file_length_and_near_the_ideal_rate(trained_tables):
   sizes = bitstream.stream_bytes(symbols[:40], tables)
   for row, size in zip(symbols[:3], sizes):
     assert len(bitstream.encode(row[None], tables)) == size
-  assert bitstream.header_bytes(1, 12) == 6  # magic, version, N, C, 2 check bytes
-  payload = sizes - 6
+  assert bitstream.header_bytes(1) == 3  # magic and version, N, 1 check byte
+  payload = sizes - 3
   ideal = entropy.ideal_bits(tables, symbols[:40]) / 8
   assert np.all(payload >= np.floor(ideal)) and np.all(payload <= ideal + 4)
   whole = bitstream.encode(symbols[:40], tables)
-  assert len(whole) == sum(payload) + bitstream.header_bytes(40, 12, payload)
+  assert len(whole) == sum(payload) + bitstream.header_bytes(40, payload)
 
 
 def test_bad_bitstreams_raise_data_error(trained_tables):
@@ -177,7 +177,8 @@ def test_bad_bitstreams_raise_data_error(trained_tables):
       "corrupt": (bytes(flipped), "check failed"),
       "other model": (data, "check failed") if other.digest() != tables.digest() else None,
       "magic": (b"\x00" + data[1:], "not an ae_jax bitstream"),
-      "version": (data[:1] + b"\x09" + data[2:], "version 9"),
+      "version": (b"\xa9" + data[1:], "version 9"),
+      "version 1": (b"\xae\x01" + data[1:], "version 1 is not supported"),
       "empty": (b"", "too short"),
       "not bytes": ("abc", "must be bytes"),
   }
@@ -209,3 +210,24 @@ def test_solve_quantiles_finds_the_logistic_tails():
   t = math.log(2.0 / 1e-3 - 1.0)
   np.testing.assert_allclose(solved["quantiles"], [[1.5 - t, 1.5, 1.5 + t]] * 2, atol=1e-4)
   assert float(model.apply({"params": solved}, method=EB.aux_loss)) == pytest.approx(0, abs=1e-3)
+
+
+def test_the_one_byte_check_refuses_nearly_every_damaged_stream(trained_tables):
+  """Every single-bit flip and every truncation of a 4-example stream: the check byte lets
+  about 1 in 256 through by chance; none may decode silently beyond a few."""
+  tables, symbols = trained_tables
+  data = bitstream.encode(symbols[:4], tables)
+  damaged = [data[:n] for n in range(len(data))]
+  for i in range(len(data)):
+    for bit in range(8):
+      flipped = bytearray(data)
+      flipped[i] ^= 1 << bit
+      damaged.append(bytes(flipped))
+  passed = 0
+  for blob in damaged:
+    try:
+      bitstream.decode(blob, tables)
+      passed += 1
+    except DataError:
+      pass
+  assert passed <= 0.01 * len(damaged), (passed, len(damaged))

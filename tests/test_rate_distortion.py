@@ -191,3 +191,69 @@ def test_experiment_smoke(tmp_path):
   assert (tmp_path / "decoded_grid.png").is_file()
   ours = [p for p in points if p["method"] == "ours" and p["split"] == "test"]
   assert len(ours) == 2 and all(p["bytes"] >= 6 for p in ours)
+
+
+def pca_cfg(cfg, **fields):
+  """A copy of cfg as a linear rate_distortion codec initialised from the KLT."""
+  return rd_cfg(cfg.copy_and_resolve_references(),
+                **{"model__widths": (), "model__rd_init": "pca", **fields})
+
+
+def test_pca_init_is_the_klt_of_the_sample(cfg, digits):
+  from sklearn.decomposition import PCA
+  x = np.asarray(digits[:300], np.float64)
+  flat = x.reshape(len(x), -1)
+  c = pca_cfg(cfg, model__recon_loss="mse", model__rd_init_step=0.25)
+  model, params = init(c)
+  params = get_family("rate_distortion").init_from_data(params, x, c)
+  y = np.asarray(model.apply(params, jnp.asarray(x, jnp.float32),
+                             method=RateDistortionAutoencoder.analysis))
+  pca = PCA(6).fit(flat)
+  # Each latent is one principal coordinate in units of the step (up to its sign).
+  coords = pca.transform(flat) / 0.25
+  signs = np.sign(np.sum(y * coords, 0))
+  np.testing.assert_allclose(y * signs, coords, atol=2e-4)
+  # The continuous decoder output is the PCA reconstruction (linear output).
+  out = model.apply(params, jnp.asarray(y), method=RateDistortionAutoencoder.decode)
+  np.testing.assert_allclose(np.asarray(out).reshape(flat.shape),
+                             pca.inverse_transform(pca.transform(flat)), atol=1e-4)
+  # With logits, the decoder is the least-squares fit of the clipped logits on the codes.
+  cb = pca_cfg(cfg)
+  model_b, params_b = init(cb)
+  params_b = get_family("rate_distortion").init_from_data(params_b, x, cb)
+  yb = model_b.apply(params_b, jnp.asarray(x, jnp.float32), method=RateDistortionAutoencoder.analysis)
+  out_b = np.asarray(model_b.apply(params_b, yb, method=RateDistortionAutoencoder.decode))
+  clipped = np.clip(flat, 0.02, 0.98)
+  target = np.log(clipped / (1 - clipped))
+  design = np.concatenate([np.asarray(yb) / 10.0, np.ones((len(x), 1))], 1)
+  best = design @ np.linalg.lstsq(design, target, rcond=None)[0]
+  np.testing.assert_allclose(out_b.reshape(flat.shape), best, atol=2e-3)
+
+
+def test_pca_init_reaches_every_trial_of_a_sweep_and_random_init_is_untouched(cfg, digits):
+  x = np.asarray(digits[:64])
+  c = pca_cfg(cfg, model__recon_loss="mse")
+  cfgs = [vmap_trials.with_overrides(c, {"objective.rd_lambda": lam}) for lam in (0.0, 1.0)]
+  _, state, _, _ = vmap_trials.trial_state(c, cfgs, (8, 8, 1), 5, data=x)
+  model, params = init(c)
+  expect = get_family("rate_distortion").init_from_data(params, x, c)
+  for t in range(2):
+    np.testing.assert_allclose(state.params["params"]["to_latent"]["kernel"][t],
+                               expect["params"]["to_latent"]["kernel"], rtol=1e-6)
+  r = rd_cfg(cfg.copy_and_resolve_references())
+  _, params = init(r)
+  same = get_family("rate_distortion").init_from_data(params, x, r)
+  chex.assert_trees_all_equal(same, params)
+
+
+def test_pca_init_bad_settings(cfg, digits):
+  with pytest.raises(ConfigError, match="linear transform"):
+    build_model(pca_cfg(cfg, model__widths=(16,)), (8, 8, 1))
+  with pytest.raises(ConfigError, match="rd_init"):
+    build_model(rd_cfg(cfg.copy_and_resolve_references(), model__rd_init="kmeans"), (8, 8, 1))
+  with pytest.raises(ConfigError, match="rd_init_step"):
+    build_model(pca_cfg(cfg, model__rd_init_step=0.0), (8, 8, 1))
+  c = pca_cfg(cfg, model__latent_dim=64)
+  model, params = init(c)
+  with pytest.raises(ConfigError, match="latent_dim <= min"):
+    get_family("rate_distortion").init_from_data(params, np.asarray(digits[:10]), c)

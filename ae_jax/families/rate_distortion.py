@@ -26,6 +26,12 @@ rate is that of the real integer symbols under the model. Terms per example:
 
 `objective.rd_lambda` is traced (`hparams`), so a whole rate-distortion curve trains in
 one vmapped sweep (`ae_jax.vmap_trials.fit_trials`). Real bitstreams: `ae_jax.codec`.
+
+`model.rd_init = 'pca'` starts a linear dense transform (`model.widths` empty) from the
+KLT of a sample of the training data (the `init_from_data` hook, `pca_init`): latent i
+is the projection on the i-th principal direction in units of `model.rd_init_step`, and
+the decoder maps the latents back (to pixels with a linear output; with logits, a least
+squares fit of the clipped data's logits).
 """
 
 import math
@@ -34,8 +40,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ae_jax import losses
+from ae_jax.errors import ConfigError
 from ae_jax.entropy import EntropyBottleneck
 from ae_jax.families.base import (FAMILIES, Family, Terms, apply, check_recon_loss,
                                   common_kwargs, networks, require)
@@ -50,6 +58,8 @@ FIELDS = {
     "model.rd_channels": 32,              # gdn: hidden channels
     "model.rd_latent_channels": 16,       # gdn: channels of the (H/4, W/4) latent
     "model.rd_kernel": 5,                 # gdn: kernel size
+    "model.rd_init": "random",            # random | pca: dense linear transform from the KLT
+    "model.rd_init_step": 0.4,            # pca: quantisation step in data units of a projection
     "objective.rd_lambda": 0.01,          # weight of the rate, in bits per input value
     "objective.rd_distortion": "mse",     # mse (data space) | recon (model.recon_loss)
 }
@@ -192,6 +202,48 @@ def terms(model, params, batch, keys, step, cfg, train) -> Terms:
           "bits": res["bits"], "bpp": bpp, "aux": aux}
 
 
+LOGIT_CLIP = 0.02  # pca init with logits: data clipped to [c, 1 - c] before the logit
+
+
+def pca_init(params, x, cfg):
+  """Params whose dense linear transform is the KLT of x (N, ...), the scaled sample.
+
+  With mean mu and principal directions V (latent_dim, D) of the flattened sample and
+  step s = model.rd_init_step: the latents are y = V (x - mu) / s (to_latent gets
+  V^T / (latent_scale s) and -V mu / (latent_scale s)); the decoder sees y / latent_scale
+  and gives mu + V^T (s y) with a linear output, or with logits the least-squares map
+  from those inputs to logit(clip(x, LOGIT_CLIP, 1 - LOGIT_CLIP)).
+  """
+  m = cfg.model
+  if m.get("rd_init", "random") != "pca":
+    return params
+  flat = np.asarray(x, np.float64).reshape(len(x), -1)
+  k = int(m.latent_dim)
+  if k > min(flat.shape):
+    raise ConfigError(f"model.rd_init='pca' needs latent_dim <= min(sample size, input "
+                      f"size) = {min(flat.shape)}, got {k}")
+  mu = flat.mean(0)
+  _, _, vt = np.linalg.svd(flat - mu, full_matrices=False)
+  v = vt[:k]  # (k, D)
+  unit = float(m.rd_latent_scale) * float(m.rd_init_step)
+  inner = dict(params["params"])
+  inner["to_latent"] = {"kernel": jnp.asarray(v.T / unit, jnp.float32),
+                        "bias": jnp.asarray(-(v @ mu) / unit, jnp.float32)}
+  codes = (flat - mu) @ v.T / unit  # what the decoder sees (before quantisation)
+  if m.recon_loss == "bce":
+    clipped = np.clip(flat, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+    target = np.log(clipped) - np.log1p(-clipped)
+    design = np.concatenate([codes, np.ones((len(codes), 1))], 1)
+    solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    kernel, bias = solution[:-1], solution[-1]
+  else:
+    kernel, bias = unit * v, mu
+  (name,) = inner["decoder"].keys()
+  inner["decoder"] = {name: {"kernel": jnp.asarray(kernel, jnp.float32),
+                             "bias": jnp.asarray(bias, jnp.float32)}}
+  return {**params, "params": inner}
+
+
 def validate(cfg, input_shape):
   m, o = cfg.model, cfg.objective
   check_recon_loss(cfg)
@@ -209,6 +261,16 @@ def validate(cfg, input_shape):
           f"model.rd_quantization must be 'ste' or 'noise', got {m.rd_quantization!r}")
   require(all(isinstance(f, int) and f > 0 for f in m.rd_filters),
           f"model.rd_filters must be positive integers, got {m.rd_filters!r}")
+  require(m.rd_init in ("random", "pca"),
+          f"model.rd_init must be 'random' or 'pca', got {m.rd_init!r}")
+  if m.rd_init == "pca":
+    require(m.rd_transform == "dense" and m.network == "mlp" and not tuple(m.widths),
+            "model.rd_init='pca' starts a linear transform: it needs rd_transform='dense', "
+            f"network='mlp' and no hidden widths (got rd_transform={m.rd_transform!r}, "
+            f"network={m.network!r}, widths={tuple(m.widths)})")
+    require(m.rd_init_step > 0, f"model.rd_init_step must be > 0, got {m.rd_init_step}")
+    require(m.recon_loss in ("bce", "mse"),
+            f"model.rd_init='pca' needs recon_loss 'bce' (logits) or 'mse', got {m.recon_loss!r}")
   require(m.rd_latent_scale > 0,
           f"model.rd_latent_scale must be > 0, got {m.rd_latent_scale}")
   require(o.rd_distortion in ("mse", "recon"),
@@ -218,4 +280,4 @@ def validate(cfg, input_shape):
 
 FAMILIES.register("rate_distortion")(Family(
     "rate_distortion", build, terms, fields=FIELDS, validate=validate,
-    hparams=("objective.rd_lambda",)))
+    hparams=("objective.rd_lambda",), init_from_data=pca_init))
