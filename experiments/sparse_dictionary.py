@@ -523,18 +523,19 @@ def auxk_study(splits: Splits, args, names) -> list[dict]:
 
 # ---- the run ---------------------------------------------------------------------------
 
-# First coefficient tried by the calibration, per data kind (the search moves from here);
-# for the activations, the session-2 run's validation calibration (RESULTS_sparse.md).
-# Session 4: pixels are pooled to 14x14 (L1 + decoder norm 1e-3 gave validation L0 148 in
-# the study, so ~2.2e-3 for 32 at slope -2); JumpReLU from its study points (activations,
-# 1e-3 -> L0 8.96, 1e-2 -> 5.25: slope -0.23, so ~1e-4 for 16).
-GUESSES = {("L1", "pixels"): 2.5e-4, ("L1", "acts"): 4.2e-3,
-           ("L1 + decoder norm", "pixels"): 2.2e-3, ("L1 + decoder norm", "acts"): 1.6e-2,
+# First coefficient tried by the calibration, per data kind (the search moves from here),
+# and the log-log slope of L0 against the coefficient that its first step assumes (-1
+# where not listed). Session 5: the L1 penalties start from the session-4 comparison's own
+# validation calibration runs (RESULTS_sparse.md), interpolated in log-log to the target:
+# pixels L1 0.00046 -> 77.2 and 0.002235 -> 19.1 (slope -0.88; 32 at ~1.3e-3), L1 +
+# decoder norm 0.0029 -> 37.8 and 0.003268 -> 31.1 (slope -1.6; 32 at ~3.2e-3); acts
+# L1 + decoder norm 0.01124 -> 17.43, 0.016 -> 11.24 (slope -1.24; 0.01205 -> 15.98).
+# JumpReLU: from the session-5 study's validation points (see JUMP_SETTINGS).
+GUESSES = {("L1", "pixels"): 1.3e-3, ("L1", "acts"): 4.2e-3,
+           ("L1 + decoder norm", "pixels"): 3.2e-3, ("L1 + decoder norm", "acts"): 1.2e-2,
            ("JumpReLU", "pixels"): 1e-4, ("JumpReLU", "acts"): 1e-4}
-# The log-log slope of L0 against the coefficient that the calibration's first step assumes
-# (measured: pixels' L1 penalties -1.8 to -2.1 in session 3, JumpReLU -0.23 in the study);
-# -1 where not listed.
-FIRST_SLOPES = {("L1", "pixels"): -2.0, ("L1 + decoder norm", "pixels"): -2.0,
+FIRST_SLOPES = {("L1", "pixels"): -0.9, ("L1 + decoder norm", "pixels"): -1.6,
+                ("L1 + decoder norm", "acts"): -1.2,
                 ("JumpReLU", "pixels"): -0.23, ("JumpReLU", "acts"): -0.23}
 GOAL_DEAD, GOAL_L0_TOL = 0.01, 0.10
 
