@@ -410,6 +410,7 @@ OPENAI = {"objective.auxk_weight": 1 / 32}   # the TopK paper's AuxK weight
 # training (3 of 30 epochs); the paper's start (every threshold 0.001, no data thresholds).
 JUMP_AUXK = {"objective.auxk": -1, "objective.auxk_weight": AUXK_WEIGHT, "model.dead_window": -1}
 JUMP_FAST = {"model.jump_threshold_lr_scale": 30.0}
+JUMP_FASTER = {"model.jump_threshold_lr_scale": 100.0}
 JUMP_WARM = {"objective.l0_warmup_steps": -3}
 JUMP_PAPER_INIT = {"model.jump_init_l0": 0.0, "model.jump_threshold_init": 1e-3}
 AUXK_STUDY = {
@@ -451,6 +452,15 @@ AUXK_STUDY = {
         **JUMP_AUXK, **JUMP_FAST, **JUMP_WARM, "objective.l0_weight": 1e-3}),
     "JumpReLU paper init + AuxK threshold lr x30 warm-up": ("JumpReLU", {
         **JUMP_AUXK, **JUMP_FAST, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 1e-3}),
+    # Follow-up: the paper's start, with and without AuxK, thresholds 30x or 100x faster.
+    "JumpReLU paper init threshold lr x30 warm-up l0 3e-3": ("JumpReLU", {
+        **JUMP_FAST, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
+    "JumpReLU paper init + AuxK threshold lr x30 warm-up l0 3e-3": ("JumpReLU", {
+        **JUMP_AUXK, **JUMP_FAST, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
+    "JumpReLU paper init threshold lr x100 warm-up l0 3e-3": ("JumpReLU", {
+        **JUMP_FASTER, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
+    "JumpReLU paper init + AuxK threshold lr x100 warm-up l0 3e-3": ("JumpReLU", {
+        **JUMP_AUXK, **JUMP_FASTER, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
     "JumpReLU + AuxK l0 1e-2": ("JumpReLU", {**JUMP_AUXK, "objective.l0_weight": 1e-2}),
     "JumpReLU threshold lr x30 l0 1e-2": ("JumpReLU", {**JUMP_FAST, "objective.l0_weight": 1e-2}),
     "JumpReLU + AuxK threshold lr x30 l0 1e-2": ("JumpReLU", {
