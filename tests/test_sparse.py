@@ -454,10 +454,12 @@ def test_experiment_pools_pixels_and_resolves_relative_settings():
             eval_every=1, kind="acts", n_train=7000)
   c = sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -2}, **kw)
   assert (c.model.dead_window, c.objective.auxk) == (14000, 64)
-  c = sd.sae_config("JumpReLU", 128, **kw)
+  c = sd.sae_config("JumpReLU", 128, overrides={"model.jump_init_l0": -1.0}, **kw)
   assert c.model.jump_init_l0 == 16.0 and c.model.sparsity == "jumprelu"
-  c = sd.sae_config("JumpReLU", 128, overrides={"objective.l0_warmup_steps": -3}, **kw)
-  assert c.objective.l0_warmup_steps == 3 * 7000 // 256
+  c = sd.sae_config("JumpReLU", 128, **kw)   # the paper's start, warm-up over 3 epochs
+  assert (c.model.jump_init_l0, c.model.jump_threshold_init) == (0.0, 1e-3)
+  assert (c.objective.l0_warmup_steps, c.model.dead_window, c.objective.auxk) == (
+      3 * 7000 // 256, 7000, 64)
   with pytest.raises(ConfigError, match="n_train"):
     sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -1},
                   **{**kw, "n_train": 0})
