@@ -412,6 +412,13 @@ OPENAI = {"objective.auxk_weight": 1 / 32}   # the TopK paper's AuxK weight
 # JumpReLU candidates (session 5): AuxK on its dead latents with TopK + AuxK's settings;
 # thresholds learned 30x faster; the L0 coefficient warmed up from 0 over the first 10 % of
 # training (3 of 30 epochs); the paper's start (every threshold 0.001, no data thresholds).
+# The session-4 JumpReLU (thresholds from the data for an initial L0 of k, no AuxK, no
+# warm-up, thresholds at the optimizer's rate): every study entry starts from it, so the
+# entries mean at any commit what they meant when the study ran (METHODS' JumpReLU is now
+# the study's pick).
+JUMP_SESSION4 = {"model.jump_init_l0": -1.0, "model.jump_threshold_lr_scale": 1.0,
+                 "objective.l0_warmup_steps": 0, "objective.auxk": 0, "objective.auxk_weight": 1 / 32,
+                 "model.dead_window": 4096}
 JUMP_AUXK = {"objective.auxk": -1, "objective.auxk_weight": AUXK_WEIGHT, "model.dead_window": -1}
 JUMP_FAST = {"model.jump_threshold_lr_scale": 30.0}
 JUMP_FASTER = {"model.jump_threshold_lr_scale": 100.0}
@@ -441,34 +448,34 @@ AUXK_STUDY = {
     "AuxK window epoch constant lr": ("TopK + AuxK", {
         **OPENAI, "model.dead_window": -1, "optim.schedule": "constant"}),
     "TopK constant lr": ("TopK", {"optim.schedule": "constant"}),
-    "JumpReLU l0 1e-3": ("JumpReLU", {"objective.l0_weight": 1e-3}),
-    "JumpReLU l0 1e-2": ("JumpReLU", {"objective.l0_weight": 1e-2}),
+    "JumpReLU l0 1e-3": ("JumpReLU", {**JUMP_SESSION4, "objective.l0_weight": 1e-3}),
+    "JumpReLU l0 1e-2": ("JumpReLU", {**JUMP_SESSION4, "objective.l0_weight": 1e-2}),
     # First calibration points of the penalties on the pooled pixels (validation L0).
     "L1 3e-4": ("L1", {"objective.l1_weight": 3e-4}),
     "L1 + decoder norm 1e-3": ("L1 + decoder norm", {"objective.l1_weight": 1e-3}),
     # Session 5: why JumpReLU's latents die, and what brings it to its target L0.
-    "JumpReLU + AuxK": ("JumpReLU", {**JUMP_AUXK, "objective.l0_weight": 1e-3}),
-    "JumpReLU threshold lr x30": ("JumpReLU", {**JUMP_FAST, "objective.l0_weight": 1e-3}),
-    "JumpReLU warm-up": ("JumpReLU", {**JUMP_WARM, "objective.l0_weight": 1e-3}),
-    "JumpReLU + AuxK threshold lr x30": ("JumpReLU", {**JUMP_AUXK, **JUMP_FAST,
-                                                      "objective.l0_weight": 1e-3}),
-    "JumpReLU + AuxK threshold lr x30 warm-up": ("JumpReLU", {
-        **JUMP_AUXK, **JUMP_FAST, **JUMP_WARM, "objective.l0_weight": 1e-3}),
-    "JumpReLU paper init + AuxK threshold lr x30 warm-up": ("JumpReLU", {
-        **JUMP_AUXK, **JUMP_FAST, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 1e-3}),
-    # Follow-up: the paper's start, with and without AuxK, thresholds 30x or 100x faster.
-    "JumpReLU paper init threshold lr x30 warm-up l0 3e-3": ("JumpReLU", {
-        **JUMP_FAST, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
-    "JumpReLU paper init + AuxK threshold lr x30 warm-up l0 3e-3": ("JumpReLU", {
-        **JUMP_AUXK, **JUMP_FAST, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
-    "JumpReLU paper init threshold lr x100 warm-up l0 3e-3": ("JumpReLU", {
-        **JUMP_FASTER, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
-    "JumpReLU paper init + AuxK threshold lr x100 warm-up l0 3e-3": ("JumpReLU", {
-        **JUMP_AUXK, **JUMP_FASTER, **JUMP_WARM, **JUMP_PAPER_INIT, "objective.l0_weight": 3e-3}),
-    "JumpReLU + AuxK l0 1e-2": ("JumpReLU", {**JUMP_AUXK, "objective.l0_weight": 1e-2}),
-    "JumpReLU threshold lr x30 l0 1e-2": ("JumpReLU", {**JUMP_FAST, "objective.l0_weight": 1e-2}),
-    "JumpReLU + AuxK threshold lr x30 l0 1e-2": ("JumpReLU", {
-        **JUMP_AUXK, **JUMP_FAST, "objective.l0_weight": 1e-2}),
+    **{name: ("JumpReLU", {**JUMP_SESSION4, **{k: v for part in parts for k, v in part.items()},
+                           "objective.l0_weight": coef})
+       for name, parts, coef in (
+           ("JumpReLU + AuxK", (JUMP_AUXK,), 1e-3),
+           ("JumpReLU threshold lr x30", (JUMP_FAST,), 1e-3),
+           ("JumpReLU warm-up", (JUMP_WARM,), 1e-3),
+           ("JumpReLU + AuxK threshold lr x30", (JUMP_AUXK, JUMP_FAST), 1e-3),
+           ("JumpReLU + AuxK threshold lr x30 warm-up", (JUMP_AUXK, JUMP_FAST, JUMP_WARM), 1e-3),
+           ("JumpReLU paper init + AuxK threshold lr x30 warm-up",
+            (JUMP_AUXK, JUMP_FAST, JUMP_WARM, JUMP_PAPER_INIT), 1e-3),
+           # Follow-up: the paper's start, with and without AuxK, thresholds 30x or 100x faster.
+           ("JumpReLU paper init threshold lr x30 warm-up l0 3e-3",
+            (JUMP_FAST, JUMP_WARM, JUMP_PAPER_INIT), 3e-3),
+           ("JumpReLU paper init + AuxK threshold lr x30 warm-up l0 3e-3",
+            (JUMP_AUXK, JUMP_FAST, JUMP_WARM, JUMP_PAPER_INIT), 3e-3),
+           ("JumpReLU paper init threshold lr x100 warm-up l0 3e-3",
+            (JUMP_FASTER, JUMP_WARM, JUMP_PAPER_INIT), 3e-3),
+           ("JumpReLU paper init + AuxK threshold lr x100 warm-up l0 3e-3",
+            (JUMP_AUXK, JUMP_FASTER, JUMP_WARM, JUMP_PAPER_INIT), 3e-3),
+           ("JumpReLU + AuxK l0 1e-2", (JUMP_AUXK,), 1e-2),
+           ("JumpReLU threshold lr x30 l0 1e-2", (JUMP_FAST,), 1e-2),
+           ("JumpReLU + AuxK threshold lr x30 l0 1e-2", (JUMP_AUXK, JUMP_FAST), 1e-2))},
 }
 
 
