@@ -417,8 +417,8 @@ OPENAI = {"objective.auxk_weight": 1 / 32}   # the TopK paper's AuxK weight
 # entries mean at any commit what they meant when the study ran (METHODS' JumpReLU is now
 # the study's pick).
 JUMP_SESSION4 = {"model.jump_init_l0": -1.0, "model.jump_threshold_lr_scale": 1.0,
-                 "objective.l0_warmup_steps": 0, "objective.auxk": 0, "objective.auxk_weight": 1 / 32,
-                 "model.dead_window": 4096}
+                 "objective.l0_warmup_steps": 0, "objective.auxk": 0,
+                 "objective.auxk_weight": 1 / 32, "model.dead_window": 4096}
 JUMP_AUXK = {"objective.auxk": -1, "objective.auxk_weight": AUXK_WEIGHT, "model.dead_window": -1}
 JUMP_FAST = {"model.jump_threshold_lr_scale": 30.0}
 JUMP_FASTER = {"model.jump_threshold_lr_scale": 100.0}
