@@ -192,7 +192,8 @@ def test_jumprelu_threshold_lr_scale(cfg):
     np.testing.assert_allclose(stored, np.log(0.5) / scale, rtol=1e-6)
     np.testing.assert_allclose(model.apply(state.params, method=model.threshold), 0.5, rtol=1e-6)
     state, _ = step_fn(c, model)(state, {"x": jnp.asarray(x)}, jax.random.key(0))
-    moved[scale] = np.log(np.asarray(model.apply(state.params, method=model.threshold))) - np.log(0.5)
+    theta = np.asarray(model.apply(state.params, method=model.threshold))
+    moved[scale] = np.log(theta) - np.log(0.5)
   np.testing.assert_allclose(np.abs(moved[1.0]), 0.01, rtol=1e-3)
   np.testing.assert_allclose(moved[4.0], 4 * moved[1.0], rtol=1e-3)
   # The data thresholds are stored the same way: exp(s * stored) is the data's threshold.
