@@ -177,6 +177,58 @@ def test_jumprelu_thresholds_from_data_set_the_initial_l0(cfg):
                                     ["log_threshold"]), 0.25, rtol=1e-6)
 
 
+def test_jumprelu_threshold_lr_scale(cfg):
+  """log_threshold stores log(theta) / s, so Adam's first step (lr * sign of the gradient)
+  moves log(theta) by s * lr: 4x as far with s = 4 as with s = 1, in the same direction."""
+  x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+  moved = {}
+  for scale in (1.0, 4.0):
+    c = dictionary_cfg(cfg, sparsity="jumprelu", latent_dim=6, model__jump_threshold_init=0.5,
+                       model__jump_bandwidth=10.0, model__jump_threshold_lr_scale=scale,
+                       objective__l0_weight=0.1)
+    c.optim.learning_rate = 0.01
+    model, state = state_for(c, (4,))
+    stored = np.asarray(state.params["params"]["log_threshold"])
+    np.testing.assert_allclose(stored, np.log(0.5) / scale, rtol=1e-6)
+    np.testing.assert_allclose(model.apply(state.params, method=model.threshold), 0.5, rtol=1e-6)
+    state, _ = step_fn(c, model)(state, {"x": jnp.asarray(x)}, jax.random.key(0))
+    theta = np.asarray(model.apply(state.params, method=model.threshold))
+    moved[scale] = np.log(theta) - np.log(0.5)
+  np.testing.assert_allclose(np.abs(moved[1.0]), 0.01, rtol=1e-3)
+  np.testing.assert_allclose(moved[4.0], 4 * moved[1.0], rtol=1e-3)
+  # The data thresholds are stored the same way: exp(s * stored) is the data's threshold.
+  c = dictionary_cfg(cfg, sparsity="jumprelu", latent_dim=2, model__jump_init_l0=1.0,
+                     model__jump_threshold_lr_scale=4.0, model__pre_bias_init="zeros")
+  model, state = state_for(c, (2,))
+  params = jax.tree.map(np.asarray, state.params)
+  params["params"]["W_enc"] = np.eye(2, dtype=np.float32)
+  data = np.array([[1, 4], [2, 3], [3, 2], [4, 1]], np.float32)  # rate 1/2: 2 rows above 2
+  new = sparse.init_from_data(params, data, c)
+  np.testing.assert_allclose(new["params"]["log_threshold"], np.log(2.0) / 4, rtol=1e-6)
+  np.testing.assert_allclose(model.apply(new, method=model.threshold), [2.0, 2.0], rtol=1e-6)
+
+
+def test_l0_coefficient_warm_up(cfg):
+  c = dictionary_cfg(cfg, sparsity="jumprelu", latent_dim=3, objective__l0_weight=0.2,
+                     objective__l0_warmup_steps=4, model__jump_threshold_init=0.5)
+  # Linear from 0: (step + 1) / 4 of the weight, the full weight from step 3 on and in
+  # evaluation (step None).
+  for step, want in ((0, 0.05), (1, 0.1), (3, 0.2), (10, 0.2), (None, 0.2)):
+    np.testing.assert_allclose(sparse.l0_weight_at(c, step), want, rtol=1e-6)
+  model, state = state_for(c, (2,))
+  params = jax.tree.map(np.asarray, state.params)
+  params["params"]["W_enc"] = np.array([[1, 0, 1], [0, 1, 1]], np.float32)
+  batch = {"x": jnp.array([[1.0, 0.2]])}  # pre (1, 0.2, 1.2): 2 latents above 0.5
+  fam = families.get_family("sparse")
+  keys = jax.random.split(jax.random.key(0), 1)
+  warm = fam.terms(model, params, batch, keys, jnp.asarray(0), c, True)
+  full = fam.terms(model, params, batch, keys, None, c, False)
+  np.testing.assert_allclose(warm["l0_penalty"], [2.0])
+  np.testing.assert_allclose(full["loss"] - warm["loss"], [(0.2 - 0.05) * 2.0], rtol=1e-5)
+  c.objective.l0_warmup_steps = 0
+  np.testing.assert_allclose(sparse.l0_weight_at(c, 0), 0.2)
+
+
 # ---- objective terms --------------------------------------------------------------------
 
 def test_l1_weighted_by_decoder_norms(cfg):
@@ -304,6 +356,10 @@ def test_training_logs_and_evaluate_reports_sparsity_metrics(cfg, digits):
     ({"model.sparsity": "sparsemax"}, "model.sparsity"),
     ({"model.dictionary": True, "model.sparsity": "jumprelu", "model.jump_init_l0": 16.0},
      "jump_init_l0"),
+    ({"model.dictionary": True, "model.sparsity": "jumprelu",
+      "model.jump_threshold_lr_scale": 0.0}, "jump_threshold_lr_scale"),
+    ({"model.dictionary": True, "model.sparsity": "jumprelu", "objective.l0_warmup_steps": -1},
+     "l0_warmup_steps"),
 ])
 def test_bad_sparse_settings_are_rejected(cfg, change, match):
   cfg.model.family = "sparse"
@@ -348,6 +404,43 @@ def test_calibration_secant_in_log_log():
                              rtol=1e-9)
 
 
+def test_calibration_interpolates_inside_the_tightest_bracket():
+  from experiments import sparse_dictionary  # noqa: PLC0415
+  step = sparse_dictionary.next_coefficient
+  run = lambda coef, l0: {"coef": coef, "val": {"l0": l0}}
+  # Above 16: 0.001 -> 64 and 0.002 -> 20; below: 0.004 -> 8. The tightest bracket is
+  # (0.002, 20)-(0.004, 8); on the log-log line through them L0 = 20 (c / 0.002)^s with
+  # s = log(8 / 20) / log 2, so L0 = 16 at c = 0.002 * 0.8^(1 / s).
+  got = step([run(0.001, 64.0), run(0.004, 8.0), run(0.002, 20.0)], 16.0)
+  np.testing.assert_allclose(got, 0.002 * 0.8 ** (np.log(2) / np.log(0.4)), rtol=1e-9)
+  # A root at the bracket's edge: kept 2 % of the log width inside it.
+  np.testing.assert_allclose(step([run(0.001, 16.1), run(0.002, 1.0)], 16.0),
+                             0.001 * 2 ** 0.02, rtol=1e-9)
+  # Runs out of order (L0 rising with the coefficient, noise): the geometric middle.
+  np.testing.assert_allclose(step([run(0.001, 8.0), run(0.004, 64.0)], 16.0), 0.002, rtol=1e-9)
+
+
+def test_calibration_reaches_a_steep_monotone_target():
+  """L0(c) = 300 / (1 + (c / 0.001)^2): flat for small c, slope -2 in log-log for large c
+  (like the pixels' L1), L0 = 32 at c = 0.001 sqrt(8.375). From a guess 11x too small."""
+  from experiments import sparse_dictionary  # noqa: PLC0415
+  l0 = lambda c: 300.0 / (1.0 + (c / 1e-3) ** 2)
+  measure = lambda c: {"val": {"l0": l0(c)}}
+  tried = sparse_dictionary.calibrate(measure, 32.0, 2.5e-4, runs=8, tolerance=0.05,
+                                      first_slope=-2.0)
+  assert abs(tried[-1]["val"]["l0"] - 32.0) <= 0.05 * 32.0 and len(tried) <= 6
+  np.testing.assert_allclose(tried[-1]["coef"], 1e-3 * np.sqrt(8.375), rtol=0.05)
+  for i in range(2, len(tried)):   # once bracketed, every next try lies inside the bracket
+    before = tried[:i]
+    hi = [t["coef"] for t in before if t["val"]["l0"] > 32.0]
+    lo = [t["coef"] for t in before if t["val"]["l0"] < 32.0]
+    if hi and lo:
+      assert max(hi) < tried[i]["coef"] < min(lo)
+  assert len(sparse_dictionary.calibrate(measure, 32.0, 2.5e-4, runs=2, tolerance=0.05)) == 2
+  with pytest.raises(ConfigError, match="calibration-runs"):
+    sparse_dictionary.calibrate(measure, 32.0, 2.5e-4, runs=0, tolerance=0.05)
+
+
 def test_experiment_pools_pixels_and_resolves_relative_settings():
   from experiments import sparse_dictionary as sd  # noqa: PLC0415
   img = np.arange(16, dtype=np.float32).reshape(1, 16)  # a 4x4 image 0..15, row-major
@@ -362,8 +455,12 @@ def test_experiment_pools_pixels_and_resolves_relative_settings():
             eval_every=1, kind="acts", n_train=7000)
   c = sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -2}, **kw)
   assert (c.model.dead_window, c.objective.auxk) == (14000, 64)
-  c = sd.sae_config("JumpReLU", 128, **kw)
+  c = sd.sae_config("JumpReLU", 128, overrides={"model.jump_init_l0": -1.0}, **kw)
   assert c.model.jump_init_l0 == 16.0 and c.model.sparsity == "jumprelu"
+  c = sd.sae_config("JumpReLU", 128, **kw)   # the paper's start, warm-up over 3 epochs
+  assert (c.model.jump_init_l0, c.model.jump_threshold_init) == (0.0, 1e-3)
+  assert (c.objective.l0_warmup_steps, c.model.dead_window, c.objective.auxk) == (
+      3 * 7000 // 256, 7000, 64)
   with pytest.raises(ConfigError, match="n_train"):
     sd.sae_config("TopK + AuxK", 128, overrides={"model.dead_window": -1},
                   **{**kw, "n_train": 0})

@@ -30,6 +30,11 @@ the last `model.dead_window` training examples) reconstructing the residual, wei
 the first step (the `init_from_data` hook); with `model.jump_init_l0` > 0 the same hook
 sets each JumpReLU threshold so that its latent fires on jump_init_l0 / latent_dim of the
 sample (the initial L0 is then jump_init_l0 and no latent starts dead).
+JumpReLU's thresholds are stored as log(threshold) / `model.jump_threshold_lr_scale`, so
+that an optimizer step moves log(threshold) that many times further than it moves the
+other parameters (Adam's step is about the learning rate whatever the gradient's scale);
+`objective.l0_warmup_steps` warms the L0 coefficient up linearly from 0, as the JumpReLU
+paper does (Rajamanoharan et al., 2024).
 Reported: L0, fraction of variance unexplained (FVU), dead latents (never fired in the
 batch or evaluation set; `dead_window_fraction`: not fired within the window, in
 training), dense latents (firing on more than 10 % of the examples).
@@ -59,9 +64,11 @@ FIELDS = {
     "model.jump_threshold_init": 1e-3,  # jumprelu: initial threshold (floor with jump_init_l0)
     "model.jump_init_l0": 0.0,      # jumprelu: > 0 = thresholds from the data for this initial L0
     "model.jump_bandwidth": 1e-3,   # jumprelu: width of the straight-through kernel
+    "model.jump_threshold_lr_scale": 1.0,  # jumprelu: the thresholds learn this much faster
     "objective.l1_weight": 1e-3,
     "objective.l1_decoder_norm": False,  # weight |z_i| by the norm of decoder row i
     "objective.l0_weight": 1e-3,    # jumprelu: weight of the L0 penalty
+    "objective.l0_warmup_steps": 0, # jumprelu: l0_weight rises linearly from 0 over these steps
     "objective.auxk": 0,            # dictionary: k of the AuxK loss on dead latents; 0 = off
     "objective.auxk_weight": 1 / 32,
     "objective.kl_rho": 0.05,
@@ -224,6 +231,7 @@ class SparseDictionary(nn.Module):
   tied_init: bool = True
   jump_threshold_init: float = 1e-3
   jump_bandwidth: float = 1e-3
+  jump_threshold_lr_scale: float = 1.0
   logits: bool = False
   num_classes: int = 0
 
@@ -239,7 +247,9 @@ class SparseDictionary(nn.Module):
     self.b_pre = self.param("b_pre", nn.initializers.zeros, (d,))
     if self.activation == "jumprelu":
       self.log_threshold = self.param(
-          "log_threshold", nn.initializers.constant(math.log(self.jump_threshold_init)),
+          "log_threshold",
+          nn.initializers.constant(math.log(self.jump_threshold_init)
+                                   / self.jump_threshold_lr_scale),
           (self.latent_dim,))
     self.since_fired = self.variable(STATS, "since_fired", jnp.zeros, (self.latent_dim,))
     self.threshold_sum = self.variable(STATS, "threshold_sum", jnp.zeros, ())
@@ -250,7 +260,8 @@ class SparseDictionary(nn.Module):
     return (x.reshape(x.shape[0], -1) - self.b_pre) @ self.w_enc + self.b_enc
 
   def threshold(self):
-    return jnp.exp(self.log_threshold)
+    """JumpReLU's thresholds (L,): exp(jump_threshold_lr_scale * log_threshold)."""
+    return jnp.exp(self.jump_threshold_lr_scale * self.log_threshold)
 
   def batch_threshold(self):
     """BatchTopK's evaluation threshold: the running mean of the training batches'."""
@@ -301,10 +312,21 @@ def _per_example(value, batch: int):
   return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (batch,))
 
 
-def dictionary_terms(model, params, x, res, cfg, train: bool) -> tuple[dict, jax.Array]:
+def l0_weight_at(cfg, step):
+  """JumpReLU's L0 coefficient at optimizer step `step`: objective.l0_weight * min(1,
+  (step + 1) / l0_warmup_steps) during the warm-up, the full weight after it, without
+  warm-up, and when step is None (evaluation)."""
+  warm = cfg.objective.get("l0_warmup_steps", 0)
+  if step is not None and warm and warm > 0:
+    return cfg.objective.l0_weight * jnp.minimum(1.0, (step + 1) / warm)
+  return cfg.objective.l0_weight
+
+
+def dictionary_terms(model, params, x, res, cfg, train: bool,
+                     step=None) -> tuple[dict, jax.Array]:
   """The dictionary's extra per-example terms (penalties, AuxK, statistics for
   `post_update`) and the penalty to add to each example's loss (B,); `res` is the
-  module's output on x (B, ...)."""
+  module's output on x (B, ...); `step` the optimizer step (None in evaluation)."""
   b = x.shape[0]
   m, o = cfg.model, cfg.objective
   z, pre = res["z"], res["pre"]
@@ -317,7 +339,7 @@ def dictionary_terms(model, params, x, res, cfg, train: bool) -> tuple[dict, jax
     extra_loss += o.l1_weight * terms["l1"]
   if m.sparsity == "jumprelu":
     terms["l0_penalty"] = step_l0(pre, res["threshold"], jnp.asarray(m.jump_bandwidth, pre.dtype))
-    extra_loss += o.l0_weight * terms["l0_penalty"]
+    extra_loss += l0_weight_at(cfg, step) * terms["l0_penalty"]
   if "batch_threshold" in res:
     terms["batch_threshold"] = _per_example(res["batch_threshold"], b)
   if o.auxk and train:
@@ -388,7 +410,8 @@ def init_from_data(params, x, cfg):
            + np.asarray(inner["b_enc"]))
     theta = firing_rate_thresholds(pre, init_l0 / pre.shape[-1])
     inner["log_threshold"] = jnp.log(jnp.asarray(
-        np.maximum(theta, m.jump_threshold_init), jnp.float32))
+        np.maximum(theta, m.jump_threshold_init), jnp.float32)) / m.get(
+            "jump_threshold_lr_scale", 1.0)
   new = dict(params)
   new["params"] = inner
   return new
@@ -423,9 +446,13 @@ def validate(cfg, input_shape) -> None:
   require(0 <= m.jump_init_l0 < m.latent_dim,
           f"model.jump_init_l0 (the initial L0 of JumpReLU's data-set thresholds; 0 = off) "
           f"must be in [0, latent_dim={m.latent_dim}), got {m.jump_init_l0!r}")
-  require(m.jump_threshold_init > 0 and m.jump_bandwidth > 0,
-          "model.jump_threshold_init and model.jump_bandwidth must be > 0, got "
-          f"{m.jump_threshold_init} and {m.jump_bandwidth}")
+  require(m.jump_threshold_init > 0 and m.jump_bandwidth > 0 and m.jump_threshold_lr_scale > 0,
+          "model.jump_threshold_init, model.jump_bandwidth and model.jump_threshold_lr_scale "
+          f"must be > 0, got {m.jump_threshold_init}, {m.jump_bandwidth} and "
+          f"{m.jump_threshold_lr_scale}")
+  require(isinstance(o.l0_warmup_steps, int) and o.l0_warmup_steps >= 0,
+          "objective.l0_warmup_steps (steps over which the L0 coefficient rises from 0) must "
+          f"be an integer >= 0, got {o.l0_warmup_steps!r}")
   if o.l1_decoder_norm:
     require(m.sparsity == "l1", "objective.l1_decoder_norm weights the L1 penalty: it needs "
             f"model.sparsity='l1', got {m.sparsity!r}")
@@ -453,13 +480,14 @@ def build(cfg, input_shape):
   if m.dictionary:
     return SparseDictionary(tuple(input_shape), m.latent_dim, _CODES[m.sparsity], k=m.k,
                             tied_init=m.tied_init, jump_threshold_init=m.jump_threshold_init,
-                            jump_bandwidth=m.jump_bandwidth, logits=m.recon_loss == "bce")
+                            jump_bandwidth=m.jump_bandwidth,
+                            jump_threshold_lr_scale=m.jump_threshold_lr_scale,
+                            logits=m.recon_loss == "bce")
   enc, dec = networks(cfg, input_shape)
   return SparseAutoencoder(enc, dec, code=_CODES[m.sparsity], k=m.k, **common_kwargs(cfg))
 
 
 def terms(model, params, batch, keys, step, cfg, train) -> Terms:
-  del step
   x = batch["x"]
   res = apply(model, params, x, batch, keys, cfg, train)
   z, out = res["z"], res["out"]
@@ -476,7 +504,7 @@ def terms(model, params, batch, keys, step, cfg, train) -> Terms:
     active = (z != 0).astype(jnp.float32)
   result.update(activity_terms(z, active))
   if cfg.model.dictionary:
-    extra, extra_loss = dictionary_terms(model, params, x, res, cfg, train)
+    extra, extra_loss = dictionary_terms(model, params, x, res, cfg, train, step)
     result.update(extra)
     result["loss"] = result["loss"] + extra_loss
   if cfg.model.sparsity == "l1" and "l1" not in result:
