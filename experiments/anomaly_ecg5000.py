@@ -17,6 +17,7 @@ their reconstructions and per-timestep error; ROC curves; score histograms.
   python -m experiments.anomaly_ecg5000 --smoke    # seconds, for CI
 """
 
+import json
 import time
 
 import numpy as np
@@ -47,10 +48,13 @@ def parse(argv=None):
   p.add_argument("--threshold", default=AutoencoderDetector().threshold,
                  help="the default rule, reported first")
   p.add_argument("--contamination", type=float, default=0.1)
+  p.add_argument("--detector", default="{}",
+                 help="JSON of extra AutoencoderDetector arguments (e.g. widths, max_steps)")
   p.add_argument("--anchors", nargs="*", default=list(common.ANCHORS))
   p.add_argument("--cache", default="results/.jax_cache",
                  help="JAX compilation cache folder ('' = off)")
   args = p.parse_args(argv)
+  args.detector = json.loads(args.detector)
   if args.smoke:
     args.protocols, args.networks, args.seeds, args.ensemble = ["ucr"], ["conv1d"], 1, 1
     args.epochs, args.max_steps = 2, 6
@@ -85,10 +89,10 @@ def rule_thresholds(det, val_xy) -> dict[str, float]:
 
 def run_detector(args, network, score, protocol, seed, splits):
   fit_x, val_xy, test_x, test_y = splits
-  det = AutoencoderDetector(network=network, score=score, ensemble=args.ensemble,
-                            epochs=args.epochs, max_steps=args.max_steps,
-                            threshold=args.threshold, contamination=args.contamination,
-                            seed=seed)
+  det = AutoencoderDetector(**{
+      "network": network, "score": score, "ensemble": args.ensemble, "epochs": args.epochs,
+      "max_steps": args.max_steps, "threshold": args.threshold,
+      "contamination": args.contamination, "seed": seed, **args.detector})
   start = time.perf_counter()
   det.fit(fit_x, X_val=val_xy[0], y_val=val_xy[1])
   scores = det.decision_function(test_x)
