@@ -29,13 +29,12 @@ import numpy as np
 
 from ae_jax import data as data_lib
 from ae_jax import results as _io
-from ae_jax.anomaly import THRESHOLDS, AutoencoderDetector
-from ae_jax.errors import DataError
+from ae_jax.anomaly import AutoencoderDetector
 from experiments import _anomaly_common as common
 from experiments.anomaly_mnist_dev import rescored
 
 NAME = "anomaly_ecg5000_dev"
-LABEL_FREE_RULES = ("percentile", "mean_std", "max", "tukey", "log_tukey")
+LABEL_FREE_RULES = common.LABEL_FREE_RULES
 DEFAULT_VARIANTS = {"mlp": {"network": "mlp"},
                     "mlp-long-wide": {"network": "mlp", "widths": [512, 256], "epochs": 500,
                                       "max_steps": 3000},
@@ -75,15 +74,8 @@ def dev_cut(x, y, n_val: int, seed: int):
 def rule_accuracies(reference, scores, y, contamination: float) -> dict[str, float | None]:
   """{'accuracy@rule': accuracy of scores > threshold} for each label-free rule set on
   `reference`; None where a rule does not apply (log_tukey on scores <= 0)."""
-  out = {}
-  for rule in LABEL_FREE_RULES:
-    try:
-      t = THRESHOLDS.get(rule)(reference, contamination=contamination, k=1.0)
-    except DataError:
-      out[f"accuracy@{rule}"] = None
-      continue
-    out[f"accuracy@{rule}"] = common.label_metrics(y, scores > t)["accuracy"]
-  return out
+  got = common.rule_metrics(reference, scores, y, contamination)
+  return {k: v for k, v in got.items() if k.startswith("accuracy@")}
 
 
 def choose(table: list[dict], variants: dict) -> tuple[str, str, list[str]]:
