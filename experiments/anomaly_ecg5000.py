@@ -1,12 +1,12 @@
-"""ECG5000 anomaly detection: autoencoder detectors (MLP; Conv1D with --networks) beside PyOD anchors.
+"""ECG5000 anomaly detection: autoencoder detectors (MLP, Conv1D) beside PyOD anchors.
 
 Protocols (label 1 = normal beat, 2-5 = abnormal):
   ucr:       fit on the normal beats of TRAIN+VALIDATION (241), score all 4,499 TEST beats;
   random80:  the tutorial's protocol, a random 80/20 split of all 4,998 beats, fit on the
              normal beats of the 80 %, score the 20 %.
 Reported: ROC-AUC, PR-AUC, and accuracy / precision / recall at every threshold rule
-(the default rule, chosen on the development protocol, first). Like for like: every detector, ours and PyOD's,
-runs the same seeds (--seeds; a seed picks the random80 split, the held-out part and the
+(the default rule first; the defaults are what `experiments.anomaly_ecg5000_dev` chose
+without TEST). Like for like: every detector, ours and PyOD's, runs the same seeds (--seeds; a seed picks the random80 split, the held-out part and the
 detector's own randomness) and is reported as the mean over them; each is fitted on the
 same 90 % of the normal fit beats, and every threshold rule reads the scores of the same
 held-out 10 % (the detector's own split); `f1_best` reads the labelled TRAIN+VALIDATION
