@@ -6,8 +6,9 @@ Protocols (label 1 = normal beat, 2-5 = abnormal):
              normal beats of the 80 %, score the 20 %.
 Reported: ROC-AUC, PR-AUC, and accuracy / precision / recall at every threshold rule
 (the default rule first; the defaults are what `experiments.anomaly_ecg5000_dev` chose
-without TEST). Like for like: every detector, ours and PyOD's, runs the same seeds (--seeds; a seed picks the random80 split, the held-out part and the
-detector's own randomness) and is reported as the mean over them; each is fitted on the
+without TEST). Like for like: every detector, ours and PyOD's, runs the same seeds
+(--seeds; a seed picks the random80 split, the held-out part and the detector's own
+randomness) and is reported as the mean over them; each is fitted on the
 same 90 % of the normal fit beats, and every threshold rule reads the scores of the same
 held-out 10 % (the detector's own split); `f1_best` reads the labelled TRAIN+VALIDATION
 beats. Figures: a normal and an abnormal test beat with
