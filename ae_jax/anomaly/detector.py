@@ -29,7 +29,7 @@ from ae_jax.configs import overrides as overrides_lib
 from ae_jax import data as data_lib
 from ae_jax.anomaly.scores import (MAX_CODES, SCORES, TrainStats, knn_distance,
                                    reconstruction, score_terms)
-from ae_jax.anomaly.thresholds import THRESHOLDS
+from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from ae_jax.errors import CheckpointError, ConfigError, DataError
 from ae_jax.families import build_model, get_family
 from ae_jax.fit import fit
@@ -116,7 +116,7 @@ class AutoencoderDetector:
   """
 
   def __init__(self, family: str = "ae", network: str = "mlp", *,
-               contamination: float = 0.1, threshold: str = "percentile",
+               contamination: float = 0.1, threshold: str = DEFAULT_THRESHOLD,
                score: str = "gaussian", k: float = 1.0, scaling: str = "standard",
                error_weights: str = "none", trim: float = 0.0,
                ensemble: int = 3, latent_dim: int | None = None,
@@ -135,9 +135,10 @@ class AutoencoderDetector:
       family / network: the autoencoder family and network (see `ae_jax.families`);
         network 'auto' picks it from the examples' rank: mlp for vectors (N, D), conv1d
         for sequences (N, T, C), conv2d for images (N, H, W, C).
-      contamination: the expected share of anomalies in the training data, in (0, 0.5].
-      threshold: a name in `THRESHOLDS` (percentile, mean_std, max, tukey, log_tukey,
-        f1_best).
+      contamination: the expected share of anomalies in the training data, in (0, 0.5]
+        (read by the 'percentile' rule).
+      threshold: a name in `THRESHOLDS` (tukey, the default; percentile, mean_std, max,
+        log_tukey, f1_best).
       score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae,
         knn, latent_knn, combined (residual and latent kNN terms, each standardised on
         the held-out normal examples); elbo, nll for the VAE.
