@@ -99,8 +99,10 @@ def test_predict_agrees_with_scores_and_threshold(fitted):
   np.testing.assert_array_equal(det.predict(x), (scores > det.threshold_).astype(int))
   np.testing.assert_allclose(det.decision_scores_, scores, rtol=1e-6)
   np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_))
-  assert det.threshold_ == pytest.approx(
-      np.percentile(det.reference_scores_, 95.0), rel=1e-6)
+  # The default rule is Tukey's fence Q3 + 1.5 IQR of the held-out (reference) scores.
+  assert det.threshold == "tukey"
+  q1, q3 = np.percentile(np.asarray(det.reference_scores_, np.float64), [25, 75])
+  assert det.threshold_ == pytest.approx(q3 + 1.5 * (q3 - q1), rel=1e-6)
 
 
 def test_batched_scoring_equals_unbatched(fitted):
