@@ -5,6 +5,8 @@ API:
     ensemble members and seeds of one input shape compile once.
   ranking_metrics(y, scores) -> {'roc_auc', 'pr_auc'} (y: 1 = anomaly).
   label_metrics(y, pred) -> {'accuracy', 'precision', 'recall', 'f1'}.
+  rule_metrics(reference, scores, y, contamination) -> {'accuracy@rule', 'f1@rule'} for
+    each label-free threshold rule set on `reference`; None where a rule does not apply.
   pyod_missing() -> None, or why the PyOD anchors cannot run here.
   anchor(name, seed) -> an unfitted PyOD detector ('IForest', 'ECOD', 'PyOD-AE', 'KNN', 'PCA').
   fit_anchor(name, seed, x_fit, *x_score) -> (training scores, [scores of each x_score],
@@ -47,6 +49,27 @@ def label_metrics(y, pred) -> dict[str, float]:
   f1 = 2 * precision * recall / max(precision + recall, 1e-12)
   return {"accuracy": float(np.mean(y == pred)), "precision": precision, "recall": recall,
           "f1": f1}
+
+
+LABEL_FREE_RULES = ("percentile", "mean_std", "max", "tukey", "log_tukey")
+
+
+def rule_metrics(reference, scores, y, contamination: float) -> dict:
+  """Accuracy and F1 of `scores > threshold` against y (1 = anomaly) for every label-free
+  rule, each threshold set on the `reference` scores; None where a rule does not apply
+  (log_tukey on scores <= 0)."""
+  from ae_jax.anomaly import THRESHOLDS  # pylint: disable=g-import-not-at-top
+  from ae_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+  out = {}
+  for rule in LABEL_FREE_RULES:
+    try:
+      t = THRESHOLDS.get(rule)(reference, contamination=contamination, k=1.0)
+    except DataError:
+      out[f"accuracy@{rule}"] = out[f"f1@{rule}"] = None
+      continue
+    m = label_metrics(y, np.asarray(scores) > t)
+    out[f"accuracy@{rule}"], out[f"f1@{rule}"] = m["accuracy"], m["f1"]
+  return out
 
 
 def pyod_missing() -> str | None:

@@ -117,6 +117,7 @@ def run_job(job) -> dict:
     det = AutoencoderDetector(**kw).fit(x)
     scores = det.decision_function(x)
     row["steps"] = [h[-1]["step"] for h in det.history_]
+    row.update(common.rule_metrics(det.reference_scores_, scores, y, det.contamination))
   else:
     _, (scores,), _ = common.fit_anchor(detector, seed, x, x)
   row["time_s"] = time.perf_counter() - start
@@ -171,6 +172,11 @@ def summarise(rows, detectors, sets):
         "total time s (mean over seeds)": float(np.sum(times)) if times else None,
         "issue's anchor": ANCHORS_ISSUE.get(d)})
   return per_set, overall
+
+
+def _mean_of(values):
+  """Mean of the values, or None if any is None (a rule that did not apply somewhere)."""
+  return None if not values or any(v is None for v in values) else float(np.mean(values))
 
 
 def bar_figure(path, rows, detectors, sets):
@@ -245,6 +251,13 @@ def main(argv=None):
             "ROC-AUC per set (mean ± std over seeds)":
                 [{k: v for k, v in r.items() if not k.startswith("_")} for r in per_set],
             "PR-AUC per set (mean over seeds)": per_set_pr}
+  flags = [{"detector": d, **{f"{m}@{r}": _mean_of([x.get(f"{m}@{r}") for x in rows
+                                                    if x["detector"] == d])
+                               for r in common.LABEL_FREE_RULES for m in ("f1", "accuracy")}}
+           for d in shared["ours"]]
+  result["flags"] = flags
+  tables["Ours: F1 / accuracy of the flags at each label-free rule, mean over sets and "
+         "seeds"] = flags
   if timing:
     tables["Fit + score time on large sets (seconds, streamed in batches)"] = timing
   _, md = _io.write_results(out, result, tables,

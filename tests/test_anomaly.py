@@ -99,8 +99,10 @@ def test_predict_agrees_with_scores_and_threshold(fitted):
   np.testing.assert_array_equal(det.predict(x), (scores > det.threshold_).astype(int))
   np.testing.assert_allclose(det.decision_scores_, scores, rtol=1e-6)
   np.testing.assert_array_equal(det.labels_, (det.decision_scores_ > det.threshold_))
-  assert det.threshold_ == pytest.approx(
-      np.percentile(det.reference_scores_, 95.0), rel=1e-6)
+  # The default rule is Tukey's fence Q3 + 1.5 IQR of the held-out (reference) scores.
+  assert det.threshold == "tukey"
+  q1, q3 = np.percentile(np.asarray(det.reference_scores_, np.float64), [25, 75])
+  assert det.threshold_ == pytest.approx(q3 + 1.5 * (q3 - q1), rel=1e-6)
 
 
 def test_batched_scoring_equals_unbatched(fitted):
@@ -231,6 +233,10 @@ def test_adbench_script_smoke_on_any_folder(tmp_path, fewer_optimizations):
   assert {r["set"] for r in result["rows"]} == {"1_toy", "2_other"}
   assert (tmp_path / "out" / "table.md").exists()
   assert (tmp_path / "out" / "roc_auc_per_set.png").exists()
+  flags = {f["detector"]: f for f in result["flags"]}
+  assert set(flags) == {anomaly_adbench.OURS}
+  assert all(0.0 <= flags[anomaly_adbench.OURS][f"f1@{r}"] <= 1.0
+             for r in ("percentile", "mean_std", "max", "tukey"))
 
 
 def test_ecg_rule_metrics_leave_a_rule_empty_where_it_does_not_apply():
@@ -410,3 +416,28 @@ def test_trimmed_ae_leaves_the_worst_examples_out_of_the_training_loss():
     AutoencoderDetector(trim=0.6)
   with pytest.raises(ConfigError, match="family='ae'"):
     AutoencoderDetector(trim=0.1, family="vae", score="elbo")
+
+
+def test_combined_score_standardises_both_terms_on_the_held_out_examples(tmp_path):
+  from ae_jax.anomaly import scores
+  x, y = two_clusters()
+  det = AutoencoderDetector(score="combined", ensemble=1, max_steps=200, epochs=200,
+                            contamination=0.05, widths=(32, 16), latent_dim=2, seed=0).fit(x)
+  _, held = det.holdout_indices(len(x))
+  assert len(held) >= anomaly.detector.MIN_HELD_OUT
+  p0 = __import__("jax").tree.map(lambda a: a[0], det.params_)
+  st0 = __import__("jax").tree.map(lambda a: a[0], det.stats_)
+  terms = np.asarray(scores.score_terms(det.model_, p0, det.scaler_.transform(x[held]), st0),
+                     np.float64)
+  np.testing.assert_allclose(np.asarray(st0.term_mean), terms.mean(0), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(st0.term_std), terms.std(0), rtol=1e-4)
+  # On the held-out examples each standardised term has mean 0, so their sum has too.
+  got = det.decision_function(x[held])
+  np.testing.assert_allclose(got.mean(), 0.0, atol=1e-3)
+  want = ((terms - terms.mean(0)) / terms.std(0)).sum(-1)
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+  from sklearn.metrics import roc_auc_score
+  assert roc_auc_score(y, det.decision_function(x)) > 0.95
+  back = AutoencoderDetector.load(det.save(tmp_path / "det"))
+  np.testing.assert_allclose(back.decision_function(x), det.decision_function(x),
+                             rtol=1e-5, atol=1e-5)

@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
   d.add_argument("--labels", default="", help="label column (CSV) or key (.npz), 1 = anomaly: "
                  "left out of the features; gives ROC-AUC, PR-AUC and the confusion matrix")
   d.add_argument("--threshold", default=None,
-                 help="threshold rule: percentile (default), mean_std, max, tukey, log_tukey, "
+                 help="threshold rule: tukey (default), percentile, mean_std, max, log_tukey, "
                  "f1_best")
   d.add_argument("--contamination", type=float, default=None,
                  help="expected share of anomalies (percentile rule; default 0.1)")
@@ -285,9 +285,9 @@ def _check_args(args) -> None:
 def run(args: argparse.Namespace) -> int:
   """Runs `ae-jax detect` with parsed arguments; returns the exit status."""
   from ae_jax.anomaly.detector import AutoencoderDetector
-  from ae_jax.anomaly.thresholds import THRESHOLDS
+  from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
   _check_args(args)
-  rule = {"threshold": args.threshold or "percentile",
+  rule = {"threshold": args.threshold or DEFAULT_THRESHOLD,
           "contamination": 0.1 if args.contamination is None else args.contamination,
           "k": 1.0 if args.k is None else args.k}
   if args.load:

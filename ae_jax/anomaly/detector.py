@@ -27,8 +27,9 @@ import numpy as np
 from ae_jax import configs
 from ae_jax.configs import overrides as overrides_lib
 from ae_jax import data as data_lib
-from ae_jax.anomaly.scores import MAX_CODES, SCORES, TrainStats, knn_distance, reconstruction
-from ae_jax.anomaly.thresholds import THRESHOLDS
+from ae_jax.anomaly.scores import (MAX_CODES, SCORES, TrainStats, knn_distance,
+                                   reconstruction, score_terms)
+from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from ae_jax.errors import CheckpointError, ConfigError, DataError
 from ae_jax.families import build_model, get_family
 from ae_jax.fit import fit
@@ -115,7 +116,7 @@ class AutoencoderDetector:
   """
 
   def __init__(self, family: str = "ae", network: str = "mlp", *,
-               contamination: float = 0.1, threshold: str = "percentile",
+               contamination: float = 0.1, threshold: str = DEFAULT_THRESHOLD,
                score: str = "gaussian", k: float = 1.0, scaling: str = "standard",
                error_weights: str = "none", trim: float = 0.0,
                ensemble: int = 3, latent_dim: int | None = None,
@@ -134,11 +135,13 @@ class AutoencoderDetector:
       family / network: the autoencoder family and network (see `ae_jax.families`);
         network 'auto' picks it from the examples' rank: mlp for vectors (N, D), conv1d
         for sequences (N, T, C), conv2d for images (N, H, W, C).
-      contamination: the expected share of anomalies in the training data, in (0, 0.5].
-      threshold: a name in `THRESHOLDS` (percentile, mean_std, max, tukey, log_tukey,
-        f1_best).
-      score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae;
-        elbo, nll for the VAE.
+      contamination: the expected share of anomalies in the training data, in (0, 0.5]
+        (read by the 'percentile' rule).
+      threshold: a name in `THRESHOLDS` (tukey, the default; percentile, mean_std, max,
+        log_tukey, f1_best).
+      score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae,
+        knn, latent_knn, combined (residual and latent kNN terms, each standardised on
+        the held-out normal examples); elbo, nll for the VAE.
       k: the k of the 'mean_std' rule.
       scaling: 'standard', 'robust', 'minmax' or 'none', fitted on the training part of X.
       error_weights: 'none', or 'train' to divide each feature's error by its mean over
@@ -335,6 +338,8 @@ class AutoencoderDetector:
     self.config_ = base
     self._finish_setup()
     self.stats_ = self._train_stats(x[train_idx])
+    self.stats_ = self._with_term_stats(
+        self.stats_, x[val_idx] if n_val >= MIN_HELD_OUT else x[train_idx])
     self.decision_scores_ = self.decision_function(x)
     val_scores = val_labels = None
     if X_val is not None:
@@ -352,7 +357,8 @@ class AutoencoderDetector:
 
   def _finish_setup(self) -> None:
     """Stacks the members' parameters for one vmapped, compiled scoring call."""
-    for name in ("_element_fn", "_example_fn", "_reconstruct_fn", "_stats_fn", "_encode_fn"):
+    for name in ("_element_fn", "_example_fn", "_reconstruct_fn", "_stats_fn", "_encode_fn",
+                 "_terms_fn"):
       self.__dict__.pop(name, None)
     self.model_ = self.models_[0].model
     self.params_ = jax.tree.map(lambda *p: jnp.asarray(np.stack([np.asarray(a) for a in p])),
@@ -404,8 +410,27 @@ class AutoencoderDetector:
         for i in range(0, len(c), 1024)])) for c in codes]) if len(pick) > 1 else \
         np.ones(len(codes))
     f32 = lambda a: jnp.asarray(a, jnp.float32)
+    members = len(err)
     return TrainStats(f32(err), f32(z_sum), f32(precision), f32(whiten), f32(codes),
-                      f32(np.maximum(knn_scale, 1e-12)))
+                      f32(np.maximum(knn_scale, 1e-12)), f32(np.zeros((members, 2))),
+                      f32(np.ones((members, 2))))
+
+  @functools.cached_property
+  def _terms_fn(self):
+    """jit(params, stats, x (B, ...)) -> (members, B, 2) residual and latent kNN terms."""
+    model = self.model_
+    return jax.jit(lambda params, stats, x: jax.vmap(
+        lambda p, st: score_terms(model, p, x, st))(params, stats))
+
+  def _with_term_stats(self, stats: TrainStats, x_ref: np.ndarray) -> TrainStats:
+    """`stats` with term_mean / term_std: per member, the mean and std of the residual and
+    latent kNN terms over the reference examples x_ref (the held-out normal part)."""
+    terms = np.concatenate([np.asarray(self._terms_fn(self.params_, stats, batch))
+                            [:, :stop - start] for start, stop, batch in self._batches(x_ref)],
+                           1).astype(np.float64)
+    std = np.maximum(terms.std(1), 1e-6 * np.abs(terms.mean(1)) + 1e-12)
+    return stats.replace(term_mean=jnp.asarray(terms.mean(1), jnp.float32),
+                         term_std=jnp.asarray(std, jnp.float32))
 
   @functools.cached_property
   def _encode_fn(self):
@@ -572,6 +597,8 @@ def _stats_fields(arrays, members: int) -> dict[str, jax.Array]:
   got.setdefault("latent_whiten", jnp.broadcast_to(jnp.eye(latent), (members, latent, latent)))
   got.setdefault("codes", jnp.zeros((members, 2, latent)))
   got.setdefault("knn_scale", jnp.ones((members,)))
+  got.setdefault("term_mean", jnp.zeros((members, 2)))
+  got.setdefault("term_std", jnp.ones((members, 2)))
   return got
 
 

@@ -39,7 +39,9 @@ class TrainStats:
   and 'gaussian', absolute for 'mae'); latent_mean (L,) and latent_precision (L, L):
   the mean and inverse covariance of the codes; latent_whiten (L, L): W with
   W W^T = latent_precision; codes (R, L): whitened codes of up to MAX_CODES training
-  examples; knn_scale (): the mean `knn_distance` of those codes among themselves.
+  examples; knn_scale (): the mean `knn_distance` of those codes among themselves;
+  term_mean (2,) and term_std (2,): mean and std of the residual and latent kNN terms
+  over the reference (held-out normal) examples, which the 'combined' score divides by.
   """
   err_scale: jax.Array
   latent_mean: jax.Array
@@ -47,6 +49,8 @@ class TrainStats:
   latent_whiten: jax.Array
   codes: jax.Array
   knn_scale: jax.Array
+  term_mean: jax.Array
+  term_std: jax.Array
 
 
 MAX_CODES = 4096
@@ -113,6 +117,24 @@ def _knn(model, params, x, keys, cfg, samples, stats: TrainStats):
   return _residual_term(model, params, x, stats) + _latent_knn_term(model, params, x, stats)
 
 
+def score_terms(model, params, x, stats: TrainStats):
+  """(B, 2): the residual term and the latent kNN term of each example of x."""
+  return jnp.stack([_residual_term(model, params, x, stats),
+                    _latent_knn_term(model, params, x, stats)], -1)
+
+
+def _combined(model, params, x, keys, cfg, samples, stats: TrainStats):
+  """Residual and latent kNN terms, each standardised on reference normal examples, summed (B,).
+
+  Scale-free: the 'knn' score adds a sum over D features to a term of about L, so the
+  residual dominates when D >> L; here each term is (term - mean) / std with the mean
+  and std of that term over the held-out normal examples, so both count alike.
+  """
+  del keys, cfg, samples
+  z = (score_terms(model, params, x, stats) - stats.term_mean) / stats.term_std
+  return jnp.sum(z, -1)
+
+
 def _latent_knn(model, params, x, keys, cfg, samples, stats: TrainStats):
   """Only the latent kNN term of 'knn' (B,): where the code lies, not the residual."""
   del keys, cfg, samples
@@ -148,6 +170,7 @@ SCORES.register("mse")(Score("mse", _squared_error))
 SCORES.register("mae")(Score("mae", _abs_error))
 SCORES.register("gaussian")(Score("gaussian", _squared_error, _gaussian))
 SCORES.register("knn")(Score("knn", _squared_error, _knn))
+SCORES.register("combined")(Score("combined", _squared_error, _combined))
 SCORES.register("latent_knn")(Score("latent_knn", _squared_error, _latent_knn))
 SCORES.register("elbo")(Score("elbo", _squared_error, _neg_elbo, needs_vae=True))
 SCORES.register("nll")(Score("nll", _squared_error, _nll, needs_vae=True))

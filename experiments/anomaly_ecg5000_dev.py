@@ -1,0 +1,157 @@
+"""ECG5000 `ucr`, development protocol: choose the detector and threshold rule without TEST.
+
+Only the labelled TRAIN+VALIDATION beats (399; label 1 = normal) are loaded; the 4,499
+TEST beats are not. They are cut `--cuts` times (cut c by seed `--dev-seed` + c) into a
+development validation part (`--dev-val` of them, labelled, anomaly = label 2-5) and a
+fit part whose normal beats every detector is fitted on, as `experiments.anomaly_ecg5000`
+fits the normal TRAIN+VALIDATION beats. Each threshold rule reads the scores of the
+detector's held-out 10 % of the fit beats (computed here even when there are fewer than
+the detector's MIN_HELD_OUT), as in the test protocol.
+
+A variant (name -> AutoencoderDetector arguments) is trained once per cut and read with
+every score of `--scores` that shares its training statistics. PyOD anchors run on the
+same cuts with the same held-out beats.
+
+Selection rule, fixed before any run (`choose`): the variant/score row with the best
+mean development ROC-AUC over the cuts; then, for that row, the label-free rule (every
+rule but f1_best) with the best mean development accuracy. It prints the
+`experiments.anomaly_ecg5000` arguments that run the choice once on TEST.
+
+  python -m experiments.anomaly_ecg5000_dev
+  python -m experiments.anomaly_ecg5000_dev --smoke
+"""
+
+import json
+import shlex
+import time
+
+import numpy as np
+
+from ae_jax import data as data_lib
+from ae_jax import results as _io
+from ae_jax.anomaly import AutoencoderDetector
+from experiments import _anomaly_common as common
+from experiments.anomaly_mnist_dev import rescored
+
+NAME = "anomaly_ecg5000_dev"
+LABEL_FREE_RULES = common.LABEL_FREE_RULES
+DEFAULT_VARIANTS = {"mlp": {"network": "mlp"},
+                    "mlp-long-wide": {"network": "mlp", "widths": [512, 256], "epochs": 500,
+                                      "max_steps": 3000},
+                    "mlp-latent8": {"network": "mlp", "latent_dim": 8},
+                    "conv1d": {"network": "conv1d"}}
+
+
+def parse(argv=None):
+  p = _io.parser(NAME, __doc__.splitlines()[0])
+  p.add_argument("--dev-seed", type=int, default=0, help="seed of the first cut")
+  p.add_argument("--cuts", type=int, default=3, help="development cuts, averaged")
+  p.add_argument("--dev-val", type=int, default=160, help="labelled validation beats per cut")
+  p.add_argument("--variants", default=json.dumps(DEFAULT_VARIANTS),
+                 help="JSON {name: AutoencoderDetector arguments}")
+  p.add_argument("--scores", nargs="+",
+                 default=["mse", "gaussian", "knn", "latent_knn", "combined"])
+  p.add_argument("--anchors", nargs="*", default=["KNN", "PyOD-AE", "PCA"])
+  p.add_argument("--contamination", type=float, default=0.1)
+  p.add_argument("--cache", default="results/.jax_cache")
+  args = p.parse_args(argv)
+  args.variants = json.loads(args.variants)
+  if args.smoke:
+    args.cuts, args.dev_val = 1, 120
+    args.variants = {n: {**v, "ensemble": 1, "max_steps": 5, "channels": [4, 8]}
+                     for n, v in list(args.variants.items())[:1]}
+    args.anchors = ["KNN"]
+  return args
+
+
+def dev_cut(x, y, n_val: int, seed: int):
+  """(fit beats of label 1, validation beats, their 0/1 labels (1 = anomaly)) of one cut."""
+  order = np.random.default_rng(seed).permutation(len(x))
+  val, fit = np.sort(order[:n_val]), np.sort(order[n_val:])
+  return x[fit][y[fit] == 1], x[val], (y[val] != 1).astype(int)
+
+
+def rule_accuracies(reference, scores, y, contamination: float) -> dict[str, float | None]:
+  """{'accuracy@rule': accuracy of scores > threshold} for each label-free rule set on
+  `reference`; None where a rule does not apply (log_tukey on scores <= 0)."""
+  got = common.rule_metrics(reference, scores, y, contamination)
+  return {k: v for k, v in got.items() if k.startswith("accuracy@")}
+
+
+def choose(table: list[dict], variants: dict) -> tuple[str, str, list[str]]:
+  """The rule fixed before any run: the variant/score row with the best mean development
+  ROC-AUC (anchors are not candidates), then that row's label-free rule with the best
+  mean development accuracy (rules that did not apply are skipped). Returns the row, the
+  rule and the `experiments.anomaly_ecg5000` arguments that run it on TEST."""
+  rows = [r for r in table if "/" in r["detector"]]
+  if not rows:
+    raise ValueError("no variant/score rows in the table to choose from")
+  best = max(rows, key=lambda r: r["roc_auc"])
+  accs = {rule: best[f"accuracy@{rule}"] for rule in LABEL_FREE_RULES
+          if best.get(f"accuracy@{rule}") is not None}
+  rule = max(accs, key=accs.get)
+  variant, score = best["detector"].split("/")
+  kw = dict(variants[variant])
+  network = kw.pop("network", "mlp")
+  args = ["--protocols", "ucr", "--networks", network, "--scores", score, "--threshold", rule]
+  return best["detector"], rule, args + (["--detector", json.dumps(kw)] if kw else [])
+
+
+def main(argv=None):
+  args = parse(argv)
+  out = _io.out_dir(args, NAME)
+  if args.cache:
+    common.enable_compile_cache(args.cache)
+  trainval = data_lib.load("ecg5000", "train+validation")
+  anchors = [] if common.pyod_missing() else args.anchors
+  rows = []
+  for cut in range(args.cuts):
+    fit_x, val_x, val_y = dev_cut(trainval.x, trainval.y, args.dev_val, args.dev_seed + cut)
+    for name, kw in args.variants.items():
+      det = AutoencoderDetector(**{"seed": args.seed, "contamination": args.contamination,
+                                   **kw})
+      start = time.perf_counter()
+      det.fit(fit_x)
+      seconds = time.perf_counter() - start
+      _, held = det.holdout_indices(len(fit_x))
+      for score in args.scores:
+        d = rescored(det, score)
+        s, ref = d.decision_function(val_x), d.decision_function(fit_x[held])
+        rows.append({"cut": cut, "detector": f"{name}/{score}", "fit_s": seconds,
+                     "steps": [h[-1]["step"] for h in det.history_],
+                     **common.ranking_metrics(val_y, s),
+                     **rule_accuracies(ref, s, val_y, args.contamination)})
+        print(json.dumps(rows[-1]), flush=True)
+    train_idx, held = AutoencoderDetector(seed=args.seed).holdout_indices(len(fit_x))
+    for name in anchors:
+      _, (ref, s), seconds = common.fit_anchor(name, args.seed, fit_x[train_idx],
+                                               fit_x[held], val_x)
+      rows.append({"cut": cut, "detector": name, "fit_s": seconds,
+                   **common.ranking_metrics(val_y, s),
+                   **rule_accuracies(ref, s, val_y, args.contamination)})
+      print(json.dumps(rows[-1]), flush=True)
+  keys = ["roc_auc", "pr_auc", *[f"accuracy@{r}" for r in LABEL_FREE_RULES], "fit_s"]
+  table = []
+  for name in dict.fromkeys(r["detector"] for r in rows):
+    rs = [r for r in rows if r["detector"] == name]
+    row = {"detector": name, "cuts": len(rs)}
+    for k in keys:
+      vals = [r.get(k) for r in rs]
+      row[k] = None if any(v is None for v in vals) else float(np.mean(vals))
+    table.append(row)
+  result = {"args": vars(args), "rows": rows, "table": table,
+            "protocol": f"ECG5000 TRAIN+VALIDATION ({len(trainval)} beats) cut {args.cuts} "
+                        f"times (seeds {args.dev_seed}..) into {args.dev_val} labelled "
+                        "validation beats and a fit part (its normal beats); TEST unused"}
+  chosen, rule, test_args = choose(table, args.variants)
+  result["chosen"] = {"detector": chosen, "rule": rule, "anomaly_ecg5000_args": test_args}
+  _, md = _io.write_results(out, result, {"development validation, mean over cuts": table},
+                            title="ECG5000 ucr, development protocol")
+  print(md.read_text())
+  print(f"chosen: {chosen} at rule {rule}; on TEST: python -m experiments.anomaly_ecg5000 "
+        + " ".join(shlex.quote(a) for a in test_args))
+  return result
+
+
+if __name__ == "__main__":
+  main()
