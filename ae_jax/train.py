@@ -45,7 +45,8 @@ def multistep_schedule(learning_rate: float, milestones, gamma: float):
   learning_rate * gamma**j from step milestones[j] on (0-based: the update at step
   `milestones[0]` is the first one with the decayed rate)."""
   milestones = tuple(int(m) for m in milestones)
-  if not milestones or any(m <= 0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+  increasing = list(milestones) == sorted(set(milestones))
+  if not milestones or any(m <= 0 for m in milestones) or not increasing:
     raise ConfigError(f"optim.milestones must be increasing positive step counts, got "
                       f"{milestones}; e.g. optim.milestones=(1000, 2000)")
   if not 0 < gamma <= 1:

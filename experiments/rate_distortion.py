@@ -15,6 +15,7 @@ header.
 """
 
 import io
+import itertools
 import time
 
 import numpy as np
@@ -57,8 +58,9 @@ def parse(argv=None):
   p.add_argument("--init", default="pca",
                  help="random | pca (model.rd_init: the linear dense transform from the KLT; "
                       "an MLP with --widths or the gdn transform always starts random)")
-  p.add_argument("--init-step", type=float, default=0.4,
-                 help="pca init: quantisation step of a projection, in pixel units")
+  p.add_argument("--init-step", type=float, nargs="+", default=[0.4],
+                 help="pca init: quantisation step of a projection, in pixel units; several "
+                      "values: one sweep each, chosen from on validation like --epochs")
   p.add_argument("--output", default="sigmoid",
                  help="dense: sigmoid (logits, the default) | linear output; gdn is linear")
   p.add_argument("--batch-size", type=int, default=100)
@@ -148,7 +150,11 @@ def point(method: str, setting: str, split: str, nbytes, recon, ref, **extra) ->
 
 # ---- ours --------------------------------------------------------------------------
 
-def rd_config(args, epochs: int):
+def rd_config(args, epochs: int, init_step: float | None = None):
+  """The rate_distortion config of `args`; init_step: the PCA start's step (default the
+  first of --init-step)."""
+  if init_step is None:
+    init_step = args.init_step[0] if isinstance(args.init_step, (list, tuple)) else args.init_step
   cfg = configs.set_offline_training(configs.get_preset("default"), learning_rate=args.lr,
                                     batch_size=args.batch_size, epochs=epochs)
   cfg.seed = args.seed
@@ -163,7 +169,7 @@ def rd_config(args, epochs: int):
   cfg.model.recon_loss = "mse" if linear else "bce"
   linear_dense = args.transform == "dense" and args.network == "mlp" and not args.widths
   cfg.model.rd_init = args.init if linear_dense else "random"
-  cfg.model.rd_init_step = args.init_step
+  cfg.model.rd_init_step = init_step
   cfg.model.rd_quantization = args.quantization
   cfg.model.rd_transform = args.transform
   cfg.model.rd_channels = args.rd_channels
@@ -185,9 +191,10 @@ def _timed(fn, items) -> float:
 
 def ours(args, train, val, test):
   points, codecs = [], {}
-  for epochs in args.epochs:
+  steps = list(args.init_step)
+  for epochs, step in itertools.product(args.epochs, steps):
     t0 = time.time()
-    runs = vmap_trials.fit_trials(rd_config(args, epochs),
+    runs = vmap_trials.fit_trials(rd_config(args, epochs, step),
                                   [{"objective.rd_lambda": lam} for lam in args.lambdas],
                                   train_data=train)
     train_s = time.time() - t0
@@ -196,12 +203,12 @@ def ours(args, train, val, test):
         print(f"lambda {lam}: {run.error}")
         continue
       codec = Codec.from_trained(run.trained)
-      setting = f"lambda={lam:g}, {epochs} ep"
+      setting = f"lambda={lam:g}, {epochs} ep" + (f", step {step:g}" if len(steps) > 1 else "")
       codecs[setting] = codec
       for split, data in (("val", val), ("test", test)):
         data_bytes = codec.bytes_per_example(data.x)
         points.append(point("ours", setting, split, data_bytes, codec.reconstruct(data.x),
-                            data.x, train_s=train_s, lam=lam, epochs=epochs))
+                            data.x, train_s=train_s, lam=lam, epochs=epochs, init_step=step))
       images = test.x[:args.timing_images]
       blobs = [codec.compress(x[None]) for x in images]
       points[-1]["encode_ms"] = 1e3 * _timed(lambda x: codec.compress(x[None]), images)

@@ -186,11 +186,14 @@ def test_experiment_smoke(tmp_path):
   if "mnist_t10k" not in data_lib.available():
     pytest.skip("needs the shared mnist_t10k data (AE_JAX_DATA_DIR)")
   from experiments import rate_distortion
-  points = rate_distortion.main(["--smoke", "--out", str(tmp_path)])
+  # Two PCA steps: one sweep each, every (step, lambda) a candidate of its own.
+  points = rate_distortion.main(["--smoke", "--init-step", "0.4", "0.2", "--out", str(tmp_path)])
   assert (tmp_path / "rate_distortion.png").is_file()
   assert (tmp_path / "decoded_grid.png").is_file()
   ours = [p for p in points if p["method"] == "ours" and p["split"] == "test"]
-  assert len(ours) == 2 and all(p["bytes"] >= 6 for p in ours)
+  assert len(ours) == 4 and all(p["bytes"] >= 3 for p in ours)
+  assert sorted(p["init_step"] for p in ours) == [0.2, 0.2, 0.4, 0.4]
+  assert len({p["setting"] for p in ours}) == 4
 
 
 def pca_cfg(cfg, **fields):
