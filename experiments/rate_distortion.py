@@ -84,6 +84,16 @@ def parse(argv=None):
 
 # ---- data and metrics --------------------------------------------------------------
 
+def with_defaults(args):
+  """args with every option of this script it lacks set to this script's default (its
+  --smoke defaults when args.smoke): for the scripts that reuse its splits and configs."""
+  defaults = parse(["--smoke"] if args.smoke else [])
+  for key, value in vars(defaults).items():
+    if not hasattr(args, key):
+      setattr(args, key, value)
+  return args
+
+
 def splits(args):
   """(train, val, test) ArrayData: 7,000 / 1,000 of mnist_t10k 'train' and its 'test'."""
   train, test = _io.load_splits("mnist_t10k")

@@ -35,10 +35,7 @@ def parse(argv=None):
   p.add_argument("--lambdas", type=float, nargs="+", default=[0.001, 0.004],
                  help="gdn lambdas")
   args = p.parse_args(argv)
-  defaults = rd.parse(["--smoke"] if args.smoke else [])
-  for key, value in vars(defaults).items():
-    if not hasattr(args, key):
-      setattr(args, key, value)
+  rd.with_defaults(args)
   if args.smoke:
     args.epochs, args.gdn_epochs = 1, 1
   return args

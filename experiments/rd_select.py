@@ -32,10 +32,7 @@ def parse(argv=None):
   p.add_argument("--epochs", type=int, default=20)
   p.add_argument("--lambdas", type=float, nargs="+", default=[0.004, 0.016, 0.032])
   args = p.parse_args(argv)
-  defaults = rd.parse(["--smoke"] if args.smoke else [])
-  for key, value in vars(defaults).items():
-    if not hasattr(args, key):
-      setattr(args, key, value)
+  rd.with_defaults(args)
   if args.smoke:
     args.epochs, args.lambdas = 1, [0.004, 0.03]
     args.variants = ["random,sigmoid,2e-3", "pca,linear,2e-3"]
