@@ -160,9 +160,12 @@ def point(method: str, setting: str, split: str, nbytes, recon, ref, **extra) ->
 
 # ---- ours --------------------------------------------------------------------------
 
-def rd_config(args, epochs: int, init_step: float | None = None):
+def rd_config(args, epochs: int, init_step: float | None = None,
+              transform: str | None = None):
   """The rate_distortion config of `args`; init_step: the PCA start's step (default the
-  first of --init-step)."""
+  first of --init-step); transform: the analysis/synthesis transform instead of
+  --transform (the PCA start and the logits output apply to the dense MLP only)."""
+  transform = transform or args.transform
   if init_step is None:
     init_step = args.init_step[0] if isinstance(args.init_step, (list, tuple)) else args.init_step
   cfg = configs.set_offline_training(configs.get_preset("default"), learning_rate=args.lr,
@@ -175,13 +178,13 @@ def rd_config(args, epochs: int, init_step: float | None = None):
   cfg.model.latent_dim = args.latent
   # dense: logits out (sigmoid); gdn: linear out, as Ballé's (a sigmoid there saturates
   # in the first steps and its MSE gradient vanishes). The distortion is MSE in [0, 1].
-  linear = args.transform == "gdn" or args.output == "linear"
+  linear = transform == "gdn" or args.output == "linear"
   cfg.model.recon_loss = "mse" if linear else "bce"
-  linear_dense = args.transform == "dense" and args.network == "mlp" and not args.widths
+  linear_dense = transform == "dense" and args.network == "mlp" and not args.widths
   cfg.model.rd_init = args.init if linear_dense else "random"
   cfg.model.rd_init_step = init_step
   cfg.model.rd_quantization = args.quantization
-  cfg.model.rd_transform = args.transform
+  cfg.model.rd_transform = transform
   cfg.model.rd_channels = args.rd_channels
   cfg.model.rd_latent_channels = args.latent_channels
   cfg.model.rd_kernel = args.kernel

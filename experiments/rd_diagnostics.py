@@ -92,8 +92,7 @@ def main(argv=None):
                "train s": time.time() - t0})
   print(rows[-1], flush=True)
   t0 = time.time()
-  gcfg = rd.rd_config(args, args.gdn_epochs)
-  gcfg.model.rd_transform = "gdn"
+  gcfg = rd.rd_config(args, args.gdn_epochs, transform="gdn")
   runs = vmap_trials.fit_trials(gcfg, [{"objective.rd_lambda": lam} for lam in args.lambdas],
                                 train_data=train)
   train_s = time.time() - t0

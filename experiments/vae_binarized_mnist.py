@@ -350,7 +350,6 @@ def main(argv=None):
   unknown = sorted(set(models + peers) - set(SETTINGS))
   if unknown:
     p.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
-  train, valid, test = (data_lib.load("binarized_mnist", s) for s in ("train", "valid", "test"))
   nll_samples = args.nll_samples
   SETTINGS.clear()
   SETTINGS.update(copy.deepcopy(_DEFAULT_SETTINGS))
@@ -368,6 +367,8 @@ def main(argv=None):
       p.error(f"--lr-gamma must be in (0, 1], got {args.lr_gamma}")
     for s in SETTINGS.values():
       s["milestones"], s["gamma"] = milestones, args.lr_gamma
+  # every flag is checked before the data is read, so a bad flag fails fast (and without data)
+  train, valid, test = (data_lib.load("binarized_mnist", s) for s in ("train", "valid", "test"))
   if args.smoke:
     train, valid, test = (_io.smoke_subset(d, n) for d, n in ((train, 400), (valid, 100),
                                                              (test, 100)))

@@ -260,3 +260,17 @@ def test_pca_init_bad_settings(cfg, digits):
   model, params = init(c)
   with pytest.raises(ConfigError, match="latent_dim <= min"):
     get_family("rate_distortion").init_from_data(params, np.asarray(digits[:10]), c)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["rd_diagnostics", "rd_select"])
+def test_validation_only_scripts_smoke(tmp_path, script):
+  """rd_diagnostics and rd_select run end to end (the gdn part of rd_diagnostics starts
+  from random weights even where the dense codec starts from PCA) and write their tables."""
+  if "mnist_t10k" not in data_lib.available():
+    pytest.skip("needs the shared mnist_t10k data (AE_JAX_DATA_DIR)")
+  import importlib
+  module = importlib.import_module(f"experiments.{script}")
+  rows = module.main(["--smoke", "--out", str(tmp_path)])
+  assert rows and (tmp_path / "result.json").is_file() and (tmp_path / "table.md").is_file()
+  assert all(np.isfinite(r.get("val mse", r.get("val PSNR"))) for r in rows)
