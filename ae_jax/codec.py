@@ -150,17 +150,117 @@ class Codec:
     """The test-time reconstruction of x: what `decompress(compress(x))` returns."""
     return self.from_symbols(self.symbols(x))
 
+  def encode_symbols(self, symbols) -> bytes:
+    """One byte string holding the integer symbols (N, C) of N examples."""
+    return bitstream.encode(symbols, self.stream_tables)
+
+  def decode_symbols(self, data: bytes) -> np.ndarray:
+    """The integer symbols (N, C) of a byte string from `encode_symbols` / `compress`."""
+    return bitstream.decode(data, self.stream_tables)
+
   def compress(self, x) -> bytes:
     """One byte string holding N examples x (N, *input_shape)."""
-    return bitstream.encode(self.symbols(x), self.stream_tables)
+    return self.encode_symbols(self.symbols(x))
 
   def decompress(self, data: bytes) -> np.ndarray:
     """The examples (N, *input_shape) float32 of a byte string from `compress`."""
-    return self.from_symbols(bitstream.decode(data, self.stream_tables))
+    return self.from_symbols(self.decode_symbols(data))
 
   def bytes_per_example(self, x) -> np.ndarray:
     """Length (N,) of each example's stream on its own, header and check included."""
     return bitstream.stream_bytes(self.symbols(x), self.stream_tables)
+
+
+@dataclasses.dataclass
+class RateControlledCodec:
+  """Per-image rate control: a byte cap per image met by choosing, for each image, one of
+  several codecs of the same input shape (for example the lambdas of one rate-distortion
+  sweep), as a JPEG encoder searches its quality setting for a target file size.
+
+      rc = RateControlledCodec([codec_a, codec_b, ...])
+      files = rc.compress(x, max_bytes=64)     # one self-contained file per image
+      x_hat = rc.decompress(files)             # == rc.reconstruct(x, max_bytes=64)
+
+  The encoder codes each image with every codec and keeps the one with the smallest
+  squared error among those whose file fits `max_bytes` (file = 1 byte naming the codec +
+  that codec's own stream of the image, header and check included). The decoder needs
+  every codec's weights and tables. An image that no codec fits is an error, or with
+  `overflow="smallest"` is coded with the codec that gives its smallest file.
+  """
+  codecs: list
+
+  def __post_init__(self):
+    if not 0 < len(self.codecs) <= 256:
+      raise ConfigError(f"a RateControlledCodec takes 1 to 256 codecs, got {len(self.codecs)}")
+    shapes = {tuple(c.input_shape) for c in self.codecs}
+    if len(shapes) != 1:
+      raise ConfigError(f"every codec must take examples of one shape, got {sorted(shapes)}")
+
+  @property
+  def input_shape(self) -> tuple:
+    return tuple(self.codecs[0].input_shape)
+
+  def _plan(self, x, max_bytes: int, overflow: str):
+    """(codec index (N,), file bytes (N,), symbols of every codec [K x (N, C_k)])."""
+    if overflow not in ("error", "smallest"):
+      raise ConfigError(f"overflow must be 'error' or 'smallest', got {overflow!r}")
+    x = np.asarray(x, np.float32)
+    symbols = [c.symbols(x) for c in self.codecs]
+    sizes = np.stack([1 + bitstream.stream_bytes(s, c.stream_tables)
+                      for s, c in zip(symbols, self.codecs)])  # (K, N)
+    errors = np.stack([((c.from_symbols(s) - x) ** 2).reshape(len(x), -1).mean(-1)
+                       for s, c in zip(symbols, self.codecs)])
+    fits = sizes <= max_bytes
+    over = np.flatnonzero(~fits.any(0))
+    if len(over) and overflow == "error":
+      raise DataError(
+          f"{len(over)} of {len(x)} images (first: index {over[0]}) need more than "
+          f"max_bytes={max_bytes} with every codec (the smallest file of image {over[0]} is "
+          f"{sizes[:, over[0]].min()} bytes): raise max_bytes, add a codec with a larger "
+          "lambda, or pass overflow='smallest'")
+    choice = np.where(fits, errors, np.inf).argmin(0)
+    choice[over] = sizes[:, over].argmin(0)
+    return choice, sizes[choice, np.arange(len(x))], symbols
+
+  def _decode(self, choice, rows) -> np.ndarray:
+    """Reconstructions (N, ...) of per-image symbol rows, each codec's images decoded as
+    one batch in their order (so reconstruct and decompress run the same batches and
+    agree bit for bit)."""
+    out = np.zeros((len(choice), *self.input_shape), np.float32)
+    for k in np.unique(choice):
+      idx = np.flatnonzero(choice == k)
+      out[idx] = self.codecs[k].from_symbols(np.stack([rows[i] for i in idx]))
+    return out
+
+  def choose(self, x, max_bytes: int, overflow: str = "error"):
+    """(codec index (N,) int, file bytes (N,) int, reconstruction (N, *input_shape)) of
+    the per-image choice under `max_bytes`."""
+    choice, nbytes, symbols = self._plan(x, max_bytes, overflow)
+    rows = [symbols[k][i] for i, k in enumerate(choice)]
+    return choice, nbytes, self._decode(choice, rows)
+
+  def reconstruct(self, x, max_bytes: int, overflow: str = "error") -> np.ndarray:
+    """What `decompress(compress(x, max_bytes))` returns."""
+    return self.choose(x, max_bytes, overflow)[2]
+
+  def compress(self, x, max_bytes: int, overflow: str = "error") -> list:
+    """One file (bytes) per image of x (N, *input_shape)."""
+    choice, _, symbols = self._plan(x, max_bytes, overflow)
+    return [bytes([k]) + self.codecs[k].encode_symbols(symbols[k][i:i + 1])
+            for i, k in enumerate(choice)]
+
+  def decompress(self, files) -> np.ndarray:
+    """The images (N, *input_shape) of files from `compress`."""
+    choice, rows = [], []
+    for i, data in enumerate(files):
+      if not isinstance(data, (bytes, bytearray)) or len(data) < 2:
+        raise DataError(f"file {i} is not a rate-controlled stream (too short or not bytes)")
+      if data[0] >= len(self.codecs):
+        raise DataError(f"file {i} names codec {data[0]} but this RateControlledCodec has "
+                        f"{len(self.codecs)}: it was written with other codecs, or is corrupt")
+      choice.append(data[0])
+      rows.append(self.codecs[data[0]].decode_symbols(bytes(data[1:]))[0])
+    return self._decode(np.asarray(choice, np.int64), rows)
 
 
 def ideal_bits(codec: Codec, x) -> np.ndarray:

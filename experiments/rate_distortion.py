@@ -12,6 +12,12 @@ bytes per image fit the budget; the 2,000 test images are scored once with it. B
 are file lengths: our bitstream with its header and check, whole JPEG / WebP files (and
 JPEG's scan data alone, for reference); PCA codes are packed fixed-length bits with no
 header.
+
+"ours, rate-controlled" (`ae_jax.codec.RateControlledCodec`) caps every image's file at
+the budget instead of the mean: the encoder codes each image with every trained codec of
+the sweep and keeps the one with the smallest error whose file (1 byte naming the codec +
+its stream) fits. Nothing is chosen on validation or test for it; images that no codec
+fits are counted as over budget.
 """
 
 import io
@@ -22,7 +28,7 @@ import numpy as np
 
 from ae_jax import configs, vmap_trials
 from ae_jax.applications import compression as compress, metrics
-from ae_jax.codec import Codec
+from ae_jax.codec import Codec, RateControlledCodec
 from ae_jax import results as _io
 
 NAME = "rate_distortion"
@@ -231,6 +237,37 @@ def ours(args, train, val, test):
   return points, codecs
 
 
+RC = "ours, rate-controlled"
+
+
+def rate_controlled(codecs: dict, val, test, timing_images: int):
+  """Points of per-image rate control over every trained codec (`RateControlledCodec`):
+  at each budget, each image is coded by the codec with its smallest error among those
+  whose file (1 byte naming the codec + its stream) fits the budget. Nothing is chosen on
+  test: the encoder's per-image choice is part of the codec, as a JPEG encoder's search
+  for a quality that meets a file size is. Images that no codec fits take their
+  smallest file and are counted in `over_budget`."""
+  names = list(codecs)
+  rc = RateControlledCodec([codecs[n] for n in names])
+  points = []
+  for budget in BUDGETS:
+    for split, data in (("val", val), ("test", test)):
+      choice, nbytes, recon = rc.choose(data.x, budget, overflow="smallest")
+      ks, counts = np.unique(choice, return_counts=True)
+      points.append(point(RC, f"<= {budget} B per image", split, nbytes, recon, data.x,
+                          budget=budget, over_budget=float(np.mean(nbytes > budget)),
+                          max_bytes=int(nbytes.max()),
+                          codec_use={names[k]: int(n) for k, n in zip(ks, counts)}))
+    images = test.x[:timing_images]
+    files = rc.compress(images, budget, overflow="smallest")
+    points[-1]["encode_ms"] = 1e3 * _timed(
+        lambda x, b=budget: rc.compress(x[None], b, overflow="smallest"), images)
+    points[-1]["decode_ms"] = 1e3 * _timed(lambda f: rc.decompress([f]), files)
+    assert np.array_equal(rc.decompress(files),
+                          rc.reconstruct(images, budget, overflow="smallest"))
+  return points, rc
+
+
 # ---- baselines ---------------------------------------------------------------------
 
 def pca(args, train, val, test):
@@ -344,12 +381,14 @@ def figure(points, out):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-  for method, style in (("ours", "o-"), ("PCA", "s--"), ("JPEG", "^-"), ("WEBP", "v-")):
+  for method, style in (("ours", "o-"), (RC, "D:"), ("PCA", "s--"), ("JPEG", "^-"),
+                        ("WEBP", "v-")):
     test = [p for p in points if p["method"] == method and p["split"] == "test"]
     front = pareto(test) if method in ("PCA", "ours") else sorted(test, key=lambda p: p["bytes"])
     if not front:
       continue
-    label = {"WEBP": "WebP", "PCA": "PCA (Pareto front)"}.get(method, method)
+    label = {"WEBP": "WebP", "PCA": "PCA (Pareto front)", "ours": "ours (Pareto front)",
+             RC: "ours, per-image cap (32/64/128 B)"}.get(method, method)
     for ax, key in zip(axes, ("psnr", "ms_ssim")):
       ax.plot([p["bytes"] for p in front], [p[key] for p in front], style, ms=3, label=label)
   for ax, key in zip(axes, ("PSNR (dB)", "MS-SSIM (3 scales)")):
@@ -393,15 +432,17 @@ def image_grid(rows, labels, out):
   return path
 
 
-def decoded_rows(chosen, codecs, pca_coders, train, test, seed: int, n: int = 8):
+def decoded_rows(chosen, codecs, pca_coders, train, test, seed: int, n: int = 8, rc=None):
   x = test.x[:n]
   rows, labels = [x], ["original"]
   for budget in BUDGETS:
-    for method in ("ours", "PCA", "JPEG", "WEBP"):
+    for method in ("ours", RC, "PCA", "JPEG", "WEBP"):
       p = chosen.get((method, budget))
       if p is None:
         continue
-      if method == "ours":
+      if method == RC:
+        recon = rc.reconstruct(x, p["budget"], overflow="smallest")
+      elif method == "ours":
         recon = codecs[p["setting"]].reconstruct(x)
       elif method == "PCA":
         if p["setting"] not in pca_coders:  # reused points: refit this one setting
@@ -412,7 +453,8 @@ def decoded_rows(chosen, codecs, pca_coders, train, test, seed: int, n: int = 8)
         qual = int(p["setting"].split()[-1])
         recon = np.stack([pillow_round_trip(im, method, qual)[0] for im in x])
       rows.append(np.asarray(recon))
-      labels.append(f"{method} <={budget} B\n({p['bytes']:.0f} B)")
+      name = "ours, capped" if method == RC else method
+      labels.append(f"{name} <={budget} B\n({p['bytes']:.0f} B)")
   return rows, labels
 
 
@@ -437,11 +479,14 @@ def main(argv=None):
   args = parse(argv)
   out = _io.out_dir(args, NAME)
   train, val, test = splits(args)
-  points, codecs, pca_coders, ours_s = [], {}, {}, 0.0
+  points, codecs, pca_coders, ours_s, rc = [], {}, {}, 0.0, None
   if "ours" in args.methods:
     t0 = time.time()
     points, codecs = ours(args, train, val, test)
     ours_s = time.time() - t0
+    if codecs:
+      rc_points, rc = rate_controlled(codecs, val, test, args.timing_images)
+      points += rc_points
   if args.baselines_from:
     points += reused_baselines(args.baselines_from, args)
   else:
@@ -452,8 +497,8 @@ def main(argv=None):
       if fmt in args.methods:
         points += pillow(fmt, qualities, val, test, args.timing_images)
   cai = compressai_status()
-  chosen = {(m, b): select(points, m, b) for m in ("ours", "PCA", "JPEG", "WEBP")
-            for b in BUDGETS}
+  methods = ("ours", RC, "PCA", "JPEG", "WEBP")
+  chosen = {(m, b): select(points, m, b) for m in methods for b in BUDGETS}
   rows = []
   for (method, budget), p in chosen.items():
     row = {"budget (B)": budget, "method": method}
@@ -462,26 +507,34 @@ def main(argv=None):
                   "bpp": p["bpp"], "PSNR (dB)": p["psnr"], "MS-SSIM": p["ms_ssim"]})
     rows.append(row)
   goals = []
-  for budget, goal in GOALS.items():
-    p = chosen[("ours", budget)]
+  for method, budget in itertools.product(("ours", RC), GOALS):
+    goal, p = GOALS[budget], chosen[(method, budget)]
     psnr = None if p is None else p["psnr"]
-    goals.append({"goal": f"<= {budget} B: PSNR >= {goal} dB", "test PSNR": psnr,
-                  "test bytes": None if p is None else p["bytes"],
+    goals.append({"method": method, "goal": f"<= {budget} B: PSNR >= {goal} dB",
+                  "test PSNR": psnr, "test bytes": None if p is None else p["bytes"],
+                  "test max bytes": None if p is None else p.get("max_bytes"),
                   "met": psnr is not None and psnr >= goal and p["bytes"] <= budget})
+  capped = [{"budget (B)": p["budget"], "split": p["split"], "mean bytes": p["bytes"],
+             "max bytes": p["max_bytes"], "images over budget": p["over_budget"],
+             "PSNR (dB)": p["psnr"], "MS-SSIM": p["ms_ssim"],
+             "encode ms/image": p.get("encode_ms"), "decode ms/image": p.get("decode_ms"),
+             "codecs used": len(p["codec_use"])}
+            for p in points if p["method"] == RC]
   timing = [{"method": p["method"], "setting": p["setting"], "encode ms/image": p.get("encode_ms"),
              "decode ms/image": p.get("decode_ms")}
-            for p in (chosen[(m, 64)] for m in ("ours", "PCA", "JPEG", "WEBP")) if p is not None]
+            for p in (chosen[(m, 64)] for m in methods) if p is not None]
   curve = [{k: p.get(k) for k in ("method", "setting", "bytes", "bpp", "psnr", "ms_ssim")}
            for p in points if p["split"] == "test" and p["method"] == "ours"]
   fig_path = figure(points, out)
-  grid_path = image_grid(*decoded_rows(chosen, codecs, pca_coders, train, test, args.seed),
-                         out)
+  grid_path = image_grid(*decoded_rows(chosen, codecs, pca_coders, train, test, args.seed,
+                                      rc=rc), out)
   _io.write_results(
       out, {"points": points, "compressai": cai or "ok", "ours_seconds": ours_s,
             "split": {"seed": args.seed, "val_size": args.val_size, "smoke": args.smoke},
             "baselines_from": args.baselines_from,
             "figures": [str(fig_path), str(grid_path)]},
       {"Chosen settings per budget (test, 2,000 images)": rows, "Goals": goals,
+       "Per-image rate control over every trained codec (no choice on test)": capped,
        "Per-image times at the 64 B setting (single image, CPU)": timing,
        "Our curve (test)": curve,
        "CompressAI": [{"status": cai or "imports (its training is not part of this script)"}]},

@@ -274,3 +274,46 @@ def test_validation_only_scripts_smoke(tmp_path, script):
   rows = module.main(["--smoke", "--out", str(tmp_path)])
   assert rows and (tmp_path / "result.json").is_file() and (tmp_path / "table.md").is_file()
   assert all(np.isfinite(r.get("val mse", r.get("val PSNR"))) for r in rows)
+
+
+def test_rate_controlled_codec_meets_a_byte_cap_per_image(cfg, digits):
+  """Each image takes the codec with the smallest error among those whose file fits the
+  cap (checked by brute force); files decode to the chosen reconstruction; images that
+  no codec fits are refused, or coded at their smallest with overflow='smallest'."""
+  cfg = rd_cfg(cfg)
+  cfg.train.num_steps = 100
+  cfg.train.eval_every = cfg.train.log_every = cfg.train.checkpoint_every = 10 ** 9
+  cfg.data.val_fraction = 0.0
+  runs = vmap_trials.fit_trials(cfg, [{"objective.rd_lambda": lam} for lam in (0.0, 0.05, 1.0)],
+                                train_data=array_data(digits[:512]))
+  codecs = [codec_lib.Codec.from_trained(r.trained) for r in runs]
+  rc = codec_lib.RateControlledCodec(codecs)
+  x = digits[512:552]
+  sizes = np.stack([1 + c.bytes_per_example(x) for c in codecs])
+  errors = np.stack([((c.reconstruct(x) - x) ** 2).reshape(len(x), -1).mean(1) for c in codecs])
+  cap = int(np.median(sizes[1]))
+  fits = sizes.min(0) <= cap
+  choice, nbytes, recon = rc.choose(x[fits], cap)
+  assert np.all(nbytes <= cap) and len(set(choice.tolist())) >= 1
+  for i, (k, j) in enumerate(zip(choice, np.flatnonzero(fits))):
+    allowed = [m for m in range(3) if sizes[m, j] <= cap]
+    assert k == min(allowed, key=lambda m: errors[m, j])
+    assert nbytes[i] == sizes[k, j]
+  files = rc.compress(x[fits], cap)
+  assert [len(f) for f in files] == nbytes.tolist()
+  np.testing.assert_array_equal(rc.decompress(files), recon)
+  # A cap below every codec's smallest file of some image.
+  tight = int(sizes.min(0).max()) - 1
+  with pytest.raises(DataError, match="max_bytes"):
+    rc.compress(x, tight)
+  _, smallest, _ = rc.choose(x, tight, overflow="smallest")
+  over = sizes.min(0) > tight
+  np.testing.assert_array_equal(smallest[over], sizes.min(0)[over])
+  with pytest.raises(DataError, match="names codec 7"):
+    rc.decompress([bytes([7]) + files[0][1:]])
+  with pytest.raises(DataError, match="too short"):
+    rc.decompress([b""])
+  with pytest.raises(ConfigError, match="1 to 256"):
+    codec_lib.RateControlledCodec([])
+  with pytest.raises(ConfigError, match="overflow"):
+    rc.choose(x, cap, overflow="drop")
