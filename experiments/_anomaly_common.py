@@ -11,17 +11,25 @@ API:
   anchor(name, seed) -> an unfitted PyOD detector ('IForest', 'ECOD', 'PyOD-AE', 'KNN', 'PCA').
   fit_anchor(name, seed, x_fit, *x_score) -> (training scores, [scores of each x_score],
     seconds).
+  rescored(det, score) -> the fitted AutoencoderDetector `det` read with another score that
+    has the same training statistics (no refit).
+  fit_variant(kw, fit_x, scores) -> (fit seconds, steps of each member, {score: (detector,
+    its scores of the fit's held-out rows)}): one development variant, fitted once and read
+    with every score (the dev scripts' shared loop).
   roc_figure(path, curves, title): ROC curves {label: (y, scores)}.
   mean_std(values) -> (mean, std) with std over seeds (population std, ddof=0; 0 for one
     value), from ae_jax.results.mean_std.
 """
 
+import copy
 import pathlib
 import time
 
 import numpy as np
 
 from ae_jax import results
+from ae_jax.anomaly import AutoencoderDetector
+from ae_jax.anomaly.scores import SCORES
 
 ANCHORS = ("IForest", "ECOD", "PyOD-AE", "KNN", "PCA")
 
@@ -141,3 +149,33 @@ def roc_figure(path, curves: dict, title: str = "") -> pathlib.Path:
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return pathlib.Path(path)
+
+
+def rescored(det: AutoencoderDetector, score: str) -> AutoencoderDetector:
+  """`det` read with another score that has the same training statistics (no refit)."""
+  if SCORES.get(score).per_element is not SCORES.get(det.score).per_element:
+    raise ValueError(f"score {score!r} needs other training statistics than {det.score!r}")
+  other = copy.copy(det)
+  other.__dict__ = {k: v for k, v in det.__dict__.items()
+                    if k not in ("_example_fn", "_element_fn")}
+  other.score = score
+  return other
+
+
+def fit_variant(kw: dict, fit_x, scores) -> tuple[float, list, dict]:
+  """Fits AutoencoderDetector(**kw) on fit_x once and reads it with every score.
+
+  Returns (fit seconds, the last logged step of each member, {score: (the detector read
+  with that score, its scores of the rows of fit_x the fit held out)}); the held-out
+  scores are the label-free reference for standardising and thresholding.
+  """
+  det = AutoencoderDetector(**kw)
+  start = time.perf_counter()
+  det.fit(fit_x)
+  seconds = time.perf_counter() - start
+  _, held = det.holdout_indices(len(fit_x))
+  read = {}
+  for score in scores:
+    d = rescored(det, score)
+    read[score] = (d, d.decision_function(fit_x[held]))
+  return seconds, [h[-1]["step"] for h in det.history_], read

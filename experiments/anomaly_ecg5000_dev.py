@@ -23,7 +23,6 @@ rule but f1_best) with the best mean development accuracy. It prints the
 
 import json
 import shlex
-import time
 
 import numpy as np
 
@@ -31,7 +30,6 @@ from ae_jax import data as data_lib
 from ae_jax import results as _io
 from ae_jax.anomaly import AutoencoderDetector
 from experiments import _anomaly_common as common
-from experiments.anomaly_mnist_dev import rescored
 
 NAME = "anomaly_ecg5000_dev"
 LABEL_FREE_RULES = common.LABEL_FREE_RULES
@@ -108,18 +106,12 @@ def main(argv=None):
   for cut in range(args.cuts):
     fit_x, val_x, val_y = dev_cut(trainval.x, trainval.y, args.dev_val, args.dev_seed + cut)
     for name, kw in args.variants.items():
-      det = AutoencoderDetector(**{"seed": args.seed, "contamination": args.contamination,
-                                   **kw})
-      start = time.perf_counter()
-      det.fit(fit_x)
-      seconds = time.perf_counter() - start
-      _, held = det.holdout_indices(len(fit_x))
-      for score in args.scores:
-        d = rescored(det, score)
-        s, ref = d.decision_function(val_x), d.decision_function(fit_x[held])
+      seconds, steps, read = common.fit_variant(
+          {"seed": args.seed, "contamination": args.contamination, **kw}, fit_x, args.scores)
+      for score, (d, ref) in read.items():
+        s = d.decision_function(val_x)
         rows.append({"cut": cut, "detector": f"{name}/{score}", "fit_s": seconds,
-                     "steps": [h[-1]["step"] for h in det.history_],
-                     **common.ranking_metrics(val_y, s),
+                     "steps": steps, **common.ranking_metrics(val_y, s),
                      **rule_accuracies(ref, s, val_y, args.contamination)})
         print(json.dumps(rows[-1]), flush=True)
     train_idx, held = AutoencoderDetector(seed=args.seed).holdout_indices(len(fit_x))

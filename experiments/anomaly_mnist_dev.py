@@ -17,16 +17,12 @@ normal images (an ensemble whose members differ in network, not only in seed).
   python -m experiments.anomaly_mnist_dev --smoke
 """
 
-import copy
 import json
 import shlex
-import time
 
 import numpy as np
 
 from ae_jax import results as _io
-from ae_jax.anomaly import AutoencoderDetector
-from ae_jax.anomaly.scores import SCORES
 from experiments import _anomaly_common as common
 
 NAME = "anomaly_mnist_dev"
@@ -61,17 +57,6 @@ def dev_split(train, n_val: int, seed: int):
   return train.take(np.sort(order[n_val:])), train.take(np.sort(order[:n_val]))
 
 
-def rescored(det: AutoencoderDetector, score: str) -> AutoencoderDetector:
-  """`det` read with another score that has the same training statistics (no refit)."""
-  if SCORES.get(score).per_element is not SCORES.get(det.score).per_element:
-    raise ValueError(f"score {score!r} needs other training statistics than {det.score!r}")
-  other = copy.copy(det)
-  other.__dict__ = {k: v for k, v in det.__dict__.items()
-                    if k not in ("_example_fn", "_element_fn")}
-  other.score = score
-  return other
-
-
 def choose(table: list[dict], variants: dict) -> tuple[str, list[str]]:
   """The rule fixed before any run: the single-detector row 'variant/score' with the best
   mean ROC-AUC on the development validation images (pairs and anchors are not
@@ -104,19 +89,13 @@ def main(argv=None):
     y = (val_part.y != digit).astype(int)
     std_scores = {}
     for name, kw in args.variants.items():
-      det = AutoencoderDetector(**{"scaling": "none", "seed": args.seed, **kw})
-      start = time.perf_counter()
-      det.fit(fit_x)
-      seconds = time.perf_counter() - start
-      _, held = det.holdout_indices(len(fit_x))
-      for score in args.scores:
-        d = rescored(det, score)
+      seconds, steps, read = common.fit_variant({"scaling": "none", "seed": args.seed, **kw},
+                                                fit_x, args.scores)
+      for score, (d, ref) in read.items():
         s = d.decision_function(val_part.x)
-        ref = d.decision_function(fit_x[held])
         std_scores[f"{name}/{score}"] = (s - ref.mean()) / max(ref.std(), 1e-12)
         rows.append({"digit": digit, "detector": f"{name}/{score}", "fit_s": seconds,
-                     "steps": [h[-1]["step"] for h in det.history_],
-                     **common.ranking_metrics(y, s)})
+                     "steps": steps, **common.ranking_metrics(y, s)})
         print(json.dumps(rows[-1]), flush=True)
     for pair in args.pairs:
       a, b = pair.split("+")

@@ -5,6 +5,7 @@ import pytest
 
 from ae_jax.anomaly import AutoencoderDetector
 from ae_jax.data.sources import make_array_data
+from experiments import _anomaly_common as common
 from experiments import anomaly_mnist_dev as dev
 
 
@@ -26,14 +27,14 @@ def test_rescored_detector_equals_one_fitted_with_that_score():
   base = AutoencoderDetector(score="gaussian", **kw).fit(x)
   direct = AutoencoderDetector(score="knn", **kw).fit(x)
   probe = rng.normal(size=(30, 6)).astype(np.float32) * 2
-  np.testing.assert_allclose(dev.rescored(base, "knn").decision_function(probe),
+  np.testing.assert_allclose(common.rescored(base, "knn").decision_function(probe),
                              direct.decision_function(probe), rtol=1e-5, atol=1e-5)
   # the original keeps its own score
   np.testing.assert_allclose(base.decision_function(probe),
                              AutoencoderDetector(score="gaussian", **kw).fit(x)
                              .decision_function(probe), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="statistics"):
-    dev.rescored(base, "mae")
+    common.rescored(base, "mae")
 
 
 @pytest.mark.slow
