@@ -9,6 +9,7 @@ of peak that each row reaches; `peak_flops(results, dtype)` picks the best figur
 
 from __future__ import annotations
 
+import re
 import time
 
 import jax
@@ -64,6 +65,30 @@ def bf16_native() -> bool:
   return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+_DEFINITION = re.compile(r"%([\w.\-]+) = (\w+)\[")
+_DOT = re.compile(r"= \w+\[[^\]]*\]\S* dot\(([^)]*)\)")
+
+
+def dot_operand_dtypes(dtype, size: int = 64) -> list[str]:
+  """Element types that the compiled program's dot instructions actually multiply, for a
+  `dtype` matmul: read from XLA's optimised HLO (`compiled.as_text()`). ['f32'] for a
+  bfloat16 product means the compiler converted the operands to float32 first (no
+  bfloat16 arithmetic, whatever the CPU offers)."""
+  a = jnp.ones((size, size), dtype)
+  return hlo_dot_operand_dtypes(jax.jit(jnp.matmul).lower(a, a).compile().as_text())
+
+
+def hlo_dot_operand_dtypes(text: str) -> list[str]:
+  """Sorted element types of the operands of every `dot` in HLO text."""
+  types = dict(_DEFINITION.findall(text))
+  found = set()
+  for operands in _DOT.findall(text):
+    for name in re.findall(r"%([\w.\-]+)", operands):
+      if name in types:
+        found.add(types[name])
+  return sorted(found)
+
+
 def measure(size: int = 4096, *, repeats: int = 5, budget_s: float = 6.0, min_repeats: int = 2,
             dtypes=("float32", "bfloat16"), with_numpy: bool = True) -> list[dict]:
   """One row per (library, dtype): FLOP/s of a (size x size) @ (size x size) product."""
@@ -77,7 +102,11 @@ def measure(size: int = 4096, *, repeats: int = 5, budget_s: float = 6.0, min_re
                    **_numpy_matmul(size, repeats, budget_s, min_repeats)})
   native = bf16_native()
   for row in rows:
-    row["hardware_dtype"] = row["dtype"] == "float32" or native
+    if row["library"] == "jax":
+      row["dot_operand_dtypes"] = dot_operand_dtypes(jnp.dtype(row["dtype"]))
+    # bfloat16 in hardware needs both the CPU's instructions and a compiled dot that uses them
+    row["hardware_dtype"] = row["dtype"] == "float32" or (
+        native and row.get("dot_operand_dtypes") == ["bf16"])
     row["flops"] = flops
     row["gflops_per_s"] = flops / row["median_s"] / 1e9
     row["gflops_per_s_best"] = flops / row["min_s"] / 1e9
@@ -94,7 +123,8 @@ def peak_flops(rows: list[dict], dtype: str = "float32") -> float:
 
 COLUMNS = [("library", "library"), ("dtype", "dtype"), ("size", "size"),
            ("GFLOP/s (median)", "gflops_per_s"), ("GFLOP/s (best)", "gflops_per_s_best"),
-           ("median ms", "median_ms"), ("repeats", "repeats")]
+           ("median ms", "median_ms"), ("repeats", "repeats"),
+           ("compiled dot multiplies", "dot_operand_dtypes")]
 
 
 def main(argv=None) -> dict:

@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -43,7 +44,32 @@ def test_peak_smoke(tmp_path):
   for row in payload["rows"]:
     assert TIMING_KEYS | {"gflops_per_s", "flops", "size", "compile_s"} <= set(row)
     assert row["gflops_per_s"] > 0
+    if row["library"] == "jax":
+      assert row["dot_operand_dtypes"] and isinstance(row["hardware_dtype"], bool)
   assert peak.peak_flops(payload["rows"], "float32") > 0
+
+
+def test_dot_operand_dtypes_reads_what_the_compiled_dot_multiplies():
+  converted = """
+%fused (param_0: f32[4,4], param_1: f32[4,4]) -> f32[4,4] {
+  %param_0 = f32[4,4]{1,0} parameter(0)
+  %param_1 = f32[4,4]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,4]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}
+}
+ENTRY %main (a: bf16[4,4], b: bf16[4,4]) -> bf16[4,4] {
+  %a = bf16[4,4]{1,0} parameter(0)
+  %wrapped_convert = f32[4,4]{1,0} fusion(%a), kind=kLoop
+"""
+  native = """
+  %a.1 = bf16[4,4]{1,0} parameter(0)
+  %b.1 = bf16[4,4]{1,0} parameter(1)
+  ROOT %dot_general.0 = f32[4,4]{1,0} dot(%a.1, %b.1), lhs_contracting_dims={1}
+"""
+  assert peak.hlo_dot_operand_dtypes(converted) == ["f32"]
+  assert peak.hlo_dot_operand_dtypes(native) == ["bf16"]
+  assert peak.hlo_dot_operand_dtypes("no products here") == []
+  # this JAX on this backend: a float32 product multiplies float32
+  assert peak.dot_operand_dtypes(jnp.float32, size=8) == ["f32"]
 
 
 @pytest.mark.slow
