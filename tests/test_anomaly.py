@@ -239,6 +239,15 @@ def test_adbench_script_smoke_on_any_folder(tmp_path, fewer_optimizations):
              for r in ("percentile", "mean_std", "max", "tukey"))
 
 
+def test_adbench_runs_the_chosen_tabular_configuration_unless_told_otherwise():
+  from experiments import anomaly_adbench
+  assert json.loads(anomaly_adbench.parse([]).detector) == anomaly_adbench.CHOSEN
+  assert anomaly_adbench.CHOSEN == {"scaling": "robust", "trim": 0.2, "score": "mse"}
+  assert json.loads(anomaly_adbench.parse(["--detector", "{}"]).detector) == {}
+  # every argument of the configuration is one the detector takes
+  AutoencoderDetector(**anomaly_adbench.CHOSEN)
+
+
 def test_ecg_rule_metrics_leave_a_rule_empty_where_it_does_not_apply():
   # IForest-like scores can be <= 0, where log_tukey is undefined: that rule is left empty
   # (None) and the others are still computed, instead of the whole experiment stopping.
