@@ -11,6 +11,16 @@ tables. The tables (and the medians they hold) are computed once from the traine
 weights, with the quantiles solved exactly, and kept in the workdir
 (`entropy_tables.npz`), so every later codec rounds on the same grid and reads the very
 same integers the encoder wrote.
+
+With the scale hyperprior (`model.rd_prior='hyperprior'`) the symbols of an example are
+the side symbols of the hyper-latent z (coded with the saved factorized tables) followed
+by round(y); y[i] is coded with the fixed Gaussian table (`entropy.gaussian_tables`) of
+the scale index that the model computes from z's symbols (`scale_indices`). Encoder and
+decoder compute those indices with one compiled program on one example at a time (shape
+(1, hyper_dim)), so the indices do not depend on how examples are batched. The indices
+come from float arithmetic: a decoder on another CPU kind or XLA version could round a
+scale into a neighbouring table and misread the stream (as with any float entropy
+model; Ballé et al.'s integer networks avoid it), which the format does not detect.
 """
 
 import dataclasses
@@ -108,8 +118,36 @@ class Codec:
 
   @functools.cached_property
   def stream_tables(self) -> entropy.CodingTables:
-    """Tables of the flat symbols (N, latent_dim) the bitstream codes."""
+    """Tables of the flat factorized symbols the bitstream codes: (N, latent_dim), or
+    with the hyperprior the side symbols (N, hyper_dim)."""
     return self.tables.tile(getattr(self.model, "positions", 1))
+
+  @property
+  def side_symbols(self) -> int:
+    """Leading side symbols (z) of each example's symbols: hyper_dim, or 0."""
+    return getattr(self.model, "side_symbols", 0)
+
+  @property
+  def symbol_count(self) -> int:
+    """Symbols per example: side symbols + latent_dim."""
+    return self.side_symbols + self.model.latent_dim
+
+  @functools.cached_property
+  def gaussian_tables(self) -> entropy.CodingTables:
+    """The hyperprior's Gaussian tables, one row per table scale."""
+    return entropy.gaussian_tables()
+
+  @functools.cached_property
+  def _scale_indices(self):
+    return jax.jit(lambda p, side: self.model.apply(p, side, method=self.model.scale_indices))
+
+  def scale_indices(self, side) -> np.ndarray:
+    """Gaussian table index (N, latent_dim) int32 of each latent from the side symbols
+    (N, hyper_dim), computed one example at a time (the same program in encoder and
+    decoder, whatever the batch)."""
+    side = np.asarray(side, np.int32)
+    out = [np.asarray(self._scale_indices(self.params, row[None]))[0] for row in side]
+    return np.stack(out) if out else np.zeros((0, self.model.latent_dim), np.int32)
 
   @functools.cached_property
   def _symbols(self):
@@ -136,7 +174,7 @@ class Codec:
     x = self._check_input(x)
     out = [np.asarray(self._symbols(self.params, x[i:i + self.batch_size]))
            for i in range(0, len(x), self.batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, self.model.latent_dim), np.int32)
+    return np.concatenate(out) if out else np.zeros((0, self.symbol_count), np.int32)
 
   def from_symbols(self, symbols) -> np.ndarray:
     """Data-space reconstructions (N, *input_shape) of integer symbols (N, C)."""
@@ -152,11 +190,32 @@ class Codec:
 
   def encode_symbols(self, symbols) -> bytes:
     """One byte string holding the integer symbols (N, C) of N examples."""
-    return bitstream.encode(symbols, self.stream_tables)
+    if not self.side_symbols:
+      return bitstream.encode(symbols, self.stream_tables)
+    symbols = np.asarray(symbols)
+    if symbols.ndim != 2 or symbols.shape[1] != self.symbol_count:
+      raise DataError(f"symbols must be (N, {self.symbol_count}) (side symbols then "
+                      f"latents), got shape {symbols.shape}")
+    side, latents = symbols[:, :self.side_symbols], symbols[:, self.side_symbols:]
+    return bitstream.encode_hyperprior(side, latents, self.stream_tables, self.gaussian_tables,
+                                       self.scale_indices(side))
 
   def decode_symbols(self, data: bytes) -> np.ndarray:
     """The integer symbols (N, C) of a byte string from `encode_symbols` / `compress`."""
-    return bitstream.decode(data, self.stream_tables)
+    if not self.side_symbols:
+      return bitstream.decode(data, self.stream_tables)
+    side, latents = bitstream.decode_hyperprior(
+        data, self.stream_tables, self.gaussian_tables,
+        lambda z: self.scale_indices(z[None])[0], self.model.latent_dim)
+    return np.concatenate([side, latents], axis=1)
+
+  def stream_bytes(self, symbols) -> np.ndarray:
+    """Length (N,) of each example's stream on its own (`encode_symbols` of that one row,
+    header and check included)."""
+    if not self.side_symbols:
+      return bitstream.stream_bytes(symbols, self.stream_tables)
+    return np.asarray([len(self.encode_symbols(row[None])) for row in np.asarray(symbols)],
+                      np.int64)
 
   def compress(self, x) -> bytes:
     """One byte string holding N examples x (N, *input_shape)."""
@@ -168,7 +227,7 @@ class Codec:
 
   def bytes_per_example(self, x) -> np.ndarray:
     """Length (N,) of each example's stream on its own, header and check included."""
-    return bitstream.stream_bytes(self.symbols(x), self.stream_tables)
+    return self.stream_bytes(self.symbols(x))
 
 
 @dataclasses.dataclass
@@ -206,8 +265,7 @@ class RateControlledCodec:
       raise ConfigError(f"overflow must be 'error' or 'smallest', got {overflow!r}")
     x = np.asarray(x, np.float32)
     symbols = [c.symbols(x) for c in self.codecs]
-    sizes = np.stack([1 + bitstream.stream_bytes(s, c.stream_tables)
-                      for s, c in zip(symbols, self.codecs)])  # (K, N)
+    sizes = np.stack([1 + c.stream_bytes(s) for s, c in zip(symbols, self.codecs)])  # (K, N)
     errors = np.stack([((c.from_symbols(s) - x) ** 2).reshape(len(x), -1).mean(-1)
                        for s, c in zip(symbols, self.codecs)])
     fits = sizes <= max_bytes
@@ -264,8 +322,14 @@ class RateControlledCodec:
 
 
 def ideal_bits(codec: Codec, x) -> np.ndarray:
-  """Bits (N,) an ideal entropy coder would spend on each example's symbols."""
-  return entropy.ideal_bits(codec.stream_tables, codec.symbols(x))
+  """Bits (N,) an ideal entropy coder would spend on each example's symbols (with the
+  hyperprior: z's and y's, y with the table of its scale index)."""
+  symbols = codec.symbols(x)
+  if not codec.side_symbols:
+    return entropy.ideal_bits(codec.stream_tables, symbols)
+  side, latents = symbols[:, :codec.side_symbols], symbols[:, codec.side_symbols:]
+  return (entropy.ideal_bits(codec.stream_tables, side)
+          + entropy.ideal_bits_indexed(codec.gaussian_tables, latents, codec.scale_indices(side)))
 
 
 def read_images(path) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Learned entropy models of quantised latents: the factorized prior of Ballé et al.
+"""Learned entropy models of quantised latents: the factorized prior of Ballé et al. and
+the Gaussian conditional of their scale hyperprior.
 
 `EntropyBottleneck` models each latent channel (the last axis) with its own learned,
 monotone cumulative density c(y) = sigmoid(f(y)), where f is a small per-channel network
@@ -15,10 +16,14 @@ median m: symbol k = round(y - m), value m + k. Three learned quantiles per chan
 (the tail_mass/2 tails and the median) are fitted by `aux_loss` and bound the alphabet of
 the coding tables (`coding_tables`); values outside it are escaped by the bitstream.
 
+The scale hyperprior's Gaussian conditional (`gaussian_likelihood`, `scale_table`,
+`scale_index`, `gaussian_tables`) is at the end of this file.
+
 Shapes: latents are (..., C); every per-channel parameter has a leading C axis.
 """
 
 import dataclasses
+import functools
 import hashlib
 import math
 
@@ -266,3 +271,113 @@ def ideal_bits(tables: CodingTables, symbols) -> np.ndarray:
   p = tables.counts / tables.counts.sum(1, keepdims=True)
   chosen = np.take_along_axis(p[None], index[..., None], axis=-1)[..., 0]
   return -np.log2(chosen).sum(-1)
+
+
+# ---- the Gaussian conditional of the scale hyperprior --------------------------------
+#
+# Ballé, Minnen, Singh, Hwang, Johnston 2018, section 3: given the hyper-latent, each
+# latent y is modelled as a zero-mean Gaussian of scale sigma convolved with a unit-width
+# uniform, so the probability of the integer symbol k = round(y) is
+#
+#     P(k) = Phi((k + 1/2) / sigma) - Phi((k - 1/2) / sigma).
+#
+# For entropy coding the scales are quantised to a fixed, log-spaced table (as CompressAI's
+# `get_scale_table`): latent i is coded with the table of the smallest table scale >= its
+# sigma (`scale_index`), so encoder and decoder need only that integer per latent.
+
+SCALE_BOUND = 0.11      # smallest scale (CompressAI's GaussianConditional scale_bound)
+SCALE_MAX = 256.0       # largest table scale
+SCALE_LEVELS = 64       # table scales, log-spaced from SCALE_BOUND to SCALE_MAX
+GAUSSIAN_TAIL_MASS = 1e-9  # probability of each table left to the escape code
+
+
+def scale_table(low: float = SCALE_BOUND, high: float = SCALE_MAX,
+                levels: int = SCALE_LEVELS) -> np.ndarray:
+  """The coding scales exp(linspace(log low, log high, levels)), (levels,) float64."""
+  return np.exp(np.linspace(math.log(low), math.log(high), levels))
+
+
+@jax.custom_vjp
+def lower_bound(x, bound):
+  """max(x, bound) whose gradient still passes below the bound when it points upwards
+  (CompressAI's LowerBound): a value stuck under the bound can be pulled back."""
+  return jnp.maximum(x, bound)
+
+
+def _lower_bound_fwd(x, bound):
+  return jnp.maximum(x, bound), (x, bound)
+
+
+def _lower_bound_bwd(res, g):
+  x, bound = res
+  passes = (x >= bound) | (g < 0)
+  return g * passes.astype(g.dtype), jnp.zeros_like(bound)
+
+
+lower_bound.defvjp(_lower_bound_fwd, _lower_bound_bwd)
+
+
+def _standard_cdf(x):
+  """Phi(x) through erfc, exact in the lower tail."""
+  return 0.5 * jax.scipy.special.erfc(-x / math.sqrt(2.0))
+
+
+def gaussian_likelihood(y, scale):
+  """P(unit bin around y) under N(0, scale^2), elementwise; scale is bounded below by
+  SCALE_BOUND and the probability by LIKELIHOOD_BOUND (both passing upward gradients).
+  Computed on -|y| (the lower tail) for precision."""
+  scale = lower_bound(scale, jnp.asarray(SCALE_BOUND, scale.dtype))
+  values = jnp.abs(y)
+  p = _standard_cdf((0.5 - values) / scale) - _standard_cdf((-0.5 - values) / scale)
+  return lower_bound(p, jnp.asarray(LIKELIHOOD_BOUND, p.dtype))
+
+
+def scale_index(scale, table: np.ndarray | None = None):
+  """Index of the coding table of each scale: the smallest i with scale <= table[i]
+  (float32 comparison), the last table for larger scales; (...) -> (...) int32."""
+  table = scale_table() if table is None else table
+  edges = jnp.asarray(table[:-1], jnp.float32)
+  return jnp.sum(scale[..., None] > edges, axis=-1).astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=8)
+def gaussian_tables(low: float = SCALE_BOUND, high: float = SCALE_MAX,
+                    levels: int = SCALE_LEVELS, tail_mass: float = GAUSSIAN_TAIL_MASS,
+                    precision: int = 16) -> CodingTables:
+  """Coding tables of zero-mean Gaussian symbols, one row per table scale, in numpy
+  float64 (so every encoder and decoder builds bit-identical tables).
+
+  Row k codes symbols -c .. c, c = ceil(scale_k * z), z the standard normal's
+  1 - tail_mass/2 quantile; counts floor(P * 2**precision) + 1 as `coding_tables`, the
+  escape column the mass outside. Cached: the same object (and digest) for the same
+  arguments.
+  """
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  scales = scale_table(low, high, levels)
+  center = np.ceil(scales * -special.ndtri(tail_mass / 2)).astype(np.int64)
+  sizes = 2 * center + 1
+  width = int(sizes.max())
+  k = np.arange(width)[None, :] - center[:, None]            # (levels, S) symbols
+  upper = special.ndtr((0.5 - np.abs(k)) / scales[:, None])
+  lower = special.ndtr((-0.5 - np.abs(k)) / scales[:, None])
+  valid = np.arange(width)[None, :] < sizes[:, None]
+  p = np.where(valid, upper - lower, 0.0)
+  escape = 2.0 * special.ndtr((-0.5 - center) / scales)
+  scale = float(2 ** precision)
+  counts = np.zeros((levels, width + 1), np.float64)
+  counts[:, :width] = np.where(valid, np.floor(p * scale) + 1.0, 0.0)
+  counts[:, width] = np.floor(escape * scale) + 1.0
+  return CodingTables((-center).astype(np.int32), sizes.astype(np.int32), counts,
+                      np.zeros(levels, np.float32))
+
+
+def ideal_bits_indexed(tables: CodingTables, symbols, indices) -> np.ndarray:
+  """Bits an ideal coder spends on symbols (N, C) when symbol (n, c) is coded with table
+  row indices[n, c] (escapes counted as their escape symbol only), (N,)."""
+  symbols = np.asarray(symbols, np.int64)
+  indices = np.asarray(indices, np.int64)
+  index = symbols - tables.lower[indices]
+  inside = (index >= 0) & (index < tables.sizes[indices])
+  index = np.where(inside, index, tables.escape)
+  p = tables.counts / tables.counts.sum(1, keepdims=True)
+  return -np.log2(p[indices, index]).sum(-1)

@@ -61,6 +61,13 @@ def parse(argv=None):
                  help="MLP widths (none, the default: linear encoder and decoder)")
   p.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="conv channels")
   p.add_argument("--quantization", default="noise", help="noise | ste (model.rd_quantization)")
+  p.add_argument("--prior", default="factorized",
+                 help="factorized | hyperprior (model.rd_prior: Ballé et al. 2018's scale "
+                      "hyperprior codes y with a Gaussian whose scales come from a coded z)")
+  p.add_argument("--hyper-dim", type=int, default=32,
+                 help="hyperprior: size of the hyper-latent z (model.rd_hyper_dim)")
+  p.add_argument("--hyper-widths", type=int, nargs="*", default=[128],
+                 help="hyperprior: hidden widths of h_a and h_s (model.rd_hyper_widths)")
   p.add_argument("--init", default="pca",
                  help="random | pca (model.rd_init: the linear dense transform from the KLT; "
                       "an MLP with --widths or the gdn transform always starts random)")
@@ -194,6 +201,9 @@ def rd_config(args, epochs: int, init_step: float | None = None,
   cfg.model.rd_channels = args.rd_channels
   cfg.model.rd_latent_channels = args.latent_channels
   cfg.model.rd_kernel = args.kernel
+  cfg.model.rd_prior = args.prior
+  cfg.model.rd_hyper_dim = args.hyper_dim
+  cfg.model.rd_hyper_widths = tuple(args.hyper_widths)
   cfg.objective.rd_distortion = "mse"
   return cfg
 
@@ -227,7 +237,8 @@ def ours(args, train, val, test):
       for split, data in (("val", val), ("test", test)):
         data_bytes = codec.bytes_per_example(data.x)
         points.append(point("ours", setting, split, data_bytes, codec.reconstruct(data.x),
-                            data.x, train_s=train_s, lam=lam, epochs=epochs, init_step=step))
+                            data.x, train_s=train_s, lam=lam, epochs=epochs, init_step=step,
+                            prior=args.prior))
       images = test.x[:args.timing_images]
       blobs = [codec.compress(x[None]) for x in images]
       points[-1]["encode_ms"] = 1e3 * _timed(lambda x: codec.compress(x[None]), images)
@@ -530,6 +541,7 @@ def main(argv=None):
                                       rc=rc), out)
   _io.write_results(
       out, {"points": points, "compressai": cai or "ok", "ours_seconds": ours_s,
+            "prior": args.prior,
             "split": {"seed": args.seed, "val_size": args.val_size, "smoke": args.smoke},
             "baselines_from": args.baselines_from,
             "figures": [str(fig_path), str(grid_path)]},

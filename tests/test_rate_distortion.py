@@ -194,6 +194,11 @@ def test_experiment_smoke(tmp_path):
   assert len(ours) == 4 and all(p["bytes"] >= 3 for p in ours)
   assert sorted(p["init_step"] for p in ours) == [0.2, 0.2, 0.4, 0.4]
   assert len({p["setting"] for p in ours}) == 4
+  # The scale hyperprior through the same script (ours only).
+  hyper = rate_distortion.main(["--smoke", "--prior", "hyperprior", "--hyper-dim", "8",
+                                "--methods", "ours", "--out", str(tmp_path / "hyperprior")])
+  ours = [p for p in hyper if p["method"] == "ours" and p["split"] == "test"]
+  assert len(ours) == 2 and all(p["prior"] == "hyperprior" and p["bytes"] >= 3 for p in ours)
 
 
 def pca_cfg(cfg, **fields):

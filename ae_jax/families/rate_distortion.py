@@ -27,6 +27,17 @@ rate is that of the real integer symbols under the model. Terms per example:
 `objective.rd_lambda` is traced (`hparams`), so a whole rate-distortion curve trains in
 one vmapped sweep (`ae_jax.vmap_trials.fit_trials`). Real bitstreams: `ae_jax.codec`.
 
+`model.rd_prior = 'hyperprior'` replaces the factorized prior of y by the scale hyperprior
+(Ballé, Minnen, Singh, Hwang, Johnston 2018): the hyper-analysis h_a maps |y| (flattened)
+through an MLP of `model.rd_hyper_widths` to a hyper-latent z of `model.rd_hyper_dim`
+values, which goes through the factorized `EntropyBottleneck`; the hyper-synthesis h_s
+maps z_hat through the mirrored MLP to a positive scale sigma = max(softplus(h_s(z_hat)),
+0.11) per latent (softplus, not exp: no overflow for large z), and y is coded with a
+zero-mean Gaussian of that scale (`ae_jax.entropy.gaussian_likelihood`): symbols
+round(y), uniform noise in training. The rate is bits(z) + bits(y | z); the term
+`side_bits` reports bits(z). For coding, the scales are quantised to a fixed table
+(`ae_jax.entropy.scale_index`).
+
 `model.rd_init = 'pca'` starts a linear dense transform (`model.widths` empty) from the
 KLT of a sample of the training data (the `init_from_data` hook, `pca_init`): latent i
 is the projection on the i-th principal direction in units of `model.rd_init_step`, and
@@ -44,7 +55,8 @@ import numpy as np
 
 from ae_jax import losses
 from ae_jax.errors import ConfigError
-from ae_jax.entropy import EntropyBottleneck
+from ae_jax.entropy import (EntropyBottleneck, SCALE_BOUND, gaussian_likelihood, lower_bound,
+                            scale_index)
 from ae_jax.families.base import (FAMILIES, Family, Terms, apply, check_recon_loss,
                                   common_kwargs, networks, require)
 from ae_jax.families.common import Autoencoder
@@ -60,6 +72,9 @@ FIELDS = {
     "model.rd_kernel": 5,                 # gdn: kernel size
     "model.rd_init": "random",            # random | pca: dense linear transform from the KLT
     "model.rd_init_step": 0.4,            # pca: quantisation step in data units of a projection
+    "model.rd_prior": "factorized",       # factorized | hyperprior (scale hyperprior of y)
+    "model.rd_hyper_dim": 32,             # hyperprior: size of the hyper-latent z
+    "model.rd_hyper_widths": (128,),      # hyperprior: hidden widths of h_a (h_s mirrors them)
     "objective.rd_lambda": 0.01,          # weight of the rate, in bits per input value
     "objective.rd_distortion": "mse",     # mse (data space) | recon (model.recon_loss)
 }
@@ -75,20 +90,38 @@ class RateDistortionAutoencoder(Autoencoder):
   flat test-time latents median + symbols (what the decoder sees), `decode` the raw
   output of flat latents (B, latent_dim) and `reconstruct` the test-time reconstruction
   in data space.
+
+  With `hyper_dim` > 0 (the scale hyperprior), `bottleneck` models the hyper-latent z
+  (hyper_dim,) instead of y, y's symbols are round(y), and `symbols` gives the side
+  symbols of z followed by those of y, (B, hyper_dim + latent_dim); `scale_indices`
+  maps the side symbols to each latent's coding table.
   """
   filters: tuple[int, ...] = (3, 3, 3)
   straight_through: bool = False
   latent_scale: float = 10.0
   latent_shape: tuple[int, ...] = ()
+  hyper_dim: int = 0
+  hyper_widths: tuple[int, ...] = (128,)
+
+  @property
+  def side_symbols(self) -> int:
+    """Leading symbols of `symbols` that are side information (z), 0 without one."""
+    return self.hyper_dim
 
   @property
   def bottleneck_channels(self) -> int:
-    """Channels of the entropy model: the last latent axis."""
+    """Channels of the factorized entropy model: z's size with the hyperprior, else the
+    last latent axis."""
+    if self.hyper_dim:
+      return self.hyper_dim
     return self.latent_shape[-1] if self.latent_shape else self.latent_dim
 
   @property
   def positions(self) -> int:
-    """Latent values that share one channel's density (1 for a dense latent)."""
+    """Values that share one channel's density in the factorized part (1 for a dense
+    latent and for z)."""
+    if self.hyper_dim:
+      return 1
     return self.latent_dim // self.bottleneck_channels
 
   def setup(self):
@@ -96,6 +129,11 @@ class RateDistortionAutoencoder(Autoencoder):
       self.to_latent = nn.Dense(self.latent_dim, name="to_latent")
     self.bottleneck = EntropyBottleneck(self.bottleneck_channels, filters=tuple(self.filters),
                                         name="bottleneck")
+    if self.hyper_dim:
+      self.hyper_analysis = HyperTransform((*self.hyper_widths, self.hyper_dim),
+                                           name="hyper_analysis")
+      self.hyper_synthesis = HyperTransform((*reversed(self.hyper_widths), self.latent_dim),
+                                            name="hyper_synthesis")
 
   def _latent(self, flat):
     """Flat latents (B, latent_dim) -> (B, *latent_shape)."""
@@ -109,19 +147,46 @@ class RateDistortionAutoencoder(Autoencoder):
       return self.latent_scale * self.encoder(x, train=train)
     return self.latent_scale * self.to_latent(self.features(x, cond, train))
 
+  def hyper_latent(self, y_flat):
+    """The hyper-latent z = h_a(|y|), (B, latent_dim) -> (B, hyper_dim)."""
+    return self.hyper_analysis(jnp.abs(y_flat))
+
+  def scales(self, z_hat):
+    """The Gaussian scale of every latent, max(softplus(h_s(z_hat)), SCALE_BOUND),
+    (B, hyper_dim) -> (B, latent_dim)."""
+    scale = jax.nn.softplus(self.hyper_synthesis(z_hat))
+    return lower_bound(scale, jnp.asarray(SCALE_BOUND, scale.dtype))
+
+  def scale_indices(self, side):
+    """Coding table index (B, latent_dim) int32 of each latent from the side symbols
+    (B, hyper_dim) of z: what encoder and decoder both compute."""
+    return scale_index(self.scales(self.bottleneck.dequantize(side)))
+
   def symbols(self, x, cond=None):
-    """Integer symbols (B, latent_dim) int32 of examples x."""
-    q = self.bottleneck.quantize(self.analysis(x, cond))
+    """Integer symbols of examples x: (B, latent_dim) int32, or with the hyperprior the
+    side symbols of z then round(y), (B, hyper_dim + latent_dim)."""
+    y = self.analysis(x, cond)
+    if self.hyper_dim:
+      y = y.reshape(y.shape[0], -1)
+      side = self.bottleneck.quantize(self.hyper_latent(y))
+      return jnp.concatenate([side, jnp.round(y).astype(jnp.int32)], axis=-1)
+    q = self.bottleneck.quantize(y)
     return q.reshape(q.shape[0], -1)
 
   def dequantize(self, symbols):
-    """Flat latent values (B, latent_dim) float32 of integer symbols (B, latent_dim)."""
+    """Flat latent values (B, latent_dim) float32 of integer symbols (those of `symbols`)."""
+    if self.hyper_dim:
+      return symbols[:, self.hyper_dim:].astype(jnp.float32)
     y_hat = self.bottleneck.dequantize(self._latent(symbols))
     return y_hat.reshape(y_hat.shape[0], -1)
 
   def encode(self, x, cond=None, train: bool = False):
-    """Test-time latents: the rounded y on each channel's median grid, (B, latent_dim)."""
-    q = self.bottleneck.quantize(self.analysis(x, cond, train))
+    """Test-time latents (B, latent_dim): the rounded y on each channel's median grid, or
+    round(y) with the hyperprior."""
+    y = self.analysis(x, cond, train)
+    if self.hyper_dim:
+      return jnp.round(y.reshape(y.shape[0], -1))
+    q = self.bottleneck.quantize(y)
     return self.dequantize(q.reshape(q.shape[0], -1))
 
   def decode(self, y_hat, cond=None, train: bool = False):
@@ -133,12 +198,17 @@ class RateDistortionAutoencoder(Autoencoder):
   def aux_loss(self):
     return self.bottleneck.aux_loss()
 
-  def __call__(self, x, cond=None, train: bool = False, noise=None) -> dict[str, Any]:
-    """With `noise` (B, latent_dim) in U(-1/2, 1/2): the training relaxation; without:
-    test-time rounding. Returns z (continuous latents), y_hat (what the decoder saw),
-    both flat (B, latent_dim), out (raw decoder output) and bits (B,)."""
+  def __call__(self, x, cond=None, train: bool = False, noise=None,
+               hyper_noise=None) -> dict[str, Any]:
+    """With `noise` (B, latent_dim) in U(-1/2, 1/2) (and with the hyperprior
+    `hyper_noise` (B, hyper_dim)): the training relaxation; without: test-time rounding.
+    Returns z (continuous latents), y_hat (what the decoder saw), both flat
+    (B, latent_dim), out (raw decoder output) and bits (B,); with the hyperprior also
+    side_bits (B,), the part of bits spent on the hyper-latent."""
     y = self.analysis(x, cond, train)
     y_flat = y.reshape(y.shape[0], -1)
+    if self.hyper_dim:
+      return self._hyperprior(y_flat, cond, train, noise, hyper_noise)
     rate = self.bottleneck(y, None if noise is None else self._latent(noise))
     y_hat = rate["y_hat"].reshape(y_flat.shape)
     if noise is not None and self.straight_through:
@@ -146,6 +216,32 @@ class RateDistortionAutoencoder(Autoencoder):
       y_hat = y_flat + jax.lax.stop_gradient(rounded - y_flat)
     bits = rate["bits"].reshape(y.shape[0], -1).sum(-1)
     return {"z": y_flat, "y_hat": y_hat, "out": self.decode(y_hat, cond, train), "bits": bits}
+
+  def _hyperprior(self, y, cond, train, noise, hyper_noise):
+    rounded = jnp.round(y)
+    noisy = rounded if noise is None else y + noise
+    side = self.bottleneck(self.hyper_latent(y), hyper_noise if noise is not None else None)
+    p = gaussian_likelihood(noisy, self.scales(side["y_hat"]))
+    y_hat = noisy
+    if noise is not None and self.straight_through:
+      y_hat = y + jax.lax.stop_gradient(rounded - y)
+    bits = side["bits"] - jnp.sum(jnp.log2(p), axis=-1)
+    return {"z": y, "y_hat": y_hat, "out": self.decode(y_hat, cond, train), "bits": bits,
+            "side_bits": side["bits"]}
+
+
+class HyperTransform(nn.Module):
+  """Dense layers of `widths` with ReLU between them (none after the last): the
+  hyper-analysis and hyper-synthesis MLPs, (B, F) -> (B, widths[-1])."""
+  widths: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, h):
+    for i, width in enumerate(self.widths):
+      h = nn.Dense(width)(h)
+      if i < len(self.widths) - 1:
+        h = nn.relu(h)
+    return h
 
 
 def latent_shape(cfg, input_shape) -> tuple[int, ...]:
@@ -169,15 +265,19 @@ def build(cfg, input_shape):
     kw["latent_dim"] = math.prod(shape)
   else:
     enc, dec = networks(cfg, input_shape)
+  hyper = cfg.model.rd_prior == "hyperprior"
   return RateDistortionAutoencoder(enc, dec, filters=tuple(cfg.model.rd_filters),
                                    straight_through=cfg.model.rd_quantization == "ste",
                                    latent_scale=float(cfg.model.rd_latent_scale),
-                                   latent_shape=shape, **kw)
+                                   latent_shape=shape,
+                                   hyper_dim=int(cfg.model.rd_hyper_dim) if hyper else 0,
+                                   hyper_widths=tuple(cfg.model.rd_hyper_widths), **kw)
 
 
-def uniform_noise(keys, latent_dim: int):
-  """U(-1/2, 1/2) draws (B, latent_dim), one row from each example's key."""
-  return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 7), (latent_dim,),
+def uniform_noise(keys, latent_dim: int, salt: int = 7):
+  """U(-1/2, 1/2) draws (B, latent_dim), one row from each example's key (folded with
+  `salt`: 7 for y, 8 for the hyper-latent z)."""
+  return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, salt), (latent_dim,),
                                                minval=-0.5, maxval=0.5))(keys)
 
 
@@ -185,6 +285,8 @@ def terms(model, params, batch, keys, step, cfg, train) -> Terms:
   del step
   x = batch["x"]
   kw = {"noise": uniform_noise(keys, model.latent_dim)} if train else {}
+  if train and model.hyper_dim:
+    kw["hyper_noise"] = uniform_noise(keys, model.hyper_dim, salt=8)
   res = apply(model, params, x, batch, keys, cfg, train, **kw)
   flat = x.reshape(x.shape[0], -1)
   recon = model.to_data(res["out"]).reshape(flat.shape)
@@ -196,10 +298,13 @@ def terms(model, params, batch, keys, step, cfg, train) -> Terms:
   bpp = res["bits"] / math.prod(x.shape[1:])
   aux = jnp.broadcast_to(model.apply(params, method=RateDistortionAutoencoder.aux_loss),
                          mse.shape)
-  return {"loss": distortion + cfg.objective.rd_lambda * bpp + aux,
-          "distortion": distortion, "mse": mse,
-          "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
-          "bits": res["bits"], "bpp": bpp, "aux": aux}
+  out = {"loss": distortion + cfg.objective.rd_lambda * bpp + aux,
+         "distortion": distortion, "mse": mse,
+         "psnr": -10.0 * jnp.log10(jnp.maximum(mse, 1e-10)),
+         "bits": res["bits"], "bpp": bpp, "aux": aux}
+  if "side_bits" in res:
+    out["side_bits"] = res["side_bits"]
+  return out
 
 
 LOGIT_CLIP = 0.02  # pca init with logits: data clipped to [c, 1 - c] before the logit
@@ -271,6 +376,17 @@ def validate(cfg, input_shape):
     require(m.rd_init_step > 0, f"model.rd_init_step must be > 0, got {m.rd_init_step}")
     require(m.recon_loss in ("bce", "mse"),
             f"model.rd_init='pca' needs recon_loss 'bce' (logits) or 'mse', got {m.recon_loss!r}")
+  require(m.rd_prior in ("factorized", "hyperprior"),
+          f"model.rd_prior must be 'factorized' or 'hyperprior', got {m.rd_prior!r}")
+  if m.rd_prior == "hyperprior":
+    require(isinstance(m.rd_hyper_dim, int) and not isinstance(m.rd_hyper_dim, bool)
+            and m.rd_hyper_dim > 0,
+            f"model.rd_hyper_dim must be a positive integer, got {m.rd_hyper_dim!r}")
+    widths = m.rd_hyper_widths
+    require(isinstance(widths, (tuple, list))
+            and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths),
+            "model.rd_hyper_widths must be a tuple of positive integers (hidden widths of "
+            f"the hyper-analysis and hyper-synthesis MLPs; () for linear ones), got {widths!r}")
   require(m.rd_latent_scale > 0,
           f"model.rd_latent_scale must be > 0, got {m.rd_latent_scale}")
   require(o.rd_distortion in ("mse", "recon"),
