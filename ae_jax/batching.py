@@ -26,7 +26,7 @@ from ae_jax.errors import ConfigError
 
 # Examples per chunk that the auto setting (-1) picks for convolutional networks on the
 # CPU backend, chosen on `benchmarks.torch_compare --batch-chunks` (RESULTS.md, session 7).
-AUTO_BATCH_CHUNK = 64
+AUTO_BATCH_CHUNK = 32
 AUTO_MICROBATCH = 32
 
 

@@ -71,13 +71,14 @@ def test_map_chunks_passes_none_and_rejects_mixed_batches():
 
 @pytest.mark.parametrize("value", [-2, 1.5, True, "8", None])
 def test_bad_settings_are_config_errors(cfg, value):
-  cfg.model.batch_chunk = value if value is not None else -1
-  cfg.train.microbatch = -1
-  if value is not None:
-    with pytest.raises(ConfigError, match="model.batch_chunk must be -1"):
-      families.validate_config(cfg, (64,))
-  cfg.model.batch_chunk = -1
-  cfg.train.microbatch = value
+  for name in ("model.batch_chunk", "train.microbatch"):
+    with pytest.raises(ConfigError, match=f"{name} must be -1 .auto., 0 .off. or a positive"):
+      batching.check_setting(name, value)
+  # Through the config checks (the config's own typing refuses non-integers on assignment).
+  cfg.model.batch_chunk = -2
+  with pytest.raises(ConfigError, match="model.batch_chunk must be -1"):
+    families.validate_config(cfg, (64,))
+  cfg.model.batch_chunk, cfg.train.microbatch = -1, -2
   with pytest.raises(ConfigError, match="train.microbatch must be -1"):
     validate_train_config(cfg, 100, 1)
 
@@ -126,28 +127,25 @@ def test_uncoupled_settings_are_not_batch_coupled(cfg):
 
 # ---- the chunked forward ----------------------------------------------------------------
 
-@pytest.mark.parametrize("b", [3, 16, 37])
+@pytest.mark.parametrize("b", [32, 37])
 def test_chunked_forward_equals_whole_batch(cfg, b):
   conv_cfg(cfg, model__batch_chunk=16)
   model, family, state = state_of(cfg)
   x = jax.random.uniform(jax.random.key(1), (b, *SHAPE))
-  whole = model.apply(state.params, x, method=model.reconstruct)
   enc = lambda p, v: model.apply(p, v, method=model.encode)
   dec = lambda p, z: model.apply(p, z, method=model.decode)
   z = families.in_chunks(cfg, enc)(state.params, x)
-  chex.assert_trees_all_close(families.in_chunks(cfg, lambda p, v: model.apply(
-      p, v, method=model.reconstruct))(state.params, x), whole, atol=1e-5)
   chex.assert_trees_all_close(z, enc(state.params, x), atol=1e-5)
   chex.assert_trees_all_close(families.in_chunks(cfg, dec)(state.params, z),
                               dec(state.params, z), atol=1e-5)
-  # Evaluation (the objective's forward goes through the chunks) gives the same sums.
-  batch = {"x": x, "mask": jnp.ones((b,))}
-  chunked = train.eval_step(state.params, batch, jax.random.key(2), model=model, family=family,
-                            config=cfg)
-  cfg.model.batch_chunk = 0
-  plain = train.eval_step(state.params, batch, jax.random.key(2), model=model, family=family,
-                          config=cfg)
-  chex.assert_trees_all_close(chunked, plain, rtol=1e-5)
+  if b % 16:
+    # Evaluation (the objective's forward goes through the chunks) gives the same sums.
+    batch = {"x": x, "mask": jnp.ones((b,))}
+    eval_sums = lambda: train.eval_step(state.params, batch, jax.random.key(2), model=model,
+                                        family=family, config=cfg)
+    chunked = eval_sums()
+    cfg.model.batch_chunk = 0
+    chex.assert_trees_all_close(chunked, eval_sums(), rtol=1e-5)
 
 
 def test_chunked_eval_keeps_shared_outputs(cfg):
@@ -179,10 +177,11 @@ def grads_and_metrics(cfg, model, family, state, batch, micro):
   return jax.tree.map(lambda a, b: a - b, sgd.params, new.params), metrics
 
 
-@pytest.mark.parametrize("family", ["ae", "vae"])
-def test_microbatched_gradient_equals_full_gradient(cfg, family):
+@pytest.mark.parametrize("family,network", [("ae", "conv2d"), ("vae", "mlp")])
+def test_microbatched_gradient_equals_full_gradient(cfg, family, network):
+  """A conv AE, and a VAE whose noise comes from each example's key."""
   conv_cfg(cfg)
-  cfg.model.family = family
+  cfg.model.family, cfg.model.network = family, network
   cfg.model.recon_loss = "bce" if family == "vae" else "mse"
   model, fam, state = state_of(cfg)
   x = jax.random.uniform(jax.random.key(1), (22, *SHAPE))

@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.conv_impl = "auto"      # auto (fast path on CPU, XLA on GPU/TPU) | xla | fast
   c.model.conv_batch_chunk = -1   # fast path: examples per chunk; -1 auto (64 on CPU), 0 off
   c.model.batch_chunk = -1        # forward in evaluation/encode/decode in chunks of n examples;
-                                  # -1 auto (64 for conv networks on CPU), 0 off
+                                  # -1 auto (32 for conv networks on CPU), 0 off
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
 
   c.objective = ml_collections.ConfigDict()
