@@ -85,7 +85,7 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 # Model settings that do not change the parameters: a checkpoint restores across them.
-_SAME_PARAMS = ("compute_dtype", "conv_impl", "conv_batch_chunk")
+_SAME_PARAMS = ("compute_dtype", "conv_impl", "conv_batch_chunk", "batch_chunk")
 
 
 def check_architecture(meta: dict, cfg: ml_collections.ConfigDict, where: str) -> None:

@@ -187,7 +187,14 @@ def _conv(name: str, rank: int):
     return (ConvEncoder(tuple(cfg.channels), **kw),
             ConvDecoder(tuple(cfg.channels), tuple(input_shape), **kw))
   build.__doc__ = f"Strided conv encoder and transposed-conv decoder over {rank}-D inputs."
+  build.convolutional = True
   return build
+
+
+def convolutional(name: str) -> bool:
+  """Whether network `name` is built of the convolutions of `ae_jax.conv`, whose CPU speed
+  per example falls with the batch (the auto settings of `ae_jax.batching` chunk it)."""
+  return bool(getattr(NETWORKS.get(name), "convolutional", False))
 
 
 NETWORKS.register("conv2d")(_conv("conv2d", 2))

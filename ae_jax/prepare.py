@@ -9,6 +9,7 @@ from ae_jax import data as data_lib
 from ae_jax import parallel
 from ae_jax.errors import ConfigError, DataError
 from ae_jax.families import get_family
+from ae_jax.train import microbatch_size
 
 
 def prepare_data(cfg, train_data=None, eval_data=None):
@@ -66,6 +67,7 @@ def validate_train_config(cfg, num_train: int, num_devices: int) -> None:
   if t.parallel not in parallel.MODES:
     raise ConfigError(f"unknown train.parallel {t.parallel!r}; valid modes are: "
                       f"{', '.join(parallel.MODES)}")
+  microbatch_size(cfg, get_family(cfg.model.family))
   if t.parallel in ("pmap", "shard_map") and t.batch_size % num_devices:
     raise ConfigError(f"train.batch_size={t.batch_size} is not a multiple of the {num_devices} "
                       "devices; choose a multiple or set train.num_devices")

@@ -16,8 +16,10 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from ae_jax import batching
 from ae_jax.errors import ConfigError
 from ae_jax.families import Family, get_family, scalar_metrics
+from ae_jax.networks import convolutional
 
 TrainState = train_state.TrainState
 
@@ -145,6 +147,65 @@ def _objective(params, batch, rng, step, *, model, family: Family, config, axis_
   return loss, (sums, count)
 
 
+def microbatch_size(config, family: Family) -> int:
+  """Examples per micro-batch of the train step (`train.microbatch`: -1 auto =
+  `batching.AUTO_MICROBATCH` for a convolutional network on the CPU backend, 0 off,
+  n > 0). A family whose loss couples the examples of a batch refuses n > 0 and is
+  never micro-batched by auto."""
+  value = batching.check_setting("train.microbatch", config.train.get("microbatch", -1))
+  coupled = family.batch_coupled(config)
+  if value > 0 and coupled:
+    raise ConfigError(
+        f"train.microbatch={value}: the training loss of family {config.model.family!r} with "
+        "these settings uses statistics of the whole batch (a KL penalty of mean activations, "
+        "a batch-wide top-k, AuxK, a trimmed quantile), so its gradient cannot be accumulated "
+        "over micro-batches; set train.microbatch=0 (or -1, which leaves it off here)")
+  return batching.resolve("train.microbatch", value, auto=batching.AUTO_MICROBATCH,
+                          auto_applies=(not coupled and batching.on_cpu()
+                                        and convolutional(config.model.network)))
+
+
+def _microbatched_grads(params, batch, rng, step, *, model, family: Family, config, axis_name,
+                        size: int):
+  """(gradient, per-term weighted sums, weight total) of this device's share of the loss,
+  as `_objective` defines it, accumulated over micro-batches of `size` examples.
+
+  Only for families that are not `batch_coupled`: their finalized loss is linear in the
+  means, so its slope with respect to the means is the same at every point, and the
+  gradient is the sum over micro-batches of <slope, gradient of the micro-batch's sums>
+  divided by the weight total. Per-example keys come from the global index as before,
+  so the terms, and the metrics made from their sums, are those of the whole batch.
+  """
+  x = batch["x"]
+  weights = batch.get("mask", jnp.ones((x.shape[0],), jnp.float32))
+  keys = example_keys(jax.random.fold_in(rng, 0), x.shape[0], axis_name)
+  parts = {"batch": batch, "keys": keys, "weights": weights}
+
+  def sums_of(p, part):
+    terms = family.terms(model, p, part["batch"], part["keys"], step, config, True)
+    return _weighted_sums(terms, part["weights"])
+
+  shapes = jax.eval_shape(sums_of, params, jax.tree.map(lambda v: v[:1], parts))
+  slope = jax.grad(lambda m: family.finalize(m, config)["loss"])(
+      jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes))
+
+  def part_grads(part):
+    def weighted(p):
+      sums = sums_of(p, part)
+      return sum(jax.tree.leaves(jax.tree.map(lambda a, g: jnp.sum(a * g), sums, slope))), sums
+    (_, sums), grads = jax.value_and_grad(weighted, has_aux=True)(params)
+    return grads, sums
+
+  grads, sums = batching.sum_chunks(part_grads, size, parts)
+  count = jnp.sum(weights)
+  if axis_name is None:
+    scale = 1.0 / jnp.maximum(count, 1e-12)
+  else:
+    # As in `_objective`: each device's loss is its mean times its share of the examples.
+    scale = jax.lax.psum(1, axis_name) / jnp.maximum(jax.lax.psum(count, axis_name), 1e-12)
+  return jax.tree.map(lambda g: g * scale, grads), sums, count
+
+
 def _global_means(sums, count, family, config, axis_name):
   if axis_name is not None:
     sums, count = jax.lax.psum((sums, count), axis_name)
@@ -161,13 +222,23 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: 
 
   batch: {'x': (b, *shape), optional 'y': (b,), optional 'mask': (b,)}.
   Returns the new state and global metrics (loss, family terms, grad_norm, finite).
+  With `microbatch_size(config, family)` > 0 and smaller than this device's batch, the
+  gradient is accumulated over micro-batches of that many examples (same value within
+  float32 rounding, less memory, and on the CPU faster for conv networks).
   With config.train.nonfinite == 'skip' a step whose loss or gradient is not finite
   leaves the parameters and optimizer state unchanged.
   """
   rng = jax.random.fold_in(rng, state.step)
-  objective = functools.partial(_objective, batch=batch, rng=rng, step=state.step, model=model,
-                                family=family, config=config, axis_name=axis_name)
-  (_, (sums, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  micro = microbatch_size(config, family)
+  if 0 < micro < batch["x"].shape[0]:
+    grads, sums, count = _microbatched_grads(state.params, batch, rng, state.step, model=model,
+                                             family=family, config=config,
+                                             axis_name=axis_name, size=micro)
+  else:
+    objective = functools.partial(_objective, batch=batch, rng=rng, step=state.step,
+                                  model=model, family=family, config=config,
+                                  axis_name=axis_name)
+    (_, (sums, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   grads = _pmean(grads, axis_name)
   means = _global_means(sums, count, family, config, axis_name)
   metrics = scalar_metrics(means)

@@ -16,7 +16,7 @@ from ae_jax import data as data_lib
 from ae_jax import distributed
 from ae_jax import parallel
 from ae_jax.errors import ConfigError, DataError
-from ae_jax.families import build_model, get_family
+from ae_jax.families import build_model, get_family, in_chunks
 from ae_jax.train import create_train_state, eval_step, finalize_eval
 
 
@@ -43,12 +43,13 @@ class Trained:
 
   @functools.cached_property
   def _encode(self):
-    return jax.jit(lambda p, x, *c: self.model.apply(p, x, *c, method=self.model.encode))
+    return jax.jit(in_chunks(self.config, lambda p, x, *c: self.model.apply(
+        p, x, *c, method=self.model.encode)))
 
   @functools.cached_property
   def _decode(self):
-    return jax.jit(lambda p, z, *c: self.model.to_data(
-        self.model.apply(p, z, *c, method=self.model.decode)))
+    return jax.jit(in_chunks(self.config, lambda p, z, *c: self.model.to_data(
+        self.model.apply(p, z, *c, method=self.model.decode))))
 
   def _prep(self, x) -> np.ndarray:
     x = np.asarray(x, np.float32)

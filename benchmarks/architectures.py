@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ae_jax import families, train
+from ae_jax import batching, families, train
 from ae_jax.configs import default
 
 FAMILIES = ("ae", "vae", "sparse")
@@ -27,10 +27,12 @@ CONV_CHANNELS = (32, 64)
 
 def config(family: str = "ae", network: str = "mlp", dtype: str = "float32",
            batch_size: int = 256, conv_impl: str = "auto",
-           conv_batch_chunk: int = -1) -> ml_collections.ConfigDict:
+           conv_batch_chunk: int = -1, batch_chunk: int = -1,
+           microbatch: int = -1) -> ml_collections.ConfigDict:
   """The ae_jax config of one benchmarked model (Adam 1e-3, MSE, or BCE for the VAE);
   `conv_impl` is `model.conv_impl` (ae_jax.conv.IMPLS), `conv_batch_chunk` is
-  `model.conv_batch_chunk` (-1 auto, 0 off, n examples per chunk)."""
+  `model.conv_batch_chunk`, `batch_chunk` is `model.batch_chunk` (the whole forward in
+  chunks) and `microbatch` is `train.microbatch` (-1 auto, 0 off, n examples each)."""
   c = default.get_config()
   c.model.family = family
   c.model.network = "mlp" if network == "mlp" else "conv2d"
@@ -40,6 +42,8 @@ def config(family: str = "ae", network: str = "mlp", dtype: str = "float32",
   c.model.compute_dtype = dtype
   c.model.conv_impl = conv_impl
   c.model.conv_batch_chunk = conv_batch_chunk
+  c.model.batch_chunk = batch_chunk
+  c.train.microbatch = microbatch
   c.model.recon_loss = "bce" if family == "vae" else "mse"
   c.model.sparsity = "l1"
   c.train.batch_size = batch_size
@@ -80,13 +84,15 @@ def host_init(model, input_shape, seed: int = 0):
 
 def train_state(family: str = "ae", network: str = "mlp", dtype: str = "float32",
                 batch_size: int = 256, seed: int = 0, real_init: bool = False,
-                conv_impl: str = "auto", conv_batch_chunk: int = -1):
-  """(config, model, family, TrainState) ready for `ae_jax.train.train_step`.
+                conv_impl: str = "auto", conv_batch_chunk: int = -1, microbatch: int = -1):
+  """(config, model, family, TrainState) ready for `ae_jax.train.train_step`
+  (`microbatch`: `train.microbatch`).
 
   With `real_init` the state comes from `ae_jax.train.create_train_state` (the
   codebase's own initialiser, slow to compile); otherwise from `host_init`.
   """
-  cfg = config(family, network, dtype, batch_size, conv_impl, conv_batch_chunk)
+  cfg = config(family, network, dtype, batch_size, conv_impl, conv_batch_chunk,
+               microbatch=microbatch)
   shape = INPUT_SHAPES[network]
   model = families.build_model(cfg, shape)
   if real_init:
@@ -104,13 +110,14 @@ def example_batch(network: str, batch: int, seed: int = 0) -> np.ndarray:
   return rng.random((batch, *INPUT_SHAPES[network]), dtype=np.float32)
 
 
-def forward_fns(model):
-  """{'encode': f(params, x), 'decode': f(params, z), 'roundtrip': f(params, x)}."""
-  return {
-      "encode": lambda p, x: model.apply(p, x, method=model.encode),
-      "decode": lambda p, z: model.apply(p, z, method=model.decode),
-      "roundtrip": lambda p, x: model.apply(p, x, method=model.reconstruct),
-  }
+def forward_fns(model, batch_chunk: int = 0):
+  """{'encode': f(params, x), 'decode': f(params, z), 'roundtrip': f(params, x)}, each run
+  `batch_chunk` examples at a time (`ae_jax.batching.map_chunks`; 0 = the whole batch)."""
+  def chunked(method):
+    return lambda p, v: batching.map_chunks(lambda c: model.apply(p, c, method=method),
+                                            batch_chunk, v)
+  return {"encode": chunked(model.encode), "decode": chunked(model.decode),
+          "roundtrip": chunked(model.reconstruct)}
 
 
 def op_input(op: str, network: str, batch: int, seed: int = 0):

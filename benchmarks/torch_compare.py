@@ -4,6 +4,7 @@ and Adam+MSE train step, timed in turns in one process, with the JAX/PyTorch rat
 `python -m benchmarks.torch_compare [--smoke] [--out torch_compare.json]`
 `  [--networks mlp,conv28,conv32] [--tasks forward,train] [--batches 1,64,256,4096]`
 `  [--train-batches 1,64,256] [--variants eager,channels_last,compile] [--scan-steps 8]`
+`  [--conv-chunks -1,0] [--batch-chunks -1,0,32,64]`
 
 JAX: the `ae` family of `benchmarks.architectures`, float32; the forward is
 `model.reconstruct` compiled ahead of time; the train step is `ae_jax.train.train_step`
@@ -29,16 +30,17 @@ import time
 import jax
 import numpy as np
 
-from ae_jax import conv as conv_lib, parallel, train
+from ae_jax import batching, conv as conv_lib, families, parallel, train
 from benchmarks import architectures, common
 
 VARIANTS = ("eager", "channels_last", "compile")
 TASKS = ("forward", "train")
 
 
-def _jax_forward(network, batch, chunk=-1):
+def _jax_forward(network, batch, chunk=-1, batch_chunk=-1):
   model, params, _ = architectures.build("ae", network, conv_batch_chunk=chunk)
-  fn = architectures.forward_fns(model)["roundtrip"]
+  cfg = architectures.config("ae", network, batch_chunk=batch_chunk)
+  fn = architectures.forward_fns(model, families.batch_chunk(cfg))["roundtrip"]
   x = architectures.op_input("roundtrip", network, batch)
   compiled, _, compile_s = common.aot_compile(fn, params, x)
 
@@ -48,9 +50,10 @@ def _jax_forward(network, batch, chunk=-1):
   return call, compile_s, 1
 
 
-def _jax_train(network, batch, steps_per_call, chunk=-1):
+def _jax_train(network, batch, steps_per_call, chunk=-1, microbatch=-1):
   cfg, model, family, state = architectures.train_state("ae", network, "float32", batch,
-                                                        conv_batch_chunk=chunk)
+                                                        conv_batch_chunk=chunk,
+                                                        microbatch=microbatch)
   step = functools.partial(train.train_step, model=model, family=family, config=cfg)
   run = parallel.compile_step(step, "jit", steps_per_call=steps_per_call)
   x = architectures.example_batch(network, batch)
@@ -117,21 +120,26 @@ def _torch_train(torch, torch_models, network, batch, variant, backend, device):
 
 def bench_row(torch, torch_models, network, task, batch, variants, scan_steps, *, repeats,
               min_repeats, budget_s, backend="inductor", device="cpu", blocks=False,
-              conv_chunks=(-1,), log=print) -> dict:
+              conv_chunks=(-1,), batch_chunks=(-1,), log=print) -> dict:
   """One row: every variant timed in turns. `conv_chunks` (conv networks): the
   `model.conv_batch_chunk` settings timed, the first as `jax`, the others as
-  `jax_chunk<n>` (`jax_chunk0`: no chunking)."""
+  `jax_chunk<n>` (`jax_chunk0`: no chunking). `batch_chunks`: the whole-network chunk
+  settings timed, `model.batch_chunk` for the forward and `train.microbatch` for the
+  train step, the first as `jax`, the others as `jax_bc<n>` (`jax_bc0`: off), each with
+  the first conv chunk setting; the scanned train step uses the first of both."""
   builders = {}
   chunks = list(conv_chunks) if network != "mlp" else [-1]
-  for i, chunk in enumerate(chunks):
-    name = "jax" if i == 0 else f"jax_chunk{chunk}"
+  settings = [(f"jax_chunk{c}", c, batch_chunks[0]) for c in chunks[1:]]
+  settings += [(f"jax_bc{b}", chunks[0], b) for b in batch_chunks[1:]]
+  for name, chunk, whole in [("jax", chunks[0], batch_chunks[0]), *settings]:
     if task == "forward":
-      builders[name] = functools.partial(_jax_forward, network, batch, chunk)
+      builders[name] = functools.partial(_jax_forward, network, batch, chunk, whole)
     else:
-      builders[name] = functools.partial(_jax_train, network, batch, 1, chunk)
+      builders[name] = functools.partial(_jax_train, network, batch, 1, chunk, whole)
   if task != "forward":
     if scan_steps > 1:
-      builders[f"jax_scan{scan_steps}"] = functools.partial(_jax_train, network, batch, scan_steps)
+      builders[f"jax_scan{scan_steps}"] = functools.partial(
+          _jax_train, network, batch, scan_steps, chunks[0], batch_chunks[0])
   torch_fn = _torch_forward if task == "forward" else _torch_train
   for v in variants:
     if v == "channels_last" and network == "mlp":
@@ -196,6 +204,10 @@ def main(argv=None) -> dict | None:
                       help="conv networks: model.conv_batch_chunk settings to time, the first "
                       "as 'jax', the others as 'jax_chunk<n>' (-1 auto, 0 off); "
                       "e.g. --conv-chunks=-1,0")
+  parser.add_argument("--batch-chunks", type=common.int_list, default=[-1],
+                      help="settings of model.batch_chunk (forward) and train.microbatch "
+                      "(train step) to time, the first as 'jax', the others as 'jax_bc<n>' "
+                      "(-1 auto, 0 off); e.g. --batch-chunks=-1,0,32,64")
   parser.add_argument("--order", choices=("turns", "blocks"), default="turns",
                       help="time the variants in turns (default) or each in one block")
   parser.add_argument("--scan-steps", type=int, default=None,
@@ -233,7 +245,8 @@ def main(argv=None) -> dict | None:
                               scan_steps, repeats=repeats, min_repeats=min_repeats,
                               budget_s=budget_s, backend=args.compile_backend,
                               device=args.torch_device, blocks=args.order == "blocks",
-                              conv_chunks=args.conv_chunks))
+                              conv_chunks=args.conv_chunks,
+                              batch_chunks=args.batch_chunks))
   env = common.environment()
   env["torch_threads"] = torch.get_num_threads()
   env["torch_device"] = args.torch_device
@@ -242,6 +255,9 @@ def main(argv=None) -> dict | None:
              "environment": env, "smoke": smoke, "dtype": "float32",
              "compile_backend": args.compile_backend, "order": args.order,
              "conv_chunks": args.conv_chunks, "auto_batch_chunk": conv_lib.AUTO_BATCH_CHUNK,
+             "batch_chunks": args.batch_chunks,
+             "auto_model_batch_chunk": batching.AUTO_BATCH_CHUNK,
+             "auto_microbatch": batching.AUTO_MICROBATCH,
              "rows": rows,
              "wall_s": time.perf_counter() - t0}
   common.write_json(args.out, payload)

@@ -109,11 +109,13 @@ def test_train_step_smoke(tmp_path):
 def test_torch_compare_smoke(tmp_path):
   out = tmp_path / "torch_compare.json"
   torch_compare.main(["--smoke", "--networks", "mlp", "--variants", "eager,compile",
-                      "--compile-backend", "eager", "--scan-steps", "1", "--out", str(out)])
+                      "--compile-backend", "eager", "--scan-steps", "1", "--batch-chunks=-1,3",
+                      "--out", str(out)])
   payload = _load(out)
   assert {(r["task"], r["batch"]) for r in payload["rows"]} == {("forward", 8), ("train", 8)}
+  assert payload["batch_chunks"] == [-1, 3]
   for row in payload["rows"]:
-    assert {"jax", "torch_eager", "torch_compile"} <= set(row["variants"])
+    assert {"jax", "jax_bc3", "torch_eager", "torch_compile"} <= set(row["variants"])
     assert row["jax_over_torch_eager"] > 0 and row["jax_over_best_torch"] > 0
 
 

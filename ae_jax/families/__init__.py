@@ -5,8 +5,8 @@ Importing this package registers every family. To add one, write
 its import below (see docs/architecture.md).
 """
 
-from ae_jax.families.base import (FAMILIES, Family, Terms, build_model, get_family,
-                                  scalar_metrics, validate_config)
+from ae_jax.families.base import (FAMILIES, Family, Terms, batch_chunk, build_model,
+                                  get_family, in_chunks, scalar_metrics, validate_config)
 from ae_jax.families import (ae, contractive, denoising,  # noqa: F401  (registration)
                              rate_distortion, sparse, spatial_denoising, trimmed, vae, vqvae)
 from ae_jax.families.common import Autoencoder

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ae_jax import losses
+from ae_jax import batching, losses
 from ae_jax.errors import ConfigError
-from ae_jax.networks import NETWORKS
+from ae_jax.networks import NETWORKS, convolutional
 from ae_jax.registry import Registry
 
 Terms = dict[str, jax.Array]
@@ -30,6 +30,11 @@ Terms = dict[str, jax.Array]
 def _identity(means, cfg):
   del cfg
   return means
+
+
+def _never(cfg) -> bool:
+  del cfg
+  return False
 
 
 def check_recon_loss(cfg, input_shape=None):
@@ -61,6 +66,10 @@ class Family:
   # init_from_data(params, x, cfg) -> params: data-dependent initialisation from a sample
   # x (N, *input_shape) of the scaled training data, before the first step.
   init_from_data: Callable | None = None
+  # batch_coupled(cfg) -> bool: the training loss of one example depends on the others of
+  # its batch (batch statistics in `finalize`, a batch-wide top-k or quantile in `terms`),
+  # so the gradient cannot be accumulated over micro-batches (`train.microbatch`).
+  batch_coupled: Callable[[ml_collections.ConfigDict], bool] = _never
 
 
 FAMILIES: Registry[Family] = Registry("family")
@@ -94,6 +103,7 @@ def validate_config(cfg: ml_collections.ConfigDict, input_shape: tuple) -> None:
   require(isinstance(m.latent_dim, int) and m.latent_dim > 0,
           f"model.latent_dim must be a positive integer, got {m.latent_dim!r}")
   require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+  batching.check_setting("model.batch_chunk", m.get("batch_chunk", -1))
   input_size = math.prod(input_shape)
   if family.undercomplete and m.latent_dim >= input_size:
     warnings.warn(
@@ -114,6 +124,25 @@ def common_kwargs(cfg, conditional: bool = False) -> dict:
               num_classes=cfg.model.num_classes if conditional else 0)
 
 
+def batch_chunk(cfg) -> int:
+  """Examples per chunk of the model's forward in evaluation, encode and decode
+  (`model.batch_chunk`: -1 auto = `batching.AUTO_BATCH_CHUNK` for a convolutional network
+  on the CPU backend and off elsewhere, 0 off, n > 0)."""
+  m = cfg.model
+  return batching.resolve("model.batch_chunk", m.get("batch_chunk", -1),
+                          auto=batching.AUTO_BATCH_CHUNK,
+                          auto_applies=batching.on_cpu() and convolutional(m.network))
+
+
+def in_chunks(cfg, fn: Callable) -> Callable:
+  """`fn(params, *batched)` (a deterministic forward: encode, decode, reconstruct) run
+  `batch_chunk(cfg)` examples at a time; every array of `batched` and of the output has
+  the batch as its leading axis."""
+  chunk = batch_chunk(cfg)
+  return lambda params, *batched: batching.map_chunks(
+      lambda *b: fn(params, *b), chunk, *batched)
+
+
 def condition(model, batch):
   """The labels for a conditional model, else None."""
   return batch["y"] if getattr(model, "num_classes", 0) else None
@@ -129,7 +158,7 @@ def apply(model, params, x, batch, keys, cfg, train: bool, **kw):
   """
   cond = condition(model, batch)
   if not train:
-    return model.apply(params, x, cond, train=False, **kw)
+    return _apply_in_chunks(model, params, x, cond, cfg, kw)
   if not cfg.model.get("dropout", 0.0):
     return model.apply(params, x, cond, train=True, **kw)
 
@@ -146,6 +175,18 @@ def apply(model, params, x, batch, keys, cfg, train: bool, **kw):
 
 # Model outputs that do not depend on the example (a learned likelihood scale).
 SHARED_OUTPUTS = frozenset({"log_sigma"})
+
+
+def _apply_in_chunks(model, params, x, cond, cfg, kw):
+  """The deterministic forward `batch_chunk(cfg)` examples at a time. Outputs that do not
+  depend on the example are broadcast along the chunk for the loop and taken once."""
+  def one(xc, cc, kwc):
+    out = model.apply(params, xc, cc, train=False, **kwc)
+    return {k: jnp.broadcast_to(v, (xc.shape[0], *jnp.shape(v))) if k in SHARED_OUTPUTS
+            else v for k, v in out.items()}
+
+  out = batching.map_chunks(one, batch_chunk(cfg), x, cond, kw)
+  return {k: v[0] if k in SHARED_OUTPUTS else v for k, v in out.items()}
 
 
 def recon_terms(cfg, out, x) -> Terms:

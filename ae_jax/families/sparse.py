@@ -525,8 +525,16 @@ def finalize(means, cfg):
   return means
 
 
+def batch_coupled(cfg) -> bool:
+  """The KL penalty of mean activations, the batch-wide top-k and AuxK's normalisation
+  are batch statistics: such a loss cannot be accumulated over micro-batches."""
+  m = cfg.model
+  return m.sparsity in ("kl", "batch_topk") or cfg.objective.auxk > 0
+
+
 FAMILIES.register("sparse")(Family(
     "sparse", build, terms, finalize, fields=FIELDS, validate=validate,
+    batch_coupled=batch_coupled,
     hparams=("objective.l1_weight", "objective.kl_weight", "objective.kl_rho",
              "objective.l0_weight", "objective.auxk_weight"),
     post_update=post_update, init_from_data=init_from_data))

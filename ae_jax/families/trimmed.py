@@ -33,5 +33,11 @@ def validate(cfg, input_shape):
   require(0.0 <= trim < 0.5, f"objective.trim must be in [0, 0.5), got {trim}")
 
 
+def batch_coupled(cfg) -> bool:
+  """The cut is a quantile of the batch's losses."""
+  return cfg.objective.trim > 0
+
+
 FAMILIES.register("trimmed_ae")(Family("trimmed_ae", ae.build, terms, fields=FIELDS,
-                                       validate=validate, undercomplete=True))
+                                       validate=validate, undercomplete=True,
+                                       batch_coupled=batch_coupled))
