@@ -2,10 +2,10 @@
 
 XLA:CPU runs a convolutional network slower per example as the batch grows: the
 activations of a large batch leave the caches between layers. Running the whole network
-on chunks of a few dozen examples (`lax.map` / `lax.scan` over the chunks) keeps them in
-cache; `model.batch_chunk` does it for the forward in evaluation, encode and decode, and
-`train.microbatch` accumulates the gradient over micro-batches inside the train step
-(benchmarks/RESULTS.md, session 7).
+on chunks of a few examples (16 by default on the CPU; `lax.map` / `lax.scan` over the
+chunks) keeps them in cache; `model.batch_chunk` does it for the forward in evaluation,
+encode and decode, and `train.microbatch` accumulates the gradient over micro-batches
+inside the train step (benchmarks/RESULTS.md, session 7).
 
 `map_chunks` concatenates per-example outputs, `sum_chunks` adds up outputs that are sums
 over the examples. A batch of B = n * chunk + r examples runs as n chunks under one loop
@@ -26,8 +26,8 @@ from ae_jax.errors import ConfigError
 
 # Examples per chunk that the auto setting (-1) picks for convolutional networks on the
 # CPU backend, chosen on `benchmarks.torch_compare --batch-chunks` (RESULTS.md, session 7).
-AUTO_BATCH_CHUNK = 32
-AUTO_MICROBATCH = 32
+AUTO_BATCH_CHUNK = 16
+AUTO_MICROBATCH = 16
 
 
 def check_setting(name: str, value) -> int:

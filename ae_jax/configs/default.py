@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.conv_impl = "auto"      # auto (fast path on CPU, XLA on GPU/TPU) | xla | fast
   c.model.conv_batch_chunk = -1   # fast path: examples per chunk; -1 auto (64 on CPU), 0 off
   c.model.batch_chunk = -1        # forward in evaluation/encode/decode in chunks of n examples;
-                                  # -1 auto (32 for conv networks on CPU), 0 off
+                                  # -1 auto (16 for conv networks on CPU), 0 off
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
 
   c.objective = ml_collections.ConfigDict()
@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.parallel = "pmap"       # pmap | shard_map | jit
   c.train.num_devices = 0         # 0 = all local devices
   c.train.microbatch = -1         # gradient accumulated over micro-batches of n examples per
-                                  # device; -1 auto (32 for conv networks on CPU), 0 off
+                                  # device; -1 auto (16 for conv networks on CPU), 0 off
   c.train.nonfinite = "raise"     # raise | skip
   c.train.max_skipped_steps = 10
   c.train.figures = True
