@@ -58,11 +58,19 @@ def _batch_size(batched) -> int:
   return sizes.pop()
 
 
-def _split(batched, chunk: int, n: int):
-  """(head, tail): the first n * chunk examples reshaped to (n, chunk, ...), and the rest."""
+def _plan(chunk: int, batched):
+  """None where f should run once on the whole batch (chunk <= 0, no arrays, or a batch no
+  larger than chunk); else (n, r, head, tail) for B = n * chunk + r: the first n * chunk
+  examples reshaped to (n, chunk, ...), and the last r."""
+  if chunk <= 0 or not jax.tree.leaves(batched):
+    return None
+  b = _batch_size(batched)
+  if b <= chunk:
+    return None
+  n, r = divmod(b, chunk)
   head = jax.tree.map(lambda v: v[:n * chunk].reshape(n, chunk, *v.shape[1:]), batched)
   tail = jax.tree.map(lambda v: v[n * chunk:], batched)
-  return head, tail
+  return n, r, head, tail
 
 
 def map_chunks(f: Callable[..., Any], chunk: int, *batched) -> Any:
@@ -73,13 +81,10 @@ def map_chunks(f: Callable[..., Any], chunk: int, *batched) -> Any:
   concatenated back. f must treat examples independently (no batch statistics).
   chunk <= 0, or a batch no larger than chunk, calls f once on the whole batch.
   """
-  if chunk <= 0 or not jax.tree.leaves(batched):
+  plan = _plan(chunk, batched)
+  if plan is None:
     return f(*batched)
-  b = _batch_size(batched)
-  if b <= chunk:
-    return f(*batched)
-  n, r = divmod(b, chunk)
-  head, tail = _split(batched, chunk, n)
+  n, r, head, tail = plan
   out = jax.lax.map(lambda args: f(*args), head)
   out = jax.tree.map(lambda v: v.reshape(n * chunk, *v.shape[2:]), out)
   if r:
@@ -94,13 +99,10 @@ def sum_chunks(f: Callable[..., Any], chunk: int, *batched) -> Any:
   sums); the chunks' outputs are added up in a `lax.scan` carry, so memory does not grow
   with the number of chunks. chunk <= 0, or a batch no larger than chunk, calls f once.
   """
-  if chunk <= 0 or not jax.tree.leaves(batched):
+  plan = _plan(chunk, batched)
+  if plan is None:
     return f(*batched)
-  b = _batch_size(batched)
-  if b <= chunk:
-    return f(*batched)
-  n, r = divmod(b, chunk)
-  head, tail = _split(batched, chunk, n)
+  n, r, head, tail = plan
   first = jax.tree.map(lambda v: v[0], head)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(f, *first))
 

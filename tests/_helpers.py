@@ -1,5 +1,10 @@
 """Helpers shared by several test modules (not a test module itself)."""
 
+import jax
+import jax.numpy as jnp
+
+from ae_jax.families import build_model
+
 
 def set_fields(cfg, **fields):
   """Set `cfg[section][field] = value` for each `section__field=value`; returns cfg.
@@ -23,3 +28,9 @@ def rd_cfg(cfg, **fields):
   cfg.train.parallel = "jit"
   cfg.train.num_devices = 1
   return set_fields(cfg, **fields)
+
+
+def rd_init(cfg, shape=(8, 8, 1)):
+  """(model, params) of `cfg` for examples of `shape`, initialised with key 0."""
+  model = build_model(cfg, shape)
+  return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, *shape)))

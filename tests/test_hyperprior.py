@@ -16,7 +16,7 @@ from ae_jax.errors import ConfigError, DataError
 from ae_jax.families import build_model, get_family
 from ae_jax.families.rate_distortion import RateDistortionAutoencoder
 from ae_jax.fit import fit
-from _helpers import rd_cfg
+from _helpers import rd_cfg, rd_init as init
 
 
 def hp_cfg(cfg, **fields):
@@ -156,11 +156,6 @@ def test_hyperprior_bitstream_refuses_damage_and_other_formats(stream_case):
 
 
 # ---- the model -----------------------------------------------------------------------
-
-def init(cfg, shape=(8, 8, 1)):
-  model = build_model(cfg, shape)
-  return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, *shape)))
-
 
 def test_param_tree_and_terms_by_hand(cfg, digits):
   cfg = hp_cfg(cfg)

@@ -13,12 +13,7 @@ from ae_jax.errors import ConfigError, DataError
 from ae_jax.families import build_model, get_family
 from ae_jax.families.rate_distortion import RateDistortionAutoencoder, uniform_noise
 from ae_jax.fit import Trained, fit
-from _helpers import rd_cfg
-
-
-def init(cfg, shape=(8, 8, 1)):
-  model = build_model(cfg, shape)
-  return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, *shape)))
+from _helpers import rd_cfg, rd_init as init
 
 
 def test_terms_shapes_and_the_loss_by_hand(cfg, digits):
