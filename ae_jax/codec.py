@@ -132,6 +132,15 @@ class Codec:
     """Symbols per example: side symbols + latent_dim."""
     return self.side_symbols + self.model.latent_dim
 
+  def split_side(self, symbols) -> tuple[np.ndarray, np.ndarray]:
+    """(side symbols (N, side_symbols), latent symbols (N, latent_dim)) of symbols
+    (N, symbol_count); a DataError for another shape."""
+    symbols = np.asarray(symbols)
+    if symbols.ndim != 2 or symbols.shape[1] != self.symbol_count:
+      raise DataError(f"symbols must be (N, {self.symbol_count}) (side symbols then "
+                      f"latents), got shape {symbols.shape}")
+    return symbols[:, :self.side_symbols], symbols[:, self.side_symbols:]
+
   @functools.cached_property
   def gaussian_tables(self) -> entropy.CodingTables:
     """The hyperprior's Gaussian tables, one row per table scale."""
@@ -192,11 +201,7 @@ class Codec:
     """One byte string holding the integer symbols (N, C) of N examples."""
     if not self.side_symbols:
       return bitstream.encode(symbols, self.stream_tables)
-    symbols = np.asarray(symbols)
-    if symbols.ndim != 2 or symbols.shape[1] != self.symbol_count:
-      raise DataError(f"symbols must be (N, {self.symbol_count}) (side symbols then "
-                      f"latents), got shape {symbols.shape}")
-    side, latents = symbols[:, :self.side_symbols], symbols[:, self.side_symbols:]
+    side, latents = self.split_side(symbols)
     return bitstream.encode_hyperprior(side, latents, self.stream_tables, self.gaussian_tables,
                                        self.scale_indices(side))
 
@@ -327,7 +332,7 @@ def ideal_bits(codec: Codec, x) -> np.ndarray:
   symbols = codec.symbols(x)
   if not codec.side_symbols:
     return entropy.ideal_bits(codec.stream_tables, symbols)
-  side, latents = symbols[:, :codec.side_symbols], symbols[:, codec.side_symbols:]
+  side, latents = codec.split_side(symbols)
   return (entropy.ideal_bits(codec.stream_tables, side)
           + entropy.ideal_bits_indexed(codec.gaussian_tables, latents, codec.scale_indices(side)))
 

@@ -239,7 +239,6 @@ def coding_tables(module: EntropyBottleneck, eb_params, precision: int = 16,
   """
   variables = {"params": eb_params}
   q = np.asarray(eb_params["quantiles"], np.float64)
-  channels = q.shape[0]
   med = q[:, 1].astype(np.float32)
   lower = np.floor(q[:, 0] - med).astype(np.int64)
   upper = np.ceil(q[:, 2] - med).astype(np.int64)
@@ -254,23 +253,28 @@ def coding_tables(module: EntropyBottleneck, eb_params, precision: int = 16,
   valid = np.arange(width)[:, None] < sizes[None, :]
   p = np.where(valid, p, 0.0)
   escape = np.clip(1.0 - p.sum(0), 0.0, 1.0)
-  scale = float(2 ** precision)
-  counts = np.zeros((channels, width + 1), np.float64)
-  counts[:, :width] = np.where(valid, np.floor(p * scale) + 1.0, 0.0).T
-  counts[:, width] = np.floor(escape * scale) + 1.0
+  counts = quantised_counts(p.T, valid.T, escape, precision)
   return CodingTables(lower.astype(np.int32), sizes.astype(np.int32), counts, med)
+
+
+def quantised_counts(p, valid, escape, precision: int) -> np.ndarray:
+  """Integer counts (rows, S + 1) of per-row symbol probabilities p (rows, S) (only where
+  `valid`) and escape probabilities (rows,): floor(P * 2**precision) + 1, never zero for a
+  valid symbol or the escape (the last column)."""
+  scale = float(2 ** precision)
+  rows, width = p.shape
+  counts = np.zeros((rows, width + 1), np.float64)
+  counts[:, :width] = np.where(valid, np.floor(p * scale) + 1.0, 0.0)
+  counts[:, width] = np.floor(escape * scale) + 1.0
+  return counts
 
 
 def ideal_bits(tables: CodingTables, symbols) -> np.ndarray:
   """Bits an ideal coder spends on symbols (N, C) with these tables (escapes counted as
   their escape symbol only), (N,)."""
   symbols = np.asarray(symbols, np.int64)
-  index = symbols - tables.lower
-  inside = (index >= 0) & (index < tables.sizes)
-  index = np.where(inside, index, tables.escape)
-  p = tables.counts / tables.counts.sum(1, keepdims=True)
-  chosen = np.take_along_axis(p[None], index[..., None], axis=-1)[..., 0]
-  return -np.log2(chosen).sum(-1)
+  rows = np.broadcast_to(np.arange(symbols.shape[-1]), symbols.shape)  # channel c: row c
+  return ideal_bits_indexed(tables, symbols, rows)
 
 
 # ---- the Gaussian conditional of the scale hyperprior --------------------------------
@@ -363,10 +367,7 @@ def gaussian_tables(low: float = SCALE_BOUND, high: float = SCALE_MAX,
   valid = np.arange(width)[None, :] < sizes[:, None]
   p = np.where(valid, upper - lower, 0.0)
   escape = 2.0 * special.ndtr((-0.5 - center) / scales)
-  scale = float(2 ** precision)
-  counts = np.zeros((levels, width + 1), np.float64)
-  counts[:, :width] = np.where(valid, np.floor(p * scale) + 1.0, 0.0)
-  counts[:, width] = np.floor(escape * scale) + 1.0
+  counts = quantised_counts(p, valid, escape, precision)
   return CodingTables((-center).astype(np.int32), sizes.astype(np.int32), counts,
                       np.zeros(levels, np.float32))
 
