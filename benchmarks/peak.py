@@ -1,9 +1,10 @@
 """The machine's achievable matmul FLOP/s: a large square product in JAX and in numpy.
 
-`python -m benchmarks.peak [--size 4096] [--smoke] [--out peak.json]`
+`python -m benchmarks.peak [--size 4096] [--torch] [--smoke] [--out peak.json]`
 
-float32 through JAX (XLA) and numpy (its BLAS), bfloat16 through JAX where the device
-supports it. `measure(...)` is reused by the encode/decode benchmark for the fraction
+float32 through JAX (XLA) and numpy (its BLAS), bfloat16 through JAX; with `--torch` also
+PyTorch's float32 and bfloat16 products (oneDNN: on a CPU with AMX it multiplies bfloat16
+on the AMX tiles), which shows what the CPU can do beside what XLA makes of it. `measure(...)` is reused by the encode/decode benchmark for the fraction
 of peak that each row reaches; `peak_flops(results, dtype)` picks the best figure.
 """
 
@@ -37,6 +38,18 @@ def numpy_matmul_call(size: int):
   return lambda: np.matmul(a, b, out=out)
 
 
+def torch_matmul_call(size: int, dtype: str):
+  """A call of PyTorch's (size x size) product in `dtype` into a preallocated output (the
+  `[compare]` extra; PyTorch picks its own kernel, e.g. oneDNN's AMX matmul for bfloat16)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  gen = torch.Generator().manual_seed(0)
+  a = torch.rand((size, size), generator=gen).to(torch_dtype)
+  b = torch.rand((size, size), generator=gen).to(torch_dtype)
+  out = torch.empty_like(a)
+  return lambda: torch.matmul(a, b, out=out)
+
+
 def _jax_matmul(size: int, dtype, repeats: int, budget_s: float, min_repeats: int) -> dict:
   call, compile_s = jax_matmul_call(size, dtype)
   timing = common.time_calls(call, repeats=repeats,
@@ -47,6 +60,14 @@ def _jax_matmul(size: int, dtype, repeats: int, budget_s: float, min_repeats: in
 
 def _numpy_matmul(size: int, repeats: int, budget_s: float, min_repeats: int) -> dict:
   timing = common.time_calls(numpy_matmul_call(size), repeats=repeats,
+                             min_repeats=min_repeats, budget_s=budget_s, warmup=1,
+                             min_repeat_s=0.0)
+  return {"compile_s": None, **timing.summary()}
+
+
+def _torch_matmul(size: int, dtype: str, repeats: int, budget_s: float,
+                  min_repeats: int) -> dict:
+  timing = common.time_calls(torch_matmul_call(size, dtype), repeats=repeats,
                              min_repeats=min_repeats, budget_s=budget_s, warmup=1,
                              min_repeat_s=0.0)
   return {"compile_s": None, **timing.summary()}
@@ -90,8 +111,11 @@ def hlo_dot_operand_dtypes(text: str) -> list[str]:
 
 
 def measure(size: int = 4096, *, repeats: int = 5, budget_s: float = 6.0, min_repeats: int = 2,
-            dtypes=("float32", "bfloat16"), with_numpy: bool = True) -> list[dict]:
-  """One row per (library, dtype): FLOP/s of a (size x size) @ (size x size) product."""
+            dtypes=("float32", "bfloat16"), with_numpy: bool = True,
+            with_torch: bool = False) -> list[dict]:
+  """One row per (library, dtype): FLOP/s of a (size x size) @ (size x size) product.
+  PyTorch's rows (`with_torch`) are for comparison only: `peak_flops` ignores them, so
+  fractions of peak stay fractions of what JAX and numpy reach."""
   flops = 2.0 * size ** 3
   rows = []
   for dtype in dtypes:
@@ -100,6 +124,9 @@ def measure(size: int = 4096, *, repeats: int = 5, budget_s: float = 6.0, min_re
     if dtype == "float32" and with_numpy:
       rows.append({"library": "numpy", "dtype": dtype, "size": size,
                    **_numpy_matmul(size, repeats, budget_s, min_repeats)})
+    if with_torch:
+      rows.append({"library": "torch", "dtype": dtype, "size": size,
+                   **_torch_matmul(size, dtype, repeats, budget_s, min_repeats)})
   native = bf16_native()
   for row in rows:
     if row["library"] == "jax":
@@ -114,10 +141,12 @@ def measure(size: int = 4096, *, repeats: int = 5, budget_s: float = 6.0, min_re
 
 
 def peak_flops(rows: list[dict], dtype: str = "float32") -> float:
-  """Achievable FLOP/s for `dtype`: the best median over libraries (float32's if none)."""
-  own = [r["gflops_per_s"] for r in rows if r["dtype"] == dtype]
+  """Achievable FLOP/s for `dtype`: the best median over JAX and numpy (float32's if
+  none); PyTorch's comparison rows do not count."""
+  own = [r["gflops_per_s"] for r in rows if r["dtype"] == dtype and r["library"] != "torch"]
   if not own:
-    own = [r["gflops_per_s"] for r in rows if r["dtype"] == "float32"]
+    own = [r["gflops_per_s"] for r in rows
+           if r["dtype"] == "float32" and r["library"] != "torch"]
   return max(own) * 1e9
 
 
@@ -130,12 +159,15 @@ COLUMNS = [("library", "library"), ("dtype", "dtype"), ("size", "size"),
 def main(argv=None) -> dict:
   parser = common.base_parser(__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=None, help="matrix size (default 4096)")
+  parser.add_argument("--torch", action="store_true",
+                      help="also time PyTorch's float32 and bfloat16 products (needs the "
+                      "[compare] extra), for what the CPU can do beside what XLA makes of it")
   args = common.parse(parser, argv)
   size = args.size or (256 if args.smoke else 4096)
   repeats = args.repeats or (2 if args.smoke else 7)
   t0 = time.perf_counter()
   rows = measure(size, repeats=repeats, budget_s=args.budget or (0.5 if args.smoke else 8.0),
-                 min_repeats=2 if args.smoke else 3)
+                 min_repeats=2 if args.smoke else 3, with_torch=args.torch)
   for row in rows:
     row["median_ms"] = row["median_s"] * 1e3
   payload = {"benchmark": "peak", "command": common.command_line(),

@@ -450,3 +450,26 @@ def test_combined_score_standardises_both_terms_on_the_held_out_examples(tmp_pat
   back = AutoencoderDetector.load(det.save(tmp_path / "det"))
   np.testing.assert_allclose(back.decision_function(x), det.decision_function(x),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_mse_gaussian_score_is_the_standardised_sum_of_the_mse_and_gaussian_scores():
+  x, y = two_clusters()
+  kw = dict(ensemble=1, max_steps=200, epochs=200, contamination=0.05, widths=(32, 16),
+            latent_dim=2, seed=0)
+  det = AutoencoderDetector(score="mse_gaussian", **kw).fit(x)
+  # the same seed trains the same network, whatever the score: the members' scores are
+  # the detectors with score 'mse' and 'gaussian'
+  mse = AutoencoderDetector(score="mse", **kw).fit(x)
+  gauss = AutoencoderDetector(score="gaussian", **kw).fit(x)
+  _, held = det.holdout_indices(len(x))
+  terms = np.stack([mse.decision_function(x[held]), gauss.decision_function(x[held])], -1)
+  np.testing.assert_allclose(np.asarray(det.stats_.term_mean[0]), terms.mean(0), rtol=1e-3)
+  np.testing.assert_allclose(np.asarray(det.stats_.term_std[0]), terms.std(0), rtol=1e-3)
+  both = np.stack([mse.decision_function(x), gauss.decision_function(x)], -1)
+  want = ((both - terms.mean(0)) / terms.std(0)).sum(-1)
+  np.testing.assert_allclose(det.decision_function(x), want, rtol=1e-3, atol=1e-3)
+  from sklearn.metrics import roc_auc_score
+  assert roc_auc_score(y, det.decision_function(x)) > 0.95
+  # a score without terms keeps the neutral term statistics (nothing is fitted for them)
+  np.testing.assert_array_equal(np.asarray(mse.stats_.term_mean), 0.0)
+  np.testing.assert_array_equal(np.asarray(mse.stats_.term_std), 1.0)

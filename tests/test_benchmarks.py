@@ -49,6 +49,20 @@ def test_peak_smoke(tmp_path):
   assert peak.peak_flops(payload["rows"], "float32") > 0
 
 
+def test_peak_torch_rows_are_timed_but_not_counted_as_peak():
+  pytest.importorskip("torch")
+  rows = peak.measure(64, repeats=2, budget_s=0.2, min_repeats=2, with_numpy=False,
+                      with_torch=True)
+  assert {(r["library"], r["dtype"]) for r in rows} == {
+      ("jax", "float32"), ("jax", "bfloat16"), ("torch", "float32"), ("torch", "bfloat16")}
+  assert all(r["gflops_per_s"] > 0 for r in rows)
+  # a PyTorch row far above JAX's does not become the peak that fractions are taken of
+  fast = [dict(r, gflops_per_s=1e9) if r["library"] == "torch" else r for r in rows]
+  jax_f32 = next(r["gflops_per_s"] for r in rows if r["library"] == "jax"
+                 and r["dtype"] == "float32")
+  assert peak.peak_flops(fast, "float32") == pytest.approx(jax_f32 * 1e9)
+
+
 def test_dot_operand_dtypes_reads_what_the_compiled_dot_multiplies():
   converted = """
 %fused (param_0: f32[4,4], param_1: f32[4,4]) -> f32[4,4] {

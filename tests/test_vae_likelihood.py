@@ -202,8 +202,11 @@ def test_experiment_smoke(tmp_path, monkeypatch, fewer_optimizations):
   monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
   from experiments import vae_binarized_mnist as exp
   result = exp.main(["--smoke", "--out", str(tmp_path), "--models", "vae,iwae5,vamp",
-                     "--peer-models", "vae,vamp", "--epochs", "1"])
-  rows = {(r["model"], r["impl"]): r for r in result["rows"]}
+                     "--peer-models", "vae,vamp", "--epochs", "1", "--also-final"])
+  finals = [r for r in result["rows"] if r["selection"] == "final epoch"]
+  assert sorted(r["model"] for r in finals) == ["iwae5", "vae", "vamp"]
+  assert all(r["impl"] == "ae_jax" for r in finals)
+  rows = {(r["model"], r["impl"]): r for r in result["rows"] if r["selection"] == "best valid"}
   expected = {("vae", "ae_jax"), ("iwae5", "ae_jax"), ("vamp", "ae_jax")}
   if result["pythae_installed"]:
     expected |= {("vae", "pythae"), ("vamp", "pythae")}
@@ -212,7 +215,7 @@ def test_experiment_smoke(tmp_path, monkeypatch, fewer_optimizations):
     assert r["epochs"] == 1 and r["nll_samples"] == 20 and np.isfinite(r["test_nll"])
     assert r["test_nll"] <= -r["test_elbo"] + 5     # the NLL estimate sits below -ELBO
   assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
-  assert (tmp_path / "table.md").read_text().count("| ae_jax |") == 3
+  assert (tmp_path / "table.md").read_text().count("| ae_jax |") == 6
 
 
 def test_experiment_patience_stops_on_a_stalled_validation(tmp_path, monkeypatch):
@@ -229,6 +232,9 @@ def test_experiment_patience_stops_on_a_stalled_validation(tmp_path, monkeypatch
   run = exp.train_jax("vae", train, valid, train.x[:5], epochs=7, budget_s=float("inf"),
                       seed=0, curve_every=100, patience=3)
   assert (run.epochs, run.best_epoch, run.best_valid) == (5, 2, 4.0)
+  # --also-final scores the last epoch's parameters (pythae's final_model), kept apart
+  steps_per_epoch = 200 // exp.SETTINGS["vae"]["batch"]
+  assert (run.trained.step, run.final.step) == (2 * steps_per_epoch, 5 * steps_per_epoch)
 
 
 def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):

@@ -28,7 +28,7 @@ from ae_jax import configs
 from ae_jax.configs import overrides as overrides_lib
 from ae_jax import data as data_lib
 from ae_jax.anomaly.scores import (MAX_CODES, SCORES, TrainStats, knn_distance,
-                                   reconstruction, score_terms)
+                                   reconstruction)
 from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
 from ae_jax.errors import CheckpointError, ConfigError, DataError
 from ae_jax.families import build_model, get_family
@@ -141,7 +141,8 @@ class AutoencoderDetector:
         log_tukey, f1_best).
       score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae,
         knn, latent_knn, combined (residual and latent kNN terms, each standardised on
-        the held-out normal examples); elbo, nll for the VAE.
+        the held-out examples), mse_gaussian (the mse and gaussian scores, standardised
+        alike); elbo, nll for the VAE.
       k: the k of the 'mean_std' rule.
       scaling: 'standard', 'robust', 'minmax' or 'none', fitted on the training part of X.
       error_weights: 'none', or 'train' to divide each feature's error by its mean over
@@ -338,8 +339,9 @@ class AutoencoderDetector:
     self.config_ = base
     self._finish_setup()
     self.stats_ = self._train_stats(x[train_idx])
-    self.stats_ = self._with_term_stats(
-        self.stats_, x[val_idx] if n_val >= MIN_HELD_OUT else x[train_idx])
+    if SCORES.get(self.score).terms is not None:
+      self.stats_ = self._with_term_stats(
+          self.stats_, x[val_idx] if n_val >= MIN_HELD_OUT else x[train_idx])
     self.decision_scores_ = self.decision_function(x)
     val_scores = val_labels = None
     if X_val is not None:
@@ -417,14 +419,14 @@ class AutoencoderDetector:
 
   @functools.cached_property
   def _terms_fn(self):
-    """jit(params, stats, x (B, ...)) -> (members, B, 2) residual and latent kNN terms."""
-    model = self.model_
+    """jit(params, stats, x (B, ...)) -> (members, B, 2): the two terms of the score."""
+    model, terms = self.model_, SCORES.get(self.score).terms
     return jax.jit(lambda params, stats, x: jax.vmap(
-        lambda p, st: score_terms(model, p, x, st))(params, stats))
+        lambda p, st: terms(model, p, x, st))(params, stats))
 
   def _with_term_stats(self, stats: TrainStats, x_ref: np.ndarray) -> TrainStats:
-    """`stats` with term_mean / term_std: per member, the mean and std of the residual and
-    latent kNN terms over the reference examples x_ref (the held-out normal part)."""
+    """`stats` with term_mean / term_std: per member, the mean and std of the score's two
+    terms over the reference examples x_ref (the held-out part)."""
     terms = np.concatenate([np.asarray(self._terms_fn(self.params_, stats, batch))
                             [:, :stop - start] for start, stop, batch in self._batches(x_ref)],
                            1).astype(np.float64)

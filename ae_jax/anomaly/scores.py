@@ -29,6 +29,10 @@ class Score:
   per_element: Callable | None
   per_example: Callable | None = None
   needs_vae: bool = False
+  # terms(model, params, x, stats) -> (B, 2): for a score that sums two terms, each
+  # standardised with its mean and std over the reference (held-out) examples; the
+  # detector fits those statistics (`TrainStats.term_mean` / `term_std`) only for such scores
+  terms: Callable | None = None
 
 
 @flax.struct.dataclass
@@ -40,8 +44,9 @@ class TrainStats:
   the mean and inverse covariance of the codes; latent_whiten (L, L): W with
   W W^T = latent_precision; codes (R, L): whitened codes of up to MAX_CODES training
   examples; knn_scale (): the mean `knn_distance` of those codes among themselves;
-  term_mean (2,) and term_std (2,): mean and std of the residual and latent kNN terms
-  over the reference (held-out normal) examples, which the 'combined' score divides by.
+  term_mean (2,) and term_std (2,): mean and std of the two terms of a standardised-sum
+  score ('combined', 'mse_gaussian') over the reference (held-out) examples; 0 and 1 for
+  every other score.
   """
   err_scale: jax.Array
   latent_mean: jax.Array
@@ -123,16 +128,23 @@ def score_terms(model, params, x, stats: TrainStats):
                     _latent_knn_term(model, params, x, stats)], -1)
 
 
-def _combined(model, params, x, keys, cfg, samples, stats: TrainStats):
-  """Residual and latent kNN terms, each standardised on reference normal examples, summed (B,).
+def mse_gaussian_terms(model, params, x, stats: TrainStats):
+  """(B, 2): the 'mse' score and the 'gaussian' score of each example of x."""
+  mse = jnp.mean(_squared_error(model, params, x).reshape(x.shape[0], -1), -1)
+  return jnp.stack([mse, _gaussian(model, params, x, None, None, None, stats)], -1)
 
-  Scale-free: the 'knn' score adds a sum over D features to a term of about L, so the
-  residual dominates when D >> L; here each term is (term - mean) / std with the mean
-  and std of that term over the held-out normal examples, so both count alike.
+
+def standardised_sum(terms: Callable) -> Callable:
+  """A per-example score: the sum of `terms`' columns, each as (term - mean) / std with the
+  mean and std of that term over the reference examples (`stats.term_mean` / `term_std`).
+
+  Scale-free, so both terms count alike whatever their units: the 'knn' score adds a sum
+  over D features to a term of about L, so its residual dominates when D >> L.
   """
-  del keys, cfg, samples
-  z = (score_terms(model, params, x, stats) - stats.term_mean) / stats.term_std
-  return jnp.sum(z, -1)
+  def score(model, params, x, keys, cfg, samples, stats: TrainStats):
+    del keys, cfg, samples
+    return jnp.sum((terms(model, params, x, stats) - stats.term_mean) / stats.term_std, -1)
+  return score
 
 
 def _latent_knn(model, params, x, keys, cfg, samples, stats: TrainStats):
@@ -170,7 +182,14 @@ SCORES.register("mse")(Score("mse", _squared_error))
 SCORES.register("mae")(Score("mae", _abs_error))
 SCORES.register("gaussian")(Score("gaussian", _squared_error, _gaussian))
 SCORES.register("knn")(Score("knn", _squared_error, _knn))
-SCORES.register("combined")(Score("combined", _squared_error, _combined))
+SCORES.register("combined")(Score("combined", _squared_error, standardised_sum(score_terms),
+                                   terms=score_terms))
+# two members that differ in what they look at, not in the seed: the plain mean squared
+# error (every feature alike: wins where anomalies show in features that normally vary
+# little) and the 'gaussian' score (residuals per feature variance plus where the code lies)
+SCORES.register("mse_gaussian")(Score("mse_gaussian", _squared_error,
+                                      standardised_sum(mse_gaussian_terms),
+                                      terms=mse_gaussian_terms))
 SCORES.register("latent_knn")(Score("latent_knn", _squared_error, _latent_knn))
 SCORES.register("elbo")(Score("elbo", _squared_error, _neg_elbo, needs_vae=True))
 SCORES.register("nll")(Score("nll", _squared_error, _nll, needs_vae=True))
