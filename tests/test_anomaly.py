@@ -470,6 +470,11 @@ def test_mse_gaussian_score_is_the_standardised_sum_of_the_mse_and_gaussian_scor
   np.testing.assert_allclose(det.decision_function(x), want, rtol=1e-3, atol=1e-3)
   from sklearn.metrics import roc_auc_score
   assert roc_auc_score(y, det.decision_function(x)) > 0.95
+  # the same terms, the larger standardised one
+  top = AutoencoderDetector(score="mse_gaussian_max", **kw).fit(x)
+  np.testing.assert_allclose(top.decision_function(x),
+                             ((both - terms.mean(0)) / terms.std(0)).max(-1), rtol=1e-3,
+                             atol=1e-3)
   # a score without terms keeps the neutral term statistics (nothing is fitted for them)
   np.testing.assert_array_equal(np.asarray(mse.stats_.term_mean), 0.0)
   np.testing.assert_array_equal(np.asarray(mse.stats_.term_std), 1.0)

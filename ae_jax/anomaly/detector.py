@@ -141,8 +141,8 @@ class AutoencoderDetector:
         log_tukey, f1_best).
       score: a name in `SCORES`: gaussian (residuals and codes, the default), mse, mae,
         knn, latent_knn, combined (residual and latent kNN terms, each standardised on
-        the held-out examples), mse_gaussian (the mse and gaussian scores, standardised
-        alike); elbo, nll for the VAE.
+        the held-out examples), mse_gaussian and mse_gaussian_max (the mse and gaussian
+        scores, standardised alike, summed or the larger); elbo, nll for the VAE.
       k: the k of the 'mean_std' rule.
       scaling: 'standard', 'robust', 'minmax' or 'none', fitted on the training part of X.
       error_weights: 'none', or 'train' to divide each feature's error by its mean over

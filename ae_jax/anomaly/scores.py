@@ -134,16 +134,20 @@ def mse_gaussian_terms(model, params, x, stats: TrainStats):
   return jnp.stack([mse, _gaussian(model, params, x, None, None, None, stats)], -1)
 
 
-def standardised_sum(terms: Callable) -> Callable:
-  """A per-example score: the sum of `terms`' columns, each as (term - mean) / std with the
-  mean and std of that term over the reference examples (`stats.term_mean` / `term_std`).
+def standardised(terms: Callable, reduce: str = "sum") -> Callable:
+  """A per-example score from `terms`' two columns, each as (term - mean) / std with the
+  mean and std of that term over the reference examples (`stats.term_mean` / `term_std`),
+  then summed (reduce='sum') or the larger taken (reduce='max': an example is as anomalous
+  as its more extreme term, so a term that separates well is not diluted by one that does not).
 
   Scale-free, so both terms count alike whatever their units: the 'knn' score adds a sum
   over D features to a term of about L, so its residual dominates when D >> L.
   """
+  combine = {"sum": jnp.sum, "max": jnp.max}[reduce]
+
   def score(model, params, x, keys, cfg, samples, stats: TrainStats):
     del keys, cfg, samples
-    return jnp.sum((terms(model, params, x, stats) - stats.term_mean) / stats.term_std, -1)
+    return combine((terms(model, params, x, stats) - stats.term_mean) / stats.term_std, -1)
   return score
 
 
@@ -182,14 +186,17 @@ SCORES.register("mse")(Score("mse", _squared_error))
 SCORES.register("mae")(Score("mae", _abs_error))
 SCORES.register("gaussian")(Score("gaussian", _squared_error, _gaussian))
 SCORES.register("knn")(Score("knn", _squared_error, _knn))
-SCORES.register("combined")(Score("combined", _squared_error, standardised_sum(score_terms),
+SCORES.register("combined")(Score("combined", _squared_error, standardised(score_terms),
                                    terms=score_terms))
 # two members that differ in what they look at, not in the seed: the plain mean squared
 # error (every feature alike: wins where anomalies show in features that normally vary
 # little) and the 'gaussian' score (residuals per feature variance plus where the code lies)
 SCORES.register("mse_gaussian")(Score("mse_gaussian", _squared_error,
-                                      standardised_sum(mse_gaussian_terms),
+                                      standardised(mse_gaussian_terms),
                                       terms=mse_gaussian_terms))
+SCORES.register("mse_gaussian_max")(Score("mse_gaussian_max", _squared_error,
+                                          standardised(mse_gaussian_terms, "max"),
+                                          terms=mse_gaussian_terms))
 SCORES.register("latent_knn")(Score("latent_knn", _squared_error, _latent_knn))
 SCORES.register("elbo")(Score("elbo", _squared_error, _neg_elbo, needs_vae=True))
 SCORES.register("nll")(Score("nll", _squared_error, _nll, needs_vae=True))
