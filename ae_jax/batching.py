@@ -47,10 +47,6 @@ def resolve(name: str, value, *, auto: int, auto_applies: bool) -> int:
   return value
 
 
-def on_cpu() -> bool:
-  return jax.default_backend() == "cpu"
-
-
 def _batch_size(batched) -> int:
   sizes = {jnp.shape(leaf)[0] for leaf in jax.tree.leaves(batched)}
   if len(sizes) != 1:

@@ -34,13 +34,17 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ae_jax.errors import ConfigError
 
 IMPLS = ("auto", "xla", "fast")
-# Forward of a transposed convolution: "col2im" (one matmul, taps overlap-added) or
-# "conv" (interior padding + stride-1 XLA convolution); chosen on benchmarks.conv_profile.
+# Forward of a transposed convolution: "subpixel" (one stride-1 convolution per output
+# phase, interleaved), "shuffle" (one stride-1 convolution giving every phase as channels,
+# then depth-to-space), "col2im" (one matmul, taps overlap-added) or "conv" (interior
+# padding + stride-1 XLA convolution); chosen on the conv28 forward (benchmarks/RESULTS.md).
+TRANSPOSE_FORWARDS = ("subpixel", "shuffle", "col2im", "conv")
 _TRANSPOSE_FORWARD = "subpixel"
 _DIMS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
 
@@ -177,6 +181,46 @@ def _subpixel(x, w, strides, pads):
   return y[(slice(None), *(slice(0, p) for p in out))]
 
 
+def _shuffle(x, w, strides, pads):
+  """Transposed convolution as ONE stride-1 convolution of x giving every output phase as
+  channels, then depth-to-space (a "pixel shuffle").
+
+  As in `_subpixel`, output p = s*m + r reads x[m + d] through tap t = s*d + lo - r; the
+  offsets d of all phases span a window of D positions per axis (2 for a 3x3 kernel at
+  stride 2), so one convolution with a (*D, C, s**rank * O) kernel, built from w with zeros
+  where a phase has no tap, computes all phases at once: 16 / 9 of the useful
+  multiplications for 3x3 at stride 2 (interior padding: 4x), in one call instead of four.
+  """
+  kernel, spatial = w.shape[:-2], x.shape[1:-1]
+  rank, c_in, c_out = len(kernel), w.shape[-2], w.shape[-1]
+  out = [(n - 1) * s + 1 + lo + hi - k + 1
+         for n, s, (lo, hi), k in zip(spatial, strides, pads, kernel)]
+  rows = [-(-p // s) for p, s in zip(out, strides)]
+  selects, cfg = [], []
+  for k, s, (lo, _), n, m in zip(kernel, strides, pads, spatial, rows):
+    offsets = [(r + t - lo) // s for r in range(s) for t in range(k) if (t - lo + r) % s == 0]
+    first, size = min(offsets), max(offsets) - min(offsets) + 1
+    # select[a, r, t] = 1 where tap t feeds phase r from input offset first + a
+    select = np.zeros((size, s, k), np.float32)
+    for a in range(size):
+      for r in range(s):
+        t = s * (first + a) + lo - r
+        if 0 <= t < k:
+          select[a, r, t] = 1.0
+    selects.append(select)
+    cfg.append((-first, m + size - 1 - n + first, 0))
+  letters = "abcdefghijklmnopqrstuvwxyz"
+  window, phase, tap = letters[:rank], letters[rank:2 * rank], letters[2 * rank:3 * rank]
+  spec = ",".join(f"{a}{r}{t}" for a, r, t in zip(window, phase, tap))
+  big = jnp.einsum(f"{spec},{tap}CO->{window}C{phase}O", *selects, w)
+  big = big.reshape(*big.shape[:rank], c_in, math.prod(strides) * c_out)
+  y = _xla_conv(_pad(x, cfg), big, (1,) * rank, ((0, 0),) * rank)
+  y = y.reshape(x.shape[0], *rows, *strides, c_out)
+  perm = [0] + [a for d in range(rank) for a in (1 + d, 1 + rank + d)] + [1 + 2 * rank]
+  y = y.transpose(perm).reshape(x.shape[0], *(m * s for m, s in zip(rows, strides)), c_out)
+  return y[(slice(None), *(slice(0, p) for p in out))]
+
+
 def _flip(w):
   return jnp.flip(w, axis=tuple(range(w.ndim - 2)))
 
@@ -282,6 +326,8 @@ def _transpose_forward(x, w, strides, padding):
   cfg = _transpose_cfg(w.shape[:rank], strides, padding)
   if _TRANSPOSE_FORWARD == "subpixel":
     return _subpixel(x, w, strides, [(lo, hi) for lo, hi, _ in cfg])
+  if _TRANSPOSE_FORWARD == "shuffle":
+    return _shuffle(x, w, strides, [(lo, hi) for lo, hi, _ in cfg])
   if _TRANSPOSE_FORWARD == "col2im":
     out = [(n - 1) * s + 1 + lo + hi - k + 1
            for n, s, (lo, hi, _), k in zip(x.shape[1:-1], strides, cfg, w.shape[:rank])]

@@ -9,6 +9,7 @@ import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -195,6 +196,13 @@ def convolutional(name: str) -> bool:
   """Whether network `name` is built of the convolutions of `ae_jax.conv`, whose CPU speed
   per example falls with the batch (the auto settings of `ae_jax.batching` chunk it)."""
   return bool(getattr(NETWORKS.get(name), "convolutional", False))
+
+
+def chunking_pays(name: str) -> bool:
+  """Whether the auto settings of `ae_jax.batching` (`model.batch_chunk`,
+  `train.microbatch`) chunk network `name` on the current backend: a convolutional
+  network on the CPU, where chunks keep each convolution's working set in the caches."""
+  return convolutional(name) and jax.default_backend() == "cpu"
 
 
 NETWORKS.register("conv2d")(_conv("conv2d", 2))

@@ -19,7 +19,7 @@ from flax.training import train_state
 from ae_jax import batching
 from ae_jax.errors import ConfigError
 from ae_jax.families import Family, get_family, scalar_metrics
-from ae_jax.networks import convolutional
+from ae_jax.networks import chunking_pays
 
 TrainState = train_state.TrainState
 
@@ -161,8 +161,7 @@ def microbatch_size(config, family: Family) -> int:
         "a batch-wide top-k, AuxK, a trimmed quantile), so its gradient cannot be accumulated "
         "over micro-batches; set train.microbatch=0 (or -1, which leaves it off here)")
   return batching.resolve("train.microbatch", value, auto=batching.AUTO_MICROBATCH,
-                          auto_applies=(not coupled and batching.on_cpu()
-                                        and convolutional(config.model.network)))
+                          auto_applies=not coupled and chunking_pays(config.model.network))
 
 
 def _microbatched_grads(params, batch, rng, step, *, model, family: Family, config, axis_name,

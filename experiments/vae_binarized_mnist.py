@@ -328,7 +328,9 @@ def plot_curves(runs, path):
 def main(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--models", default="vae", help=f"comma list of {', '.join(SETTINGS)}")
-  p.add_argument("--peer-models", default="vae", help="settings also trained with pythae")
+  p.add_argument("--peer-models", default="vae",
+                 help="settings also trained with pythae (for the epochs its ae_jax run took); "
+                 "one not in --models trains alone, for --epochs or the setting's own count")
   p.add_argument("--epochs", type=int, default=0, help="0 = each setting's own epochs")
   p.add_argument("--budget-minutes", type=float, default=0.0,
                  help="> 0: stop each ae_jax run after this much training time; the peer "
@@ -402,8 +404,19 @@ def main(argv=None):
       runs.append(peer)
       rows.append(score(peer, test, nll_samples, args.seed))
       print(rows[-1], flush=True)
+  # a peer setting without its ae_jax run (e.g. to add the peer to an earlier ae_jax run
+  # on the same machine) trains alone for --epochs, or the setting's own count
+  for name in (p for p in peers if p not in models):
+    if not peer_ok:
+      break
+    peer = train_pythae(name, train, valid, curve_x, epochs=args.epochs or SETTINGS[name]["epochs"],
+                        seed=args.seed, curve_every=args.curve_every)
+    runs.append(peer)
+    rows.append(score(peer, test, nll_samples, args.seed))
+    print(rows[-1], flush=True)
   png = plot_curves(runs, out / "nll_vs_time.png")
-  speed = [speed_row(name, {r.impl: r for r in runs if r.name == name}) for name in models]
+  speed = [speed_row(name, {r.impl: r for r in runs if r.name == name})
+           for name in models if name in peers]
   speed = [row for row in speed if row is not None]
   result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"

@@ -59,6 +59,22 @@ def test_matches_flax(kind, rank, k, s, pad, cin, cout):
   assert float(jnp.abs(g_new[1]).max()) > 0  # the input gradient is not trivially zero
 
 
+@pytest.mark.parametrize("form", fastconv.TRANSPOSE_FORWARDS)
+def test_every_transposed_forward_matches_lax_conv_transpose(form, monkeypatch):
+  """Each formulation of the transposed forward (the default is one of them) gives
+  `lax.conv_transpose`'s output for every case, phases without taps included."""
+  monkeypatch.setattr(fastconv, "_TRANSPOSE_FORWARD", form)
+  for rank, k, s, pad, cin, cout in CASES:
+    x = jax.random.normal(jax.random.key(3), (2, *SIZES[rank], cin))
+    w = jax.random.normal(jax.random.key(4), ((k,) * rank) + (cin, cout))
+    want = jax.lax.conv_transpose(x, w, (s,) * rank, pad,
+                                  dimension_numbers=fastconv._DIMS[rank])
+    got = jax.jit(lambda x, w: fastconv.conv_transpose(x, w, (s,) * rank, pad))(x, w)
+    chex.assert_equal_shape([got, want])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4,
+                               err_msg=f"{form}: rank {rank}, k {k}, s {s}, {pad}")
+
+
 @pytest.mark.parametrize("kind", ["conv", "transpose"])
 @pytest.mark.parametrize("rank,k,s,pad,cin,cout", CASES[:4] + CASES[-2:])
 @pytest.mark.parametrize("batch,chunk", [(4, 2), (5, 2)])

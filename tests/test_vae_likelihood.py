@@ -237,6 +237,31 @@ def test_experiment_patience_stops_on_a_stalled_validation(tmp_path, monkeypatch
   assert (run.trained.step, run.final.step) == (2 * steps_per_epoch, 5 * steps_per_epoch)
 
 
+def test_experiment_peer_alone_trains_for_the_given_epochs(tmp_path, monkeypatch):
+  """--models '' --peer-models vae: only the peer trains, for --epochs, and is scored."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  _fake_binarized(tmp_path, sizes=(200, 10, 10))
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  calls = []
+
+  def fake_peer(name, train, valid, curve_x, *, epochs, seed, curve_every=1):
+    calls.append((name, epochs, len(train)))
+    return exp.Run(name, "pythae", epochs=epochs, curve=[(1.0, epochs, 100.0)])
+
+  monkeypatch.setattr(exp, "pythae_available", lambda: True)
+  monkeypatch.setattr(exp, "train_pythae", fake_peer)
+  monkeypatch.setattr(exp, "train_jax", lambda *a, **k: pytest.fail("ae_jax must not train"))
+  monkeypatch.setattr(exp, "score", lambda run, *a, **k: {"model": run.name, "impl": run.impl,
+                                                          "epochs": run.epochs})
+  result = exp.main(["--models", "", "--peer-models", "vae", "--epochs", "3",
+                     "--out", str(tmp_path / "out")])
+  assert calls == [("vae", 3, 200)]
+  assert result["rows"] == [{"model": "vae", "impl": "pythae", "epochs": 3}]
+  assert result["speed"] == []
+
+
 def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):
   import pathlib
   monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))

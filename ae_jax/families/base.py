@@ -21,7 +21,7 @@ import ml_collections
 
 from ae_jax import batching, losses
 from ae_jax.errors import ConfigError
-from ae_jax.networks import NETWORKS, convolutional
+from ae_jax.networks import NETWORKS, chunking_pays
 from ae_jax.registry import Registry
 
 Terms = dict[str, jax.Array]
@@ -131,7 +131,7 @@ def batch_chunk(cfg) -> int:
   m = cfg.model
   return batching.resolve("model.batch_chunk", m.get("batch_chunk", -1),
                           auto=batching.AUTO_BATCH_CHUNK,
-                          auto_applies=batching.on_cpu() and convolutional(m.network))
+                          auto_applies=chunking_pays(m.network))
 
 
 def in_chunks(cfg, fn: Callable) -> Callable:
