@@ -3,6 +3,10 @@ timed alone, forward, input gradient and kernel gradient, XLA's formulation agai
 `ae_jax.conv`'s fast path, in turns; then the whole train step with each path.
 
 `python -m benchmarks.conv_profile [--smoke] [--batches 64,256] [--out conv_profile.json]`
+`python -m benchmarks.conv_profile --forwards subpixel,shuffle,conv --batches 256 --no-layers --no-train`
+  also times the whole conv28 forward (round trip, the default chunks) and train step
+  with each formulation of the transposed convolutions' forward (`ae_jax.conv.
+  TRANSPOSE_FORWARDS`), in turns: how the default formulation was chosen.
 
 Layers (NHWC, 3x3 kernels): enc1 28x28x1 -> 14x14x32 stride 2; enc2 14x14x32 -> 7x7x64
 stride 2; dec1 7x7x64 -> 14x14x64 transposed stride 2; dec2 14x14x64 -> 28x28x32
@@ -13,6 +17,7 @@ useful multiply-adds only (no dilation zeros).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 
@@ -22,7 +27,7 @@ import numpy as np
 from jax import lax
 
 from ae_jax import conv as fastconv
-from ae_jax import parallel, train
+from ae_jax import families, parallel, train
 from benchmarks import architectures, common
 
 # name: (input spatial, C_in, C_out, stride, transposed)
@@ -130,17 +135,80 @@ def profile_train(batches, impls, repeats, budget_s, log=print):
   return rows
 
 
+def _forward_call(form: str, batch: int):
+  """A blocking call of the compiled conv28 round trip with transposed forward `form`."""
+  with _transpose_forward(form):
+    model, params, _ = architectures.build("ae", "conv28")
+    cfg = architectures.config("ae", "conv28")
+    fn = architectures.forward_fns(model, families.batch_chunk(cfg))["roundtrip"]
+    x = architectures.op_input("roundtrip", "conv28", batch)
+    compiled, _, _ = common.aot_compile(fn, params, x)
+  return common.blocking(compiled, params, x)
+
+
+def _train_call(form: str, batch: int):
+  """A call of the compiled conv28 train step (default micro-batches) with `form`."""
+  with _transpose_forward(form):
+    cfg, model, family, state = architectures.train_state("ae", "conv28", "float32", batch)
+    step = functools.partial(train.train_step, model=model, family=family, config=cfg)
+    run = parallel.compile_step(step, "jit")
+    holder = {"state": state, "batch": {"x": jnp.asarray(
+        architectures.example_batch("conv28", batch))}, "rng": jax.random.key(0)}
+
+    def call():
+      holder["state"], m = run(holder["state"], holder["batch"], holder["rng"])
+      jax.block_until_ready((holder["state"], m))
+    call()   # compiles while `form` is set: tracing reads it
+  return call
+
+
+@contextlib.contextmanager
+def _transpose_forward(form: str):
+  if form not in fastconv.TRANSPOSE_FORWARDS:
+    raise SystemExit(f"--forwards: unknown formulation {form!r}; choose from "
+                     f"{', '.join(fastconv.TRANSPOSE_FORWARDS)}")
+  saved = fastconv._TRANSPOSE_FORWARD  # pylint: disable=protected-access
+  fastconv._TRANSPOSE_FORWARD = form  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    fastconv._TRANSPOSE_FORWARD = saved  # pylint: disable=protected-access
+
+
+def profile_forwards(batches, forms, repeats, budget_s, log=print):
+  """conv28 forward and train step per transposed-forward formulation, timed in turns."""
+  rows = []
+  for batch in batches:
+    calls = {}
+    for form in forms:
+      calls[("forward", form)] = _forward_call(form, batch)
+      calls[("train_step", form)] = _train_call(form, batch)
+    timings = common.time_interleaved(calls, repeats=repeats, min_repeats=2, budget_s=budget_s)
+    for (what, form), t in timings.items():
+      ms = t.summary()["median_s"] * 1e3
+      rows.append({"batch": batch, "layer": f"conv28 {what}", "op": form,
+                   "fast_ms": ms, "fast_eps": batch / ms * 1e3})
+      log(f"conv28 {what} b={batch} {form}: {batch / ms * 1e3:,.0f} ex/s")
+  return rows
+
+
 def main(argv=None) -> dict:
   parser = common.base_parser(__doc__.splitlines()[0])
   parser.add_argument("--batches", type=common.int_list, default=None)
   parser.add_argument("--impls", type=common.str_list, default=["xla", "fast"])
   parser.add_argument("--no-train", action="store_true", help="skip the whole-step timing")
+  parser.add_argument("--no-layers", action="store_true", help="skip the per-layer timing")
+  parser.add_argument("--forwards", type=common.str_list, default=[],
+                      help="transposed-forward formulations to time on the whole conv28 "
+                      f"forward and train step ({', '.join(fastconv.TRANSPOSE_FORWARDS)})")
   args = common.parse(parser, argv)
   batches = args.batches or ([4] if args.smoke else [64, 256])
   repeats = args.repeats or (2 if args.smoke else 5)
   budget_s = args.budget or (0.05 if args.smoke else 0.5)
   t0 = time.perf_counter()
-  rows = profile_layers(batches, args.impls, repeats, budget_s)
+  rows = [] if args.no_layers else profile_layers(batches, args.impls, repeats, budget_s)
+  if args.forwards:
+    rows += profile_forwards(batches, args.forwards, repeats, budget_s)
   if not args.no_train:
     rows += profile_train(batches, args.impls, repeats, budget_s)
   payload = {"benchmark": "conv_profile", "command": common.command_line(),

@@ -206,3 +206,12 @@ def test_conv_profile_smoke(tmp_path):
   assert len(rows) == len(conv_profile.LAYERS) * len(conv_profile.OPS)
   assert all(r["xla_ms"] > 0 and r["fast_ms"] > 0 for r in rows)
   assert out.exists() and payload["environment"]["cpu_isa"] is not None
+  # the whole conv28 forward and train step per transposed-forward formulation
+  before = fastconv._TRANSPOSE_FORWARD
+  rows = conv_profile.main(["--smoke", "--batches", "2", "--no-layers", "--no-train",
+                            "--forwards", "subpixel,shuffle"])["rows"]
+  assert {(r["layer"], r["op"]) for r in rows} == {
+      (f"conv28 {what}", form) for what in ("forward", "train_step")
+      for form in ("subpixel", "shuffle")}
+  assert all(r["fast_eps"] > 0 for r in rows)
+  assert fastconv._TRANSPOSE_FORWARD == before   # restored after each build

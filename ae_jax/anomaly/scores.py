@@ -29,7 +29,7 @@ class Score:
   per_element: Callable | None
   per_example: Callable | None = None
   needs_vae: bool = False
-  # terms(model, params, x, stats) -> (B, 2): for a score that sums two terms, each
+  # terms(model, params, x, stats) -> (B, 2): for a score built from two terms, each
   # standardised with its mean and std over the reference (held-out) examples; the
   # detector fits those statistics (`TrainStats.term_mean` / `term_std`) only for such scores
   terms: Callable | None = None
@@ -44,9 +44,9 @@ class TrainStats:
   the mean and inverse covariance of the codes; latent_whiten (L, L): W with
   W W^T = latent_precision; codes (R, L): whitened codes of up to MAX_CODES training
   examples; knn_scale (): the mean `knn_distance` of those codes among themselves;
-  term_mean (2,) and term_std (2,): mean and std of the two terms of a standardised-sum
-  score ('combined', 'mse_gaussian') over the reference (held-out) examples; 0 and 1 for
-  every other score.
+  term_mean (2,) and term_std (2,): mean and std of the two terms of a standardised
+  score ('combined', 'mse_gaussian', 'mse_gaussian_max') over the reference (held-out)
+  examples; 0 and 1 for every other score.
   """
   err_scale: jax.Array
   latent_mean: jax.Array
@@ -129,7 +129,8 @@ def score_terms(model, params, x, stats: TrainStats):
 
 
 def mse_gaussian_terms(model, params, x, stats: TrainStats):
-  """(B, 2): the 'mse' score and the 'gaussian' score of each example of x."""
+  """(B, 2): the 'mse' score (unweighted: error_weights does not apply) and the
+  'gaussian' score of each example of x."""
   mse = jnp.mean(_squared_error(model, params, x).reshape(x.shape[0], -1), -1)
   return jnp.stack([mse, _gaussian(model, params, x, None, None, None, stats)], -1)
 
