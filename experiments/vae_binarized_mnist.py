@@ -13,12 +13,17 @@ Full length (hundreds of epochs) on a quiet machine:
   python -m experiments.vae_binarized_mnist --models vae,iwae5,iwae50,vamp \\
       --peer-models vae,iwae5,iwae50,vamp --epochs 0 --nll-samples 5000
 (--epochs 0 = each setting's own epoch count, as in pythae's reproduction scripts.)
+The two implementations can also run one after the other in two jobs: the ae_jax run
+first, then the peer alone (`--models '' --peer-models vae --epochs N`) with
+`--earlier <first run>/result.json`, which draws and pairs the two curves.
 """
 
 import copy
 import dataclasses
 import functools
+import json
 import math
+import pathlib
 import time
 
 import jax
@@ -294,7 +299,7 @@ def time_to_reach(curve, target: float):
 def speed_row(name: str, pair: dict) -> dict | None:
   """Training seconds each implementation needed to reach a common curve NLL: the worse
   of the two best curve values, which both reached (None without a peer run)."""
-  if "pythae" not in pair:
+  if not {"ae_jax", "pythae"} <= set(pair):
     return None
   best = {impl: min(nll for _, _, nll in run.curve) for impl, run in pair.items()}
   target = max(best.values())
@@ -304,6 +309,25 @@ def speed_row(name: str, pair: dict) -> dict | None:
           "ae_jax_s_to_reach_it": t_jax, "pythae_s_to_reach_it": t_peer,
           "ratio": t_jax / t_peer, "ae_jax_train_s": round(pair["ae_jax"].train_seconds, 1),
           "pythae_train_s": round(pair["pythae"].train_seconds, 1)}
+
+
+def earlier_runs(path) -> list[Run]:
+  """The runs of an earlier result.json of this script (their curves and training time,
+  no parameters), to draw and pair with this run's: e.g. a peer trained alone later."""
+  path = pathlib.Path(path)
+  try:
+    earlier = json.loads(path.read_text())
+    seconds = {(r["impl"], r["model"]): r["train_s"] for r in earlier["rows"]
+               if r.get("selection", "best valid") == "best valid"}
+    runs = []
+    for key, curve in earlier["curves"].items():
+      impl, name = key.split(":")
+      runs.append(Run(name, impl, train_seconds=seconds[(impl, name)],
+                      epochs=curve[-1][1] if curve else 0,
+                      curve=[tuple(point) for point in curve]))
+  except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+    raise SystemExit(f"--earlier {path}: not a result.json of this script ({e!r})") from e
+  return runs
 
 
 def plot_curves(runs, path):
@@ -349,6 +373,10 @@ def main(argv=None):
   p.add_argument("--lr-gamma", type=float, default=10 ** -0.2)
   p.add_argument("--nll-samples", type=int, default=5000)
   p.add_argument("--curve-every", type=int, default=1, help="epochs between curve points")
+  p.add_argument("--earlier", default="",
+                 help="result.json of an earlier run of this script on the same machine: its "
+                 "curves are drawn beside this run's and paired with them in the speed table "
+                 "(e.g. --models '' --peer-models vae, the peer alone, after an ae_jax run)")
   p.add_argument("--also-final", action="store_true",
                  help="also score each ae_jax run's last epoch (pythae's reproduction scripts "
                  "keep their final model); the best validation epoch stays the headline row")
@@ -376,6 +404,7 @@ def main(argv=None):
       p.error(f"--lr-gamma must be in (0, 1], got {args.lr_gamma}")
     for s in SETTINGS.values():
       s["milestones"], s["gamma"] = milestones, args.lr_gamma
+  earlier = earlier_runs(args.earlier) if args.earlier else []
   # every flag is checked before the data is read, so a bad flag fails fast (and without data)
   train, valid, test = (data_lib.load("binarized_mnist", s) for s in ("train", "valid", "test"))
   if args.smoke:
@@ -414,9 +443,14 @@ def main(argv=None):
     runs.append(peer)
     rows.append(score(peer, test, nll_samples, args.seed))
     print(rows[-1], flush=True)
+  for run in earlier:
+    if any((r.impl, r.name) == (run.impl, run.name) for r in runs):
+      raise SystemExit(f"--earlier {args.earlier}: {run.impl} {run.name} was trained in this "
+                       "run too; drop it from --models / --peer-models or from --earlier")
+    runs.append(run)
   png = plot_curves(runs, out / "nll_vs_time.png")
   speed = [speed_row(name, {r.impl: r for r in runs if r.name == name})
-           for name in models if name in peers]
+           for name in dict.fromkeys(r.name for r in runs)]
   speed = [row for row in speed if row is not None]
   result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
@@ -424,7 +458,8 @@ def main(argv=None):
             "patience": args.patience, "nll_samples": nll_samples,
             "lr_milestones_epochs": list(milestones), "lr_gamma": args.lr_gamma if milestones else None,
             "warmup_epochs": {m: SETTINGS[m]["warmup_epochs"] for m in models},
-            "pythae_installed": peer_ok, "figure": str(png)}
+            "pythae_installed": peer_ok, "figure": str(png),
+            "earlier": args.earlier or None}
   tables = {"test split": rows}
   if speed:   # only where a setting ran in both implementations
     tables["time to a curve NLL both reach"] = speed

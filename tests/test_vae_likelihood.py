@@ -248,7 +248,8 @@ def test_experiment_peer_alone_trains_for_the_given_epochs(tmp_path, monkeypatch
 
   def fake_peer(name, train, valid, curve_x, *, epochs, seed, curve_every=1):
     calls.append((name, epochs, len(train)))
-    return exp.Run(name, "pythae", epochs=epochs, curve=[(1.0, epochs, 100.0)])
+    return exp.Run(name, "pythae", epochs=epochs, train_seconds=1.0,
+                   curve=[(1.0, epochs, 100.0)])
 
   monkeypatch.setattr(exp, "pythae_available", lambda: True)
   monkeypatch.setattr(exp, "train_pythae", fake_peer)
@@ -260,6 +261,23 @@ def test_experiment_peer_alone_trains_for_the_given_epochs(tmp_path, monkeypatch
   assert calls == [("vae", 3, 200)]
   assert result["rows"] == [{"model": "vae", "impl": "pythae", "epochs": 3}]
   assert result["speed"] == []
+  assert exp.speed_row("vae", {"pythae": exp.Run("vae", "pythae")}) is None
+  # --earlier: an earlier ae_jax run's curve is drawn beside the peer's and paired with it
+  earlier = tmp_path / "earlier.json"
+  earlier.write_text(json.dumps({
+      "rows": [{"model": "vae", "impl": "ae_jax", "selection": "best valid", "train_s": 4.0},
+               {"model": "vae", "impl": "ae_jax", "selection": "final epoch", "train_s": 4.0}],
+      "curves": {"ae_jax:vae": [[2.0, 1, 104.0], [4.0, 2, 99.0]]}}))
+  result = exp.main(["--models", "", "--peer-models", "vae", "--epochs", "3",
+                     "--earlier", str(earlier), "--out", str(tmp_path / "out2")])
+  (speed,) = result["speed"]
+  # the peer's best is 100.0 (its one curve point, at 1 s); ours first reaches it at 4 s
+  assert (speed["common_curve_nll"], speed["ae_jax_s_to_reach_it"],
+          speed["pythae_s_to_reach_it"]) == (100.0, 4.0, 1.0)
+  assert set(result["curves"]) == {"ae_jax:vae", "pythae:vae"}
+  earlier.write_text("{}")
+  with pytest.raises(SystemExit, match="--earlier"):
+    exp.main(["--models", "", "--peer-models", "vae", "--earlier", str(earlier)])
 
 
 def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):
