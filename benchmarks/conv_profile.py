@@ -220,6 +220,7 @@ def main(argv=None) -> dict:
     cols += [(f"{impl} ms", f"{impl}_ms"), (f"{impl} GFLOP/s", f"{impl}_gflops"),
              (f"{impl} ex/s", f"{impl}_eps")]
   cols.append(("xla/fast time", "speedup"))
+  cols = [c for c in cols if c[1] in ("batch", "layer", "op") or any(c[1] in r for r in rows)]
   print(common.rows_table(rows, cols))
   return payload
 
