@@ -164,9 +164,7 @@ def _train_call(form: str, batch: int):
 
 @contextlib.contextmanager
 def _transpose_forward(form: str):
-  if form not in fastconv.TRANSPOSE_FORWARDS:
-    raise SystemExit(f"--forwards: unknown formulation {form!r}; choose from "
-                     f"{', '.join(fastconv.TRANSPOSE_FORWARDS)}")
+  """`ae_jax.conv`'s transposed forward set to `form` while models are traced in the block."""
   saved = fastconv._TRANSPOSE_FORWARD  # pylint: disable=protected-access
   fastconv._TRANSPOSE_FORWARD = form  # pylint: disable=protected-access
   try:
@@ -202,6 +200,10 @@ def main(argv=None) -> dict:
                       help="transposed-forward formulations to time on the whole conv28 "
                       f"forward and train step ({', '.join(fastconv.TRANSPOSE_FORWARDS)})")
   args = common.parse(parser, argv)
+  unknown = [f for f in args.forwards if f not in fastconv.TRANSPOSE_FORWARDS]
+  if unknown:
+    parser.error(f"--forwards: unknown formulation(s) {unknown}; choose from "
+                 f"{', '.join(fastconv.TRANSPOSE_FORWARDS)}")
   batches = args.batches or ([4] if args.smoke else [64, 256])
   repeats = args.repeats or (2 if args.smoke else 5)
   budget_s = args.budget or (0.05 if args.smoke else 0.5)

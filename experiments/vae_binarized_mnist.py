@@ -283,7 +283,8 @@ def score(run: Run, test, nll_samples: int, seed: int, final: bool = False) -> d
   goal = GOALS.get(run.name)
   return {"model": run.name, "impl": run.impl, "epochs": run.epochs,
           "selection": "final epoch" if final else "best valid",
-          "selected_epoch": run.epochs if final else run.best_epoch, "train_s": round(run.train_seconds, 1),
+          "selected_epoch": run.epochs if final else run.best_epoch,
+          "train_s": round(run.train_seconds, 1),
           "test_nll": metrics["nll"], "nll_stderr": metrics["nll_stderr"],
           "nll_samples": nll_samples, "test_elbo": metrics["elbo"],
           "active_units": metrics["active_units"], "pythae_published": published,
@@ -405,6 +406,10 @@ def main(argv=None):
     for s in SETTINGS.values():
       s["milestones"], s["gamma"] = milestones, args.lr_gamma
   earlier = earlier_runs(args.earlier) if args.earlier else []
+  for run in earlier:
+    if run.name in (models if run.impl == "ae_jax" else peers):
+      p.error(f"--earlier {args.earlier} holds a {run.impl} {run.name} run, which this run "
+              "trains too; drop it from --models / --peer-models or drop --earlier")
   # every flag is checked before the data is read, so a bad flag fails fast (and without data)
   train, valid, test = (data_lib.load("binarized_mnist", s) for s in ("train", "valid", "test"))
   if args.smoke:
@@ -443,11 +448,7 @@ def main(argv=None):
     runs.append(peer)
     rows.append(score(peer, test, nll_samples, args.seed))
     print(rows[-1], flush=True)
-  for run in earlier:
-    if any((r.impl, r.name) == (run.impl, run.name) for r in runs):
-      raise SystemExit(f"--earlier {args.earlier}: {run.impl} {run.name} was trained in this "
-                       "run too; drop it from --models / --peer-models or from --earlier")
-    runs.append(run)
+  runs += earlier
   png = plot_curves(runs, out / "nll_vs_time.png")
   speed = [speed_row(name, {r.impl: r for r in runs if r.name == name})
            for name in dict.fromkeys(r.name for r in runs)]

@@ -215,3 +215,5 @@ def test_conv_profile_smoke(tmp_path):
       for form in ("subpixel", "shuffle")}
   assert all(r["fast_eps"] > 0 for r in rows)
   assert fastconv._TRANSPOSE_FORWARD == before   # restored after each build
+  with pytest.raises(SystemExit):
+    conv_profile.main(["--smoke", "--forwards", "winograd"])

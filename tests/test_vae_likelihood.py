@@ -275,6 +275,9 @@ def test_experiment_peer_alone_trains_for_the_given_epochs(tmp_path, monkeypatch
   assert (speed["common_curve_nll"], speed["ae_jax_s_to_reach_it"],
           speed["pythae_s_to_reach_it"]) == (100.0, 4.0, 1.0)
   assert set(result["curves"]) == {"ae_jax:vae", "pythae:vae"}
+  # the same run in both is refused before anything trains
+  with pytest.raises(SystemExit):
+    exp.main(["--models", "vae", "--peer-models", "", "--earlier", str(earlier)])
   earlier.write_text("{}")
   with pytest.raises(SystemExit, match="--earlier"):
     exp.main(["--models", "", "--peer-models", "vae", "--earlier", str(earlier)])
