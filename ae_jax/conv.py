@@ -156,9 +156,7 @@ def _subpixel(x, w, strides, pads):
   phases interleave (depth-to-space) into y: no multiplication by inserted zeros."""
   kernel, spatial = w.shape[:-2], x.shape[1:-1]
   rank = len(kernel)
-  out = [(n - 1) * s + 1 + lo + hi - k + 1
-         for n, s, (lo, hi), k in zip(spatial, strides, pads, kernel)]
-  rows = [-(-p // s) for p, s in zip(out, strides)]
+  out, rows = _phase_rows(spatial, kernel, strides, pads)
   phases = []
   for r in itertools.product(*(range(s) for s in strides)):
     taps, cfg = [], []
@@ -174,10 +172,24 @@ def _subpixel(x, w, strides, pads):
       continue
     sub = w[tuple(taps)]
     phases.append(_xla_conv(_pad(x, cfg), sub, (1,) * rank, ((0, 0),) * rank))
-  y = jnp.stack(phases, axis=-2).reshape(x.shape[0], *rows, *strides, w.shape[-1])
+  return _interleave(jnp.stack(phases, axis=-2), strides, out)
+
+
+def _phase_rows(spatial, kernel, strides, pads):
+  """(output size, rows per output phase) per axis of a transposed convolution."""
+  out = [(n - 1) * s + 1 + lo + hi - k + 1
+         for n, s, (lo, hi), k in zip(spatial, strides, pads, kernel)]
+  return out, [-(-p // s) for p, s in zip(out, strides)]
+
+
+def _interleave(y, strides, out):
+  """Depth-to-space: y (B, *rows, prod(strides), O), phase r of output p = s*m + r in
+  slot r (row-major over the axes), -> (B, *out, O), cropped to `out`."""
+  rank, rows = len(strides), y.shape[1:-2]
+  y = y.reshape(y.shape[0], *rows, *strides, y.shape[-1])
   perm = [0] + [a for d in range(rank) for a in (1 + d, 1 + rank + d)] + [1 + 2 * rank]
-  y = y.transpose(perm).reshape(x.shape[0], *(m * s for m, s in zip(rows, strides)),
-                                w.shape[-1])
+  y = y.transpose(perm).reshape(y.shape[0], *(m * s for m, s in zip(rows, strides)),
+                                y.shape[-1])
   return y[(slice(None), *(slice(0, p) for p in out))]
 
 
@@ -193,9 +205,7 @@ def _shuffle(x, w, strides, pads):
   """
   kernel, spatial = w.shape[:-2], x.shape[1:-1]
   rank, c_in, c_out = len(kernel), w.shape[-2], w.shape[-1]
-  out = [(n - 1) * s + 1 + lo + hi - k + 1
-         for n, s, (lo, hi), k in zip(spatial, strides, pads, kernel)]
-  rows = [-(-p // s) for p, s in zip(out, strides)]
+  out, rows = _phase_rows(spatial, kernel, strides, pads)
   selects, cfg = [], []
   for k, s, (lo, _), n, m in zip(kernel, strides, pads, spatial, rows):
     offsets = [(r + t - lo) // s for r in range(s) for t in range(k) if (t - lo + r) % s == 0]
@@ -215,10 +225,7 @@ def _shuffle(x, w, strides, pads):
   big = jnp.einsum(f"{spec},{tap}CO->{window}C{phase}O", *selects, w)
   big = big.reshape(*big.shape[:rank], c_in, math.prod(strides) * c_out)
   y = _xla_conv(_pad(x, cfg), big, (1,) * rank, ((0, 0),) * rank)
-  y = y.reshape(x.shape[0], *rows, *strides, c_out)
-  perm = [0] + [a for d in range(rank) for a in (1 + d, 1 + rank + d)] + [1 + 2 * rank]
-  y = y.transpose(perm).reshape(x.shape[0], *(m * s for m, s in zip(rows, strides)), c_out)
-  return y[(slice(None), *(slice(0, p) for p in out))]
+  return _interleave(y.reshape(*y.shape[:-1], math.prod(strides), c_out), strides, out)
 
 
 def _flip(w):

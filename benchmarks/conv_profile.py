@@ -102,25 +102,31 @@ def profile_layers(batches, impls, repeats, budget_s, log=print):
   return rows
 
 
+def _train_call(batch: int, conv_impl: str = "auto"):
+  """(a call of the compiled conv28 train step, seconds of its first call, which compiles
+  it: a setting read at trace time must hold until then)."""
+  cfg, model, family, state = architectures.train_state("ae", "conv28", "float32", batch,
+                                                        conv_impl=conv_impl)
+  step = functools.partial(train.train_step, model=model, family=family, config=cfg)
+  run = parallel.compile_step(step, "jit")
+  holder = {"state": state, "batch": {"x": jnp.asarray(
+      architectures.example_batch("conv28", batch))}, "rng": jax.random.key(0)}
+
+  def call():
+    holder["state"], m = run(holder["state"], holder["batch"], holder["rng"])
+    jax.block_until_ready((holder["state"], m))
+  t0 = time.perf_counter()
+  call()
+  return call, time.perf_counter() - t0
+
+
 def profile_train(batches, impls, repeats, budget_s, log=print):
   rows = []
   for batch in batches:
     calls = {}
     for impl in impls:
-      cfg, model, family, state = architectures.train_state("ae", "conv28", "float32", batch,
-                                                            conv_impl=impl)
-      step = functools.partial(train.train_step, model=model, family=family, config=cfg)
-      run = parallel.compile_step(step, "jit")
-      holder = {"state": state, "batch": {"x": jnp.asarray(
-          architectures.example_batch("conv28", batch))}, "rng": jax.random.key(0)}
-
-      def call(run=run, holder=holder):
-        holder["state"], m = run(holder["state"], holder["batch"], holder["rng"])
-        jax.block_until_ready((holder["state"], m))
-      t0 = time.perf_counter()
-      call()
-      log(f"train step b={batch} {impl}: first call {time.perf_counter() - t0:.1f} s")
-      calls[impl] = call
+      calls[impl], first_s = _train_call(batch, conv_impl=impl)
+      log(f"train step b={batch} {impl}: first call {first_s:.1f} s")
     timings = common.time_interleaved(calls, repeats=repeats, min_repeats=2, budget_s=budget_s)
     row = {"batch": batch, "layer": "train_step", "op": "all"}
     for impl, t in timings.items():
@@ -146,20 +152,6 @@ def _forward_call(form: str, batch: int):
   return common.blocking(compiled, params, x)
 
 
-def _train_call(form: str, batch: int):
-  """A call of the compiled conv28 train step (default micro-batches) with `form`."""
-  with _transpose_forward(form):
-    cfg, model, family, state = architectures.train_state("ae", "conv28", "float32", batch)
-    step = functools.partial(train.train_step, model=model, family=family, config=cfg)
-    run = parallel.compile_step(step, "jit")
-    holder = {"state": state, "batch": {"x": jnp.asarray(
-        architectures.example_batch("conv28", batch))}, "rng": jax.random.key(0)}
-
-    def call():
-      holder["state"], m = run(holder["state"], holder["batch"], holder["rng"])
-      jax.block_until_ready((holder["state"], m))
-    call()   # compiles while `form` is set: tracing reads it
-  return call
 
 
 @contextlib.contextmanager
@@ -180,7 +172,8 @@ def profile_forwards(batches, forms, repeats, budget_s, log=print):
     calls = {}
     for form in forms:
       calls[("forward", form)] = _forward_call(form, batch)
-      calls[("train_step", form)] = _train_call(form, batch)
+      with _transpose_forward(form):
+        calls[("train_step", form)], _ = _train_call(batch)
     timings = common.time_interleaved(calls, repeats=repeats, min_repeats=2, budget_s=budget_s)
     for (what, form), t in timings.items():
       ms = t.summary()["median_s"] * 1e3

@@ -50,27 +50,10 @@ def torch_matmul_call(size: int, dtype: str):
   return lambda: torch.matmul(a, b, out=out)
 
 
-def _jax_matmul(size: int, dtype, repeats: int, budget_s: float, min_repeats: int) -> dict:
-  call, compile_s = jax_matmul_call(size, dtype)
-  timing = common.time_calls(call, repeats=repeats,
-                             min_repeats=min_repeats, budget_s=budget_s, warmup=1,
-                             min_repeat_s=0.0)
+def _timed(call, compile_s, repeats: int, budget_s: float, min_repeats: int) -> dict:
+  timing = common.time_calls(call, repeats=repeats, min_repeats=min_repeats,
+                             budget_s=budget_s, warmup=1, min_repeat_s=0.0)
   return {"compile_s": compile_s, **timing.summary()}
-
-
-def _numpy_matmul(size: int, repeats: int, budget_s: float, min_repeats: int) -> dict:
-  timing = common.time_calls(numpy_matmul_call(size), repeats=repeats,
-                             min_repeats=min_repeats, budget_s=budget_s, warmup=1,
-                             min_repeat_s=0.0)
-  return {"compile_s": None, **timing.summary()}
-
-
-def _torch_matmul(size: int, dtype: str, repeats: int, budget_s: float,
-                  min_repeats: int) -> dict:
-  timing = common.time_calls(torch_matmul_call(size, dtype), repeats=repeats,
-                             min_repeats=min_repeats, budget_s=budget_s, warmup=1,
-                             min_repeat_s=0.0)
-  return {"compile_s": None, **timing.summary()}
 
 
 def bf16_native() -> bool:
@@ -120,13 +103,15 @@ def measure(size: int = 4096, *, repeats: int = 5, budget_s: float = 6.0, min_re
   rows = []
   for dtype in dtypes:
     rows.append({"library": "jax", "dtype": dtype, "size": size,
-                 **_jax_matmul(size, jnp.dtype(dtype), repeats, budget_s, min_repeats)})
+                 **_timed(*jax_matmul_call(size, jnp.dtype(dtype)), repeats, budget_s,
+                          min_repeats)})
     if dtype == "float32" and with_numpy:
       rows.append({"library": "numpy", "dtype": dtype, "size": size,
-                   **_numpy_matmul(size, repeats, budget_s, min_repeats)})
+                   **_timed(numpy_matmul_call(size), None, repeats, budget_s, min_repeats)})
     if with_torch:
       rows.append({"library": "torch", "dtype": dtype, "size": size,
-                   **_torch_matmul(size, dtype, repeats, budget_s, min_repeats)})
+                   **_timed(torch_matmul_call(size, dtype), None, repeats, budget_s,
+                            min_repeats)})
   native = bf16_native()
   for row in rows:
     if row["library"] == "jax":
