@@ -422,32 +422,30 @@ def main(argv=None):
   budget = args.budget_minutes * 60 if args.budget_minutes > 0 else math.inf
   rows, runs = [], []
   peer_ok = pythae_available()
+  def report(run, final=False):
+    """Score `run` on the test split (its last epoch with final) into rows, and print it."""
+    if not final:
+      runs.append(run)
+    rows.append(score(run, test, nll_samples, args.seed, final=final))
+    print(rows[-1], flush=True)
+
+  def train_peer(name, epochs):
+    report(train_pythae(name, train, valid, curve_x, epochs=epochs, seed=args.seed,
+                        curve_every=args.curve_every))
+
   for name in models:
     epochs = args.epochs or SETTINGS[name]["epochs"]
     run = train_jax(name, train, valid, curve_x, epochs=epochs, budget_s=budget, seed=args.seed,
                     curve_every=args.curve_every, patience=args.patience)
-    runs.append(run)
-    rows.append(score(run, test, nll_samples, args.seed))
-    print(rows[-1], flush=True)
+    report(run)
     if args.also_final:
-      rows.append(score(run, test, nll_samples, args.seed, final=True))
-      print(rows[-1], flush=True)
+      report(run, final=True)
     if name in peers and peer_ok:
-      peer = train_pythae(name, train, valid, curve_x, epochs=run.epochs, seed=args.seed,
-                          curve_every=args.curve_every)
-      runs.append(peer)
-      rows.append(score(peer, test, nll_samples, args.seed))
-      print(rows[-1], flush=True)
+      train_peer(name, run.epochs)
   # a peer setting without its ae_jax run (e.g. to add the peer to an earlier ae_jax run
   # on the same machine) trains alone for --epochs, or the setting's own count
-  for name in (p for p in peers if p not in models):
-    if not peer_ok:
-      break
-    peer = train_pythae(name, train, valid, curve_x, epochs=args.epochs or SETTINGS[name]["epochs"],
-                        seed=args.seed, curve_every=args.curve_every)
-    runs.append(peer)
-    rows.append(score(peer, test, nll_samples, args.seed))
-    print(rows[-1], flush=True)
+  for name in (p for p in peers if p not in models and peer_ok):
+    train_peer(name, args.epochs or SETTINGS[name]["epochs"])
   runs += earlier
   png = plot_curves(runs, out / "nll_vs_time.png")
   speed = [speed_row(name, {r.impl: r for r in runs if r.name == name})
