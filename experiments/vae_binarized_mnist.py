@@ -88,7 +88,7 @@ class Run:
   name: str
   impl: str
   trained: Trained = None       # the parameters of the best validation epoch
-  final: Trained = None         # those of the last epoch (pythae's `final_model` rule)
+  final: Trained = None         # those of the last epoch (--also-final)
   epochs: int = 0
   train_seconds: float = 0.0
   best_epoch: int = 0
@@ -379,8 +379,9 @@ def main(argv=None):
                  "curves are drawn beside this run's and paired with them in the speed table "
                  "(e.g. --models '' --peer-models vae, the peer alone, after an ae_jax run)")
   p.add_argument("--also-final", action="store_true",
-                 help="also score each ae_jax run's last epoch (pythae's reproduction scripts "
-                 "keep their final model); the best validation epoch stays the headline row")
+                 help="also score each ae_jax run's last epoch, as a check on the selection; the best "
+                 "validation epoch stays the headline row (it is also what pythae keeps: its "
+                 "BaseTrainer saves the best eval-loss model as `final_model`)")
   args = p.parse_args(argv)
   out = _io.out_dir(args, NAME)
   models = [m for m in args.models.split(",") if m]

@@ -232,7 +232,7 @@ def test_experiment_patience_stops_on_a_stalled_validation(tmp_path, monkeypatch
   run = exp.train_jax("vae", train, valid, train.x[:5], epochs=7, budget_s=float("inf"),
                       seed=0, curve_every=100, patience=3)
   assert (run.epochs, run.best_epoch, run.best_valid) == (5, 2, 4.0)
-  # --also-final scores the last epoch's parameters (pythae's final_model), kept apart
+  # --also-final scores the last epoch's parameters, kept apart from the selected ones
   steps_per_epoch = 200 // exp.SETTINGS["vae"]["batch"]
   assert (run.trained.step, run.final.step) == (2 * steps_per_epoch, 5 * steps_per_epoch)
 
