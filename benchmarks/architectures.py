@@ -16,6 +16,7 @@ import numpy as np
 
 from ae_jax import batching, families, train
 from ae_jax.configs import default
+from benchmarks import common
 
 FAMILIES = ("ae", "vae", "sparse")
 NETWORKS = ("mlp", "conv28", "conv32")
@@ -126,3 +127,19 @@ def op_input(op: str, network: str, batch: int, seed: int = 0):
     z = np.random.default_rng(seed).standard_normal((batch, LATENT_DIM), dtype=np.float32)
     return jnp.asarray(z)
   return jnp.asarray(example_batch(network, batch, seed))
+
+
+def compiled_roundtrip(network: str, batch: int, conv_batch_chunk: int = -1,
+                       batch_chunk: int = -1, seed: int = 0):
+  """(compiled f(params, x), params, x, compile seconds): the ae round trip of `network`
+  at `batch`, run `model.batch_chunk` examples at a time (-1 auto, 0 off) with
+  `model.conv_batch_chunk` inside, compiled ahead of time. Models trace `ae_jax.conv`'s
+  settings when this is called, so a caller may set them around it."""
+  cfg = config("ae", network, conv_batch_chunk=conv_batch_chunk, batch_chunk=batch_chunk)
+  shape = INPUT_SHAPES[network]
+  model = families.build_model(cfg, shape)
+  params = host_init(model, shape, seed)
+  fn = forward_fns(model, families.batch_chunk(cfg))["roundtrip"]
+  x = op_input("roundtrip", network, batch, seed)
+  compiled, _, compile_s = common.aot_compile(fn, params, x)
+  return compiled, params, x, compile_s

@@ -27,7 +27,7 @@ import numpy as np
 from jax import lax
 
 from ae_jax import conv as fastconv
-from ae_jax import families, parallel, train
+from ae_jax import parallel, train
 from benchmarks import architectures, common
 
 # name: (input spatial, C_in, C_out, stride, transposed)
@@ -144,14 +144,8 @@ def profile_train(batches, impls, repeats, budget_s, log=print):
 def _forward_call(form: str, batch: int):
   """A blocking call of the compiled conv28 round trip with transposed forward `form`."""
   with _transpose_forward(form):
-    model, params, _ = architectures.build("ae", "conv28")
-    cfg = architectures.config("ae", "conv28")
-    fn = architectures.forward_fns(model, families.batch_chunk(cfg))["roundtrip"]
-    x = architectures.op_input("roundtrip", "conv28", batch)
-    compiled, _, _ = common.aot_compile(fn, params, x)
+    compiled, params, x, _ = architectures.compiled_roundtrip("conv28", batch)
   return common.blocking(compiled, params, x)
-
-
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from ae_jax import batching, conv as conv_lib, families, parallel, train
+from ae_jax import batching, conv as conv_lib, parallel, train
 from benchmarks import architectures, common
 
 VARIANTS = ("eager", "channels_last", "compile")
@@ -38,11 +38,8 @@ TASKS = ("forward", "train")
 
 
 def _jax_forward(network, batch, chunk=-1, batch_chunk=-1):
-  model, params, _ = architectures.build("ae", network, conv_batch_chunk=chunk)
-  cfg = architectures.config("ae", network, batch_chunk=batch_chunk)
-  fn = architectures.forward_fns(model, families.batch_chunk(cfg))["roundtrip"]
-  x = architectures.op_input("roundtrip", network, batch)
-  compiled, _, compile_s = common.aot_compile(fn, params, x)
+  compiled, params, x, compile_s = architectures.compiled_roundtrip(
+      network, batch, conv_batch_chunk=chunk, batch_chunk=batch_chunk)
 
   def call():
     with jax.transfer_guard("disallow"):
