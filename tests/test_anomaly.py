@@ -478,3 +478,19 @@ def test_mse_gaussian_score_is_the_standardised_sum_of_the_mse_and_gaussian_scor
   # a score without terms keeps the neutral term statistics (nothing is fitted for them)
   np.testing.assert_array_equal(np.asarray(mse.stats_.term_mean), 0.0)
   np.testing.assert_array_equal(np.asarray(mse.stats_.term_std), 1.0)
+
+
+def test_eval_every_spreads_evaluations_over_an_epoch_or_the_budget():
+  # 300 training examples at batch 64 = 4 steps an epoch; 500 epochs capped at 1,000 steps
+  def every(value):
+    det = AutoencoderDetector(eval_every=value, epochs=500, max_steps=1000)
+    cfg = det._build_config((5,), 300)  # pylint: disable=protected-access
+    assert cfg.train.num_steps == 1000 and cfg.train.log_every == cfg.train.eval_every
+    return cfg.train.eval_every
+  assert every(None) == every("epoch") == 4          # once an epoch
+  assert every("budget") == 50                       # 20 evaluations over 1,000 steps
+  assert every(7) == 7
+  for bad in (0, -3, "often", 2.5, True):
+    with pytest.raises(ConfigError, match="eval_every must be a positive integer, None or "
+                                          "one of \\('epoch', 'budget'\\)"):
+      AutoencoderDetector(eval_every=bad)

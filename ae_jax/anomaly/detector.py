@@ -45,6 +45,7 @@ ARRAYS_FILE = "arrays.npz"
 
 SCALINGS = ("standard", "robust", "minmax", "none")
 ERROR_WEIGHTS = ("none", "train")
+EVAL_EVERY = ("epoch", "budget")  # named evaluation intervals (see AutoencoderDetector)
 
 
 def fit_scaler(method: str, x: np.ndarray) -> data_lib.Scaler:
@@ -125,7 +126,7 @@ class AutoencoderDetector:
                epochs: int = 100, max_steps: int = 1000, batch_size: int = 64,
                learning_rate: float = 1e-3,
                val_fraction: float = 0.1, max_val: int = 8192, patience: int = 5,
-               eval_every: int | None = None, seed: int = 0,
+               eval_every: int | str | None = None, seed: int = 0,
                score_batch_size: int = 4096, score_samples: int = 64,
                overrides: dict[str, Any] | None = None,
                config: ml_collections.ConfigDict | None = None):
@@ -159,7 +160,11 @@ class AutoencoderDetector:
         stopping; 0 turns validation and early stopping off.
       patience: evaluations without improvement before stopping; the best parameters
         are kept. 0 trains for all steps.
-      eval_every: steps between evaluations; None = about once per epoch.
+      eval_every: steps between evaluations; None or 'epoch' = about once per epoch (at
+        least 20 evaluations), 'budget' = 20 evaluations spread over the step budget
+        (on small training sets 'epoch' evaluates every few steps, so `patience` stops
+        training after a few dozen steps; 'budget' lets it run at least a quarter of
+        the budget with the default patience).
       seed: makes the split, the initialisation and the batch order reproducible.
       score_batch_size: examples per scoring batch.
       score_samples: Monte Carlo samples of the 'elbo' and 'nll' scores.
@@ -240,6 +245,11 @@ class AutoencoderDetector:
                         f"{self.family!r}")
     if not 0.0 <= self.val_fraction < 1.0:
       raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+    if self.eval_every not in (None, *EVAL_EVERY) and not (
+        isinstance(self.eval_every, int) and not isinstance(self.eval_every, bool)
+        and self.eval_every >= 1):
+      raise ConfigError(f"eval_every must be a positive integer, None or one of "
+                        f"{EVAL_EVERY}, got {self.eval_every!r}")
 
   def _build_config(self, input_shape: tuple, num_train: int) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict(self.config.to_dict()) if self.config is not None \
@@ -266,7 +276,13 @@ class AutoencoderDetector:
     per_epoch = max(1, num_train // t.batch_size)
     t.num_epochs = 0
     t.num_steps = int(min(self.max_steps, self.epochs * per_epoch))
-    t.eval_every = int(self.eval_every or min(per_epoch, max(1, t.num_steps // 20)))
+    spread = max(1, t.num_steps // 20)
+    if self.eval_every in (None, "epoch"):
+      t.eval_every = min(per_epoch, spread)
+    elif self.eval_every == "budget":
+      t.eval_every = spread
+    else:
+      t.eval_every = int(self.eval_every)
     t.log_every = t.eval_every
     t.checkpoint_every = t.num_steps
     t.patience = self.patience
