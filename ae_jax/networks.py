@@ -198,6 +198,41 @@ def convolutional(name: str) -> bool:
   return bool(getattr(NETWORKS.get(name), "convolutional", False))
 
 
+PARAM_INITS = ("flax", "torch")   # model.init
+
+
+def torch_style_init(params, rng):
+  """`params` with every layer (a dict holding a `kernel` of rank >= 2, and its `bias`)
+  redrawn as PyTorch's `nn.Linear` / `nn.Conv` draw theirs by default: kernel and bias
+  uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in = the product of all kernel axes
+  but the last (inputs x kernel window). That is sqrt(3) smaller kernels than Flax's
+  LeCun normal and non-zero biases. Everything else (norm scales, codebooks, pseudo-inputs)
+  is kept; each layer's draw comes from `rng` folded with its position in the tree."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+
+  def names(path):
+    return tuple(str(getattr(p, "key", p)) for p in path)
+  fan_in = {names(path[:-1]): math.prod(leaf.shape[:-1]) for path, leaf in flat
+            if names(path[-1:]) == ("kernel",) and leaf.ndim >= 2}
+  leaves = []
+  for i, (path, leaf) in enumerate(flat):
+    fan = fan_in.get(names(path[:-1])) if names(path[-1:]) in (("kernel",), ("bias",)) else None
+    if fan is None:
+      leaves.append(leaf)
+      continue
+    bound = 1.0 / math.sqrt(fan)
+    leaves.append(jax.random.uniform(jax.random.fold_in(rng, i), leaf.shape, leaf.dtype,
+                                     -bound, bound))
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def initial_params(cfg, params, rng):
+  """The freshly initialised `params` under `cfg.model.init` ('flax' keeps them)."""
+  if cfg.model.get("init", "flax") == "torch":
+    return torch_style_init(params, jax.random.fold_in(rng, 0x70C4))
+  return params
+
+
 def chunking_pays(name: str) -> bool:
   """Whether the auto settings of `ae_jax.batching` (`model.batch_chunk`,
   `train.microbatch`) chunk network `name` on the current backend: a convolutional

@@ -16,7 +16,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from ae_jax import batching
+from ae_jax import batching, networks
 from ae_jax.errors import ConfigError
 from ae_jax.families import Family, get_family, scalar_metrics
 from ae_jax.networks import chunking_pays
@@ -88,6 +88,7 @@ def create_train_state(cfg, model, input_shape, rng, total_steps: int, data=None
   """A fresh TrainState; `data` (N, *input_shape), a sample of the scaled training data,
   feeds the family's data-dependent initialisation when it has one."""
   params = init_params(model, input_shape, rng, conditional=bool(getattr(model, "num_classes", 0)))
+  params = networks.initial_params(cfg, params, rng)
   init_from_data = get_family(cfg.model.family).init_from_data
   if data is not None and init_from_data is not None:
     params = init_from_data(params, data, cfg)

@@ -36,7 +36,7 @@ import optax
 import tqdm
 
 from ae_jax import data as data_lib
-from ae_jax import results
+from ae_jax import networks, results
 from ae_jax.configs.overrides import with_overrides  # noqa: F401  (re-exported)
 from ae_jax.errors import ConfigError
 from ae_jax.families import FAMILIES, build_model, get_family, validate_config
@@ -304,6 +304,7 @@ def trial_state(cfg: ml_collections.ConfigDict, cfgs: Sequence[ml_collections.Co
   for c in cfgs:
     p = init_params(model, input_shape, jax.random.key(c.seed),
                     conditional=bool(model.num_classes))
+    p = networks.initial_params(c, p, jax.random.key(c.seed))
     if data is not None and init_from_data is not None:
       p = init_from_data(p, data, c)
     params.append(p)

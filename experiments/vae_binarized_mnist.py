@@ -67,6 +67,7 @@ def config_for(name: str, epochs: int, steps_per_epoch: int, seed: int):
   cfg.model.family, cfg.model.network, cfg.model.recon_loss = "vae", "mlp", "bce"
   cfg.model.widths, cfg.model.latent_dim = tuple(s["widths"]), s["latent"]
   cfg.model.activation = s["activation"]
+  cfg.model.init = s.get("init", "flax")
   cfg.model.prior = s["prior"]
   cfg.model.vamp_components = s.get("components", 500)
   cfg.objective.iw_samples = s["iw"]
@@ -284,6 +285,7 @@ def score(run: Run, test, nll_samples: int, seed: int, final: bool = False) -> d
   return {"model": run.name, "impl": run.impl, "epochs": run.epochs,
           "selection": "final epoch" if final else "best valid",
           "selected_epoch": run.epochs if final else run.best_epoch,
+          "init": "torch" if run.impl == "pythae" else SETTINGS[run.name].get("init", "flax"),
           "train_s": round(run.train_seconds, 1),
           "test_nll": metrics["nll"], "nll_stderr": metrics["nll_stderr"],
           "nll_samples": nll_samples, "test_elbo": metrics["elbo"],
@@ -382,6 +384,10 @@ def main(argv=None):
                  help="also score each ae_jax run's last epoch, as a check on the selection; the best "
                  "validation epoch stays the headline row (it is also what pythae keeps: its "
                  "BaseTrainer saves the best eval-loss model as `final_model`)")
+  p.add_argument("--init", default="flax", choices=("flax", "torch"),
+                 help="ae_jax's initialisers (`model.init`): Flax's LeCun-normal kernels and "
+                 "zero biases, or PyTorch's nn.Linear defaults (kernel and bias uniform in "
+                 "+-1/sqrt(fan_in)), which pythae's models get")
   args = p.parse_args(argv)
   out = _io.out_dir(args, NAME)
   models = [m for m in args.models.split(",") if m]
@@ -395,6 +401,8 @@ def main(argv=None):
   if args.warmup_epochs >= 0:
     for s in SETTINGS.values():
       s["warmup_epochs"] = args.warmup_epochs
+  for s in SETTINGS.values():
+    s["init"] = args.init
   try:
     milestones = tuple(int(e) for e in args.lr_milestones.split(",") if e.strip())
   except ValueError:
@@ -458,7 +466,7 @@ def main(argv=None):
             "patience": args.patience, "nll_samples": nll_samples,
             "lr_milestones_epochs": list(milestones), "lr_gamma": args.lr_gamma if milestones else None,
             "warmup_epochs": {m: SETTINGS[m]["warmup_epochs"] for m in models},
-            "pythae_installed": peer_ok, "figure": str(png),
+            "init": args.init, "pythae_installed": peer_ok, "figure": str(png),
             "earlier": args.earlier or None}
   tables = {"test split": rows}
   if speed:   # only where a setting ran in both implementations

@@ -315,3 +315,16 @@ def test_experiment_lr_milestones_become_a_multistep_schedule_in_steps(monkeypat
   for bad in ("3,2", "x", "0,5"):
     with pytest.raises(SystemExit):
       exp.main(["--smoke", "--lr-milestones", bad])
+
+
+def test_experiment_init_flag_reaches_the_ae_jax_config(monkeypatch):
+  """--init torch gives the ae_jax models PyTorch's initialisers (model.init), as pythae's
+  models have; anything else is refused by the parser."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).model.init == "flax"
+  monkeypatch.setitem(exp.SETTINGS, "vae", {**exp.SETTINGS["vae"], "init": "torch"})
+  assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).model.init == "torch"
+  with pytest.raises(SystemExit):
+    exp.main(["--smoke", "--init", "kaiming"])

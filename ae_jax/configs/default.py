@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.batch_chunk = -1        # forward in evaluation/encode/decode in chunks of n examples;
                                   # -1 auto (16 for conv networks on CPU), 0 off
   c.model.recon_loss = "mse"      # mse | mae | bce (AE families); bce | gaussian (VAE)
+  c.model.init = "flax"           # flax (LeCun-normal kernels, zero biases) | torch (PyTorch's
+                                  # nn.Linear / nn.Conv: both uniform in +-1/sqrt(fan_in))
 
   c.objective = ml_collections.ConfigDict()
   add_fields(c, families.config_fields())

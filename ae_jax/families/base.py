@@ -21,7 +21,7 @@ import ml_collections
 
 from ae_jax import batching, losses
 from ae_jax.errors import ConfigError
-from ae_jax.networks import NETWORKS, chunking_pays
+from ae_jax.networks import NETWORKS, PARAM_INITS, chunking_pays
 from ae_jax.registry import Registry
 
 Terms = dict[str, jax.Array]
@@ -103,6 +103,8 @@ def validate_config(cfg: ml_collections.ConfigDict, input_shape: tuple) -> None:
   require(isinstance(m.latent_dim, int) and m.latent_dim > 0,
           f"model.latent_dim must be a positive integer, got {m.latent_dim!r}")
   require(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+  require(m.get("init", "flax") in PARAM_INITS,
+          f"model.init must be one of {', '.join(PARAM_INITS)}, got {m.get('init')!r}")
   batching.check_setting("model.batch_chunk", m.get("batch_chunk", -1))
   input_size = math.prod(input_shape)
   if family.undercomplete and m.latent_dim >= input_size:
