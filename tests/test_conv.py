@@ -17,12 +17,15 @@ from ae_jax.networks import NETWORKS
 # (rank, kernel, stride, padding, C_in, C_out): the networks' 3x3 stride-2 'SAME' layers
 # and their stride-1 output conv in both ranks, then even kernels, kernels smaller than
 # the stride (phases without taps), 'VALID', and C_out below and above C_in (the kernel
-# gradient picks its im2col operand by that).
+# gradient picks its im2col operand by that); last, one output channel at stride 1.
 CASES = [(rank, 3, 2, "SAME", 3, 5) for rank in (1, 2)] + [
     (rank, 3, 1, "SAME", 6, 2) for rank in (1, 2)] + [
     (2, 3, 2, "SAME", 6, 2), (2, 3, 1, "SAME", 3, 5), (2, 4, 2, "SAME", 3, 5),
     (1, 2, 2, "SAME", 6, 2), (2, 1, 2, "SAME", 3, 5), (1, 5, 3, "SAME", 3, 5),
-    (2, 3, 2, "VALID", 3, 5), (1, 4, 3, "VALID", 6, 2)]
+    (2, 3, 2, "VALID", 3, 5), (1, 4, 3, "VALID", 6, 2)] + [
+    # one output channel at stride 1: the forward's shift-add formulation
+    (rank, 3, 1, "SAME", 6, 1) for rank in (1, 2)] + [
+    (1, 4, 1, "SAME", 3, 1), (2, 2, 1, "VALID", 3, 1)]
 SIZES = {1: (11,), 2: (9, 7)}
 
 
