@@ -46,6 +46,10 @@ IMPLS = ("auto", "xla", "fast")
 # padding + stride-1 XLA convolution); chosen on the conv28 forward (benchmarks/RESULTS.md).
 TRANSPOSE_FORWARDS = ("subpixel", "shuffle", "col2im", "conv")
 _TRANSPOSE_FORWARD = "subpixel"
+# Forward of a stride-1 convolution to one output channel: "shift_add" or XLA's "conv"
+# (benchmarks.conv_profile --single-channel times both).
+SINGLE_CHANNEL_FORWARDS = ("shift_add", "conv")
+_SINGLE_CHANNEL_FORWARD = "shift_add"
 _DIMS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
 
 
@@ -285,7 +289,8 @@ def _conv_forward(x, w, strides, pads):
   output channel (an image autoencoder's last layer), which XLA:CPU's convolution
   vectorises badly and `_shift_add` runs 1.7-2.6x faster (benchmarks/RESULTS.md, session 9;
   from 3 output channels on it is level or slower)."""
-  if w.shape[-1] == 1 and all(s == 1 for s in strides):
+  if (_SINGLE_CHANNEL_FORWARD == "shift_add" and w.shape[-1] == 1
+      and all(s == 1 for s in strides)):
     return _shift_add(x, w, pads)
   return _xla_conv(x, w, strides, pads)
 

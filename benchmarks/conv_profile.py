@@ -141,39 +141,52 @@ def profile_train(batches, impls, repeats, budget_s, log=print):
   return rows
 
 
-def _forward_call(form: str, batch: int):
-  """A blocking call of the compiled conv28 round trip with transposed forward `form`."""
-  with _transpose_forward(form):
-    compiled, params, x, _ = architectures.compiled_roundtrip("conv28", batch)
+def _forward_call(batch: int):
+  """A blocking call of the compiled conv28 round trip (`ae_jax.conv`'s settings as they
+  are when it is called)."""
+  compiled, params, x, _ = architectures.compiled_roundtrip("conv28", batch)
   return common.blocking(compiled, params, x)
 
 
 @contextlib.contextmanager
-def _transpose_forward(form: str):
-  """`ae_jax.conv`'s transposed forward set to `form` while models are traced in the block."""
-  saved = fastconv._TRANSPOSE_FORWARD  # pylint: disable=protected-access
-  fastconv._TRANSPOSE_FORWARD = form  # pylint: disable=protected-access
+def _setting(name: str, form: str):
+  """`ae_jax.conv`'s module setting `name` set to `form` while models are traced in the
+  block."""
+  saved = getattr(fastconv, name)
+  setattr(fastconv, name, form)
   try:
     yield
   finally:
-    fastconv._TRANSPOSE_FORWARD = saved  # pylint: disable=protected-access
+    setattr(fastconv, name, saved)
 
 
-def profile_forwards(batches, forms, repeats, budget_s, log=print):
-  """conv28 forward and train step per transposed-forward formulation, timed in turns."""
+def _transpose_forward(form: str):
+  """`ae_jax.conv`'s transposed forward set to `form` while models are traced in the block."""
+  return _setting("_TRANSPOSE_FORWARD", form)
+
+
+def _single_channel_forward(form: str):
+  """The forward of stride-1 one-output-channel convolutions set to `form` in the block."""
+  return _setting("_SINGLE_CHANNEL_FORWARD", form)
+
+
+def profile_forwards(batches, forms, repeats, budget_s, setting=_transpose_forward,
+                     label="", log=print):
+  """conv28 forward and train step per formulation `forms` of one `ae_jax.conv` setting
+  (by default the transposed forward), timed in turns; rows' op is label + form."""
   rows = []
   for batch in batches:
     calls = {}
     for form in forms:
-      calls[("forward", form)] = _forward_call(form, batch)
-      with _transpose_forward(form):
+      with setting(form):
+        calls[("forward", form)] = _forward_call(batch)
         calls[("train_step", form)], _ = _train_call(batch)
     timings = common.time_interleaved(calls, repeats=repeats, min_repeats=2, budget_s=budget_s)
     for (what, form), t in timings.items():
       ms = t.summary()["median_s"] * 1e3
-      rows.append({"batch": batch, "layer": f"conv28 {what}", "op": form,
+      rows.append({"batch": batch, "layer": f"conv28 {what}", "op": label + form,
                    "fast_ms": ms, "fast_eps": batch / ms * 1e3})
-      log(f"conv28 {what} b={batch} {form}: {batch / ms * 1e3:,.0f} ex/s")
+      log(f"conv28 {what} b={batch} {label}{form}: {batch / ms * 1e3:,.0f} ex/s")
   return rows
 
 
@@ -186,11 +199,17 @@ def main(argv=None) -> dict:
   parser.add_argument("--forwards", type=common.str_list, default=[],
                       help="transposed-forward formulations to time on the whole conv28 "
                       f"forward and train step ({', '.join(fastconv.TRANSPOSE_FORWARDS)})")
+  parser.add_argument("--single-channel", type=common.str_list, default=[],
+                      help="forwards of the last (one-output-channel) convolution to time on "
+                      "the whole conv28 forward and train step "
+                      f"({', '.join(fastconv.SINGLE_CHANNEL_FORWARDS)})")
   args = common.parse(parser, argv)
-  unknown = [f for f in args.forwards if f not in fastconv.TRANSPOSE_FORWARDS]
-  if unknown:
-    parser.error(f"--forwards: unknown formulation(s) {unknown}; choose from "
-                 f"{', '.join(fastconv.TRANSPOSE_FORWARDS)}")
+  for flag, forms, known in (("--forwards", args.forwards, fastconv.TRANSPOSE_FORWARDS),
+                             ("--single-channel", args.single_channel,
+                              fastconv.SINGLE_CHANNEL_FORWARDS)):
+    unknown = [f for f in forms if f not in known]
+    if unknown:
+      parser.error(f"{flag}: unknown formulation(s) {unknown}; choose from {', '.join(known)}")
   batches = args.batches or ([4] if args.smoke else [64, 256])
   repeats = args.repeats or (2 if args.smoke else 5)
   budget_s = args.budget or (0.05 if args.smoke else 0.5)
@@ -198,6 +217,9 @@ def main(argv=None) -> dict:
   rows = [] if args.no_layers else profile_layers(batches, args.impls, repeats, budget_s)
   if args.forwards:
     rows += profile_forwards(batches, args.forwards, repeats, budget_s)
+  if args.single_channel:
+    rows += profile_forwards(batches, args.single_channel, repeats, budget_s,
+                             setting=_single_channel_forward, label="last conv: ")
   if not args.no_train:
     rows += profile_train(batches, args.impls, repeats, budget_s)
   payload = {"benchmark": "conv_profile", "command": common.command_line(),

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from ae_jax import conv as fastconv
 from ae_jax import families, train
@@ -220,3 +221,22 @@ def test_conv_profile_smoke(tmp_path):
   assert fastconv._TRANSPOSE_FORWARD == before   # restored after each build
   with pytest.raises(SystemExit):
     conv_profile.main(["--smoke", "--forwards", "winograd"])
+  # ... and per forward of the last, one-output-channel convolution
+  rows = conv_profile.main(["--smoke", "--batches", "2", "--no-layers", "--no-train",
+                            "--single-channel", "shift_add,conv"])["rows"]
+  assert {r["op"] for r in rows} == {"last conv: shift_add", "last conv: conv"}
+  assert fastconv._SINGLE_CHANNEL_FORWARD == "shift_add"
+  with pytest.raises(SystemExit):
+    conv_profile.main(["--smoke", "--single-channel", "fft"])
+
+
+def test_single_channel_forward_setting_switches_the_formulation(monkeypatch):
+  x = jax.random.normal(jax.random.key(1), (3, 9, 7, 6))
+  w = jax.random.normal(jax.random.key(2), (3, 3, 6, 1))
+  pads = ((1, 1), (1, 1))
+  ref = lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  for form in fastconv.SINGLE_CHANNEL_FORWARDS:
+    monkeypatch.setattr(fastconv, "_SINGLE_CHANNEL_FORWARD", form)
+    hlo = jax.jit(lambda x, w: fastconv.conv(x, w, (1, 1), pads)).lower(x, w).as_text()
+    assert ("convolution" in hlo) == (form == "conv"), form
+    np.testing.assert_allclose(fastconv.conv(x, w, (1, 1), pads), ref, rtol=1e-5, atol=1e-5)
