@@ -207,8 +207,9 @@ def torch_style_init(params, rng):
   uniform in [-1/sqrt(fan_in), 1/sqrt(fan_in)], fan_in = the product of all kernel axes
   but the last (inputs x kernel window). That is sqrt(3) smaller kernels than Flax's
   LeCun normal and non-zero biases. (For a transposed convolution PyTorch counts the
-  output channels in fan_in; this counts the inputs, as for every other layer.) Everything else (norm scales, codebooks, pseudo-inputs)
-  is kept; each layer's draw comes from `rng` folded with its position in the tree."""
+  output channels in fan_in; this counts the inputs, as for every other layer.) Everything
+  else (norm scales, codebooks, pseudo-inputs) is kept; each layer's draw comes from `rng`
+  folded with its position in the tree."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
 
   def names(path):

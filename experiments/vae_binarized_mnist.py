@@ -381,9 +381,9 @@ def main(argv=None):
                  "curves are drawn beside this run's and paired with them in the speed table "
                  "(e.g. --models '' --peer-models vae, the peer alone, after an ae_jax run)")
   p.add_argument("--also-final", action="store_true",
-                 help="also score each ae_jax run's last epoch, as a check on the selection; the best "
-                 "validation epoch stays the headline row (it is also what pythae keeps: its "
-                 "BaseTrainer saves the best eval-loss model as `final_model`)")
+                 help="also score each ae_jax run's last epoch, as a check on the selection; "
+                 "the best validation epoch stays the headline row (it is also what pythae "
+                 "keeps: its BaseTrainer saves the best eval-loss model as `final_model`)")
   p.add_argument("--init", default="flax", choices=("flax", "torch"),
                  help="ae_jax's initialisers (`model.init`): Flax's LeCun-normal kernels and "
                  "zero biases, or PyTorch's nn.Linear defaults (kernel and bias uniform in "
