@@ -388,7 +388,13 @@ def main(argv=None):
                  help="ae_jax's initialisers (`model.init`): Flax's LeCun-normal kernels and "
                  "zero biases, or PyTorch's nn.Linear defaults (kernel and bias uniform in "
                  "+-1/sqrt(fan_in)), which pythae's models get")
+  p.add_argument("--batch", type=int, default=0,
+                 help="> 0: every setting's batch size, in both implementations, instead of "
+                 "its own (pythae does not publish its VAE's training config, so the VAE's "
+                 "batch of 100 is this project's reading)")
   args = p.parse_args(argv)
+  if args.batch < 0:
+    p.error(f"--batch must be positive (0 = each setting's own), got {args.batch}")
   out = _io.out_dir(args, NAME)
   models = [m for m in args.models.split(",") if m]
   peers = [m for m in args.peer_models.split(",") if m]
@@ -403,6 +409,8 @@ def main(argv=None):
       s["warmup_epochs"] = args.warmup_epochs
   for s in SETTINGS.values():
     s["init"] = args.init
+    if args.batch:
+      s["batch"] = args.batch
   try:
     milestones = tuple(int(e) for e in args.lr_milestones.split(",") if e.strip())
   except ValueError:
@@ -466,7 +474,8 @@ def main(argv=None):
             "patience": args.patience, "nll_samples": nll_samples,
             "lr_milestones_epochs": list(milestones), "lr_gamma": args.lr_gamma if milestones else None,
             "warmup_epochs": {m: SETTINGS[m]["warmup_epochs"] for m in models},
-            "init": args.init, "pythae_installed": peer_ok, "figure": str(png),
+            "init": args.init, "batch": {m: SETTINGS[m]["batch"] for m in models + peers},
+            "pythae_installed": peer_ok, "figure": str(png),
             "earlier": args.earlier or None}
   tables = {"test split": rows}
   if speed:   # only where a setting ran in both implementations

@@ -328,3 +328,14 @@ def test_experiment_init_flag_reaches_the_ae_jax_config(monkeypatch):
   assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).model.init == "torch"
   with pytest.raises(SystemExit):
     exp.main(["--smoke", "--init", "kaiming"])
+
+
+def test_experiment_batch_flag_overrides_every_setting(monkeypatch):
+  """--batch B sets every setting's batch (both implementations); B < 0 is refused."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  monkeypatch.setitem(exp.SETTINGS, "vae", {**exp.SETTINGS["vae"], "batch": 64})
+  assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).train.batch_size == 64
+  with pytest.raises(SystemExit):
+    exp.main(["--smoke", "--batch", "-5"])
