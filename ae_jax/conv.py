@@ -136,17 +136,24 @@ def _patch_grad(a, b, kernel, strides, out):
   return jnp.moveaxis(g, 0, 1).reshape(*kernel, a.shape[-1], patches.shape[-1])
 
 
+def _tap_products(x, w):
+  """x (B, *spatial, C) times every tap of w (*kernel, C, O) in one matmul ->
+  (B, *spatial, taps, O), taps in row-major order of the kernel window."""
+  taps = math.prod(w.shape[:-2])
+  z = jnp.dot(x, jnp.moveaxis(w, -2, 0).reshape(w.shape[-2], taps * w.shape[-1]))
+  return z.reshape(*x.shape[:-1], taps, w.shape[-1])
+
+
 def _col2im(x, w, strides, lows, out):
   """y (B, *out, O) with y[s*m + low - t] += x[m] @ w[t] for every position m of x
   (B, *spatial, C) and tap t of w (*kernel, C, O): one matmul, then the taps are
   spread out by the stride (interior padding) and summed in one fused loop."""
   kernel = w.shape[:-2]
   spatial = x.shape[1:-1]
-  z = jnp.dot(x, jnp.moveaxis(w, -2, 0).reshape(w.shape[-2], -1))
-  z = z.reshape(*x.shape[:-1], *kernel, w.shape[-1])
+  z = _tap_products(x, w)
   y = None
   for i, t in enumerate(itertools.product(*(range(k) for k in kernel))):
-    zt = z.reshape(*x.shape[:-1], -1, w.shape[-1])[..., i, :]
+    zt = z[..., i, :]
     cfg = [(lo - ti, p - (lo - ti) - (s * (n - 1) + 1), s - 1)
            for lo, ti, p, s, n in zip(lows, t, out, strides, spatial)]
     yt = _pad(zt, cfg)
@@ -303,10 +310,7 @@ def _shift_add(x, w, pads):
   tap at once, (B, *spatial, taps, O); then y[p] = sum over taps t of u[p + t, t], read
   from u zero-padded by `pads` (padding x with zeros pads u with zeros, u being linear)."""
   kernel, spatial = w.shape[:-2], x.shape[1:-1]
-  taps = math.prod(kernel)
-  u = jnp.dot(x, jnp.moveaxis(w, -2, 0).reshape(w.shape[-2], taps * w.shape[-1]))
-  u = _pad(u.reshape(*x.shape[:-1], taps * w.shape[-1]), [(lo, hi, 0) for lo, hi in pads])
-  u = u.reshape(*u.shape[:-1], taps, w.shape[-1])
+  u = _pad(_tap_products(x, w), [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
   out = [n + lo + hi - k + 1 for n, (lo, hi), k in zip(spatial, pads, kernel)]
   y = None
   for i, t in enumerate(itertools.product(*(range(k) for k in kernel))):

@@ -211,14 +211,14 @@ def torch_style_init(params, rng):
   else (norm scales, codebooks, pseudo-inputs) is kept; each layer's draw comes from `rng`
   folded with its position in the tree."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-
-  def names(path):
-    return tuple(str(getattr(p, "key", p)) for p in path)
-  fan_in = {names(path[:-1]): math.prod(leaf.shape[:-1]) for path, leaf in flat
-            if names(path[-1:]) == ("kernel",) and leaf.ndim >= 2}
+  # (layer path, leaf name) of every leaf, e.g. ("params/encoder/Dense_0", "kernel")
+  where = [(jax.tree_util.keystr(path[:-1], simple=True, separator="/"),
+            jax.tree_util.keystr(path[-1:], simple=True)) for path, _ in flat]
+  fan_in = {layer: math.prod(leaf.shape[:-1]) for (layer, name), (_, leaf) in zip(where, flat)
+            if name == "kernel" and leaf.ndim >= 2}
   leaves = []
-  for i, (path, leaf) in enumerate(flat):
-    fan = fan_in.get(names(path[:-1])) if names(path[-1:]) in (("kernel",), ("bias",)) else None
+  for i, ((layer, name), (_, leaf)) in enumerate(zip(where, flat)):
+    fan = fan_in.get(layer) if name in ("kernel", "bias") else None
     if fan is None:
       leaves.append(leaf)
       continue

@@ -302,9 +302,9 @@ def trial_state(cfg: ml_collections.ConfigDict, cfgs: Sequence[ml_collections.Co
   init_from_data = get_family(cfg.model.family).init_from_data
   params = []
   for c in cfgs:
-    p = init_params(model, input_shape, jax.random.key(c.seed),
-                    conditional=bool(model.num_classes))
-    p = networks.initial_params(c, p, jax.random.key(c.seed))
+    key = jax.random.key(c.seed)
+    p = networks.initial_params(c, init_params(model, input_shape, key,
+                                               conditional=bool(model.num_classes)), key)
     if data is not None and init_from_data is not None:
       p = init_from_data(p, data, c)
     params.append(p)
