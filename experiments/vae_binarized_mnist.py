@@ -275,9 +275,18 @@ def train_pythae(name, train, valid, curve_x, *, epochs, seed, curve_every=1):
 
 # ---- report -----------------------------------------------------------------------------
 
-def score(run: Run, test, nll_samples: int, seed: int, final: bool = False) -> dict:
-  """Test metrics of the run's best validation epoch, or (final=True) of its last epoch."""
+def score(run: Run, test, nll_samples: int, seed: int, final: bool = False,
+          valid=None) -> dict:
+  """Test metrics of the run's best validation epoch, or (final=True) of its last epoch.
+
+  With `valid`, also the validation NLL (k = 100, whole split) of the same parameters:
+  what variants of a setting (rate, warm-up, batch) are compared on, before their test
+  rows are read."""
   t = run.final if final else run.trained
+  valid_nll = None
+  if valid is not None:
+    valid_nll = float(likelihood.importance_nll(t, valid.x, num_samples=CURVE_SAMPLES,
+                                                chunk=100, seed=seed).mean())
   metrics = likelihood.likelihood_metrics(t, test.x, num_samples=nll_samples, seed=seed,
                                           progress=False)
   published, reference = ANCHORS[run.name]
@@ -286,7 +295,9 @@ def score(run: Run, test, nll_samples: int, seed: int, final: bool = False) -> d
           "selection": "final epoch" if final else "best valid",
           "selected_epoch": run.epochs if final else run.best_epoch,
           "init": "torch" if run.impl == "pythae" else SETTINGS[run.name].get("init", "flax"),
-          "train_s": round(run.train_seconds, 1),
+          "lr": SETTINGS[run.name]["lr"], "train_s": round(run.train_seconds, 1),
+          "valid_loss": None if final else round(run.best_valid, 3),
+          "valid_nll_k100": valid_nll,
           "test_nll": metrics["nll"], "nll_stderr": metrics["nll_stderr"],
           "nll_samples": nll_samples, "test_elbo": metrics["elbo"],
           "active_units": metrics["active_units"], "pythae_published": published,
@@ -392,9 +403,15 @@ def main(argv=None):
                  help="> 0: every setting's batch size, in both implementations, instead of "
                  "its own (pythae does not publish its VAE's training config, so the VAE's "
                  "batch of 100 is this project's reading)")
+  p.add_argument("--lr", type=float, default=0.0,
+                 help="> 0: every setting's (initial) Adam learning rate, in both "
+                 "implementations, instead of its own (the VAE's 1e-3 is this project's "
+                 "reading; --lr-milestones still scales it)")
   args = p.parse_args(argv)
   if args.batch < 0:
     p.error(f"--batch must be positive (0 = each setting's own), got {args.batch}")
+  if not (args.lr >= 0 and math.isfinite(args.lr)):
+    p.error(f"--lr must be a positive learning rate (0 = each setting's own), got {args.lr}")
   out = _io.out_dir(args, NAME)
   models = [m for m in args.models.split(",") if m]
   peers = [m for m in args.peer_models.split(",") if m]
@@ -411,6 +428,8 @@ def main(argv=None):
     s["init"] = args.init
     if args.batch:
       s["batch"] = args.batch
+    if args.lr:
+      s["lr"] = args.lr
   try:
     milestones = tuple(int(e) for e in args.lr_milestones.split(",") if e.strip())
   except ValueError:
@@ -443,7 +462,7 @@ def main(argv=None):
     """Score `run` on the test split (its last epoch with final) into rows, and print it."""
     if not final:
       runs.append(run)
-    rows.append(score(run, test, nll_samples, args.seed, final=final))
+    rows.append(score(run, test, nll_samples, args.seed, final=final, valid=valid))
     print(rows[-1], flush=True)
 
   def train_peer(name, epochs):
@@ -475,6 +494,7 @@ def main(argv=None):
             "lr_milestones_epochs": list(milestones), "lr_gamma": args.lr_gamma if milestones else None,
             "warmup_epochs": {m: SETTINGS[m]["warmup_epochs"] for m in models},
             "init": args.init, "batch": {m: SETTINGS[m]["batch"] for m in models + peers},
+            "lr": {m: SETTINGS[m]["lr"] for m in models + peers},
             "pythae_installed": peer_ok, "figure": str(png),
             "earlier": args.earlier or None}
   tables = {"test split": rows}

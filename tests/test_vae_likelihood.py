@@ -202,7 +202,9 @@ def test_experiment_smoke(tmp_path, monkeypatch, fewer_optimizations):
   monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
   from experiments import vae_binarized_mnist as exp
   result = exp.main(["--smoke", "--out", str(tmp_path), "--models", "vae,iwae5,vamp",
-                     "--peer-models", "vae,vamp", "--epochs", "1", "--also-final"])
+                     "--peer-models", "vae,vamp", "--epochs", "1", "--also-final",
+                     "--lr", "2e-3"])
+  assert result["lr"] == {"vae": 2e-3, "iwae5": 2e-3, "vamp": 2e-3}
   finals = [r for r in result["rows"] if r["selection"] == "final epoch"]
   assert sorted(r["model"] for r in finals) == ["iwae5", "vae", "vamp"]
   assert all(r["impl"] == "ae_jax" for r in finals)
@@ -213,6 +215,7 @@ def test_experiment_smoke(tmp_path, monkeypatch, fewer_optimizations):
   assert set(rows) == expected
   for r in rows.values():
     assert r["epochs"] == 1 and r["nll_samples"] == 20 and np.isfinite(r["test_nll"])
+    assert r["lr"] == 2e-3 and np.isfinite(r["valid_nll_k100"]) and np.isfinite(r["valid_loss"])
     assert r["test_nll"] <= -r["test_elbo"] + 5     # the NLL estimate sits below -ELBO
   assert (tmp_path / "nll_vs_time.png").stat().st_size > 0
   assert (tmp_path / "table.md").read_text().count("| ae_jax |") == 6
@@ -339,3 +342,16 @@ def test_experiment_batch_flag_overrides_every_setting(monkeypatch):
   assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).train.batch_size == 64
   with pytest.raises(SystemExit):
     exp.main(["--smoke", "--batch", "-5"])
+
+
+def test_experiment_lr_flag_overrides_every_setting(monkeypatch):
+  """--lr R sets every setting's Adam rate (both implementations); R < 0 or NaN is refused
+  before any data is read."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  monkeypatch.setitem(exp.SETTINGS, "vae", {**exp.SETTINGS["vae"], "lr": 3e-4})
+  assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).optim.learning_rate == 3e-4
+  for bad in ("-1e-3", "nan"):
+    with pytest.raises(SystemExit):
+      exp.main(["--smoke", "--lr", bad])
