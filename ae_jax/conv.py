@@ -43,16 +43,25 @@ from jax import lax
 from ae_jax.errors import ConfigError
 
 IMPLS = ("auto", "xla", "fast")
-# Forward of a transposed convolution: "subpixel" (one stride-1 convolution per output
-# phase, interleaved), "shuffle" (one stride-1 convolution giving every phase as channels,
-# then depth-to-space), "col2im" (one matmul, taps overlap-added) or "conv" (interior
-# padding + stride-1 XLA convolution); chosen on the conv28 forward (benchmarks/RESULTS.md).
-TRANSPOSE_FORWARDS = ("subpixel", "shuffle", "col2im", "conv")
-_TRANSPOSE_FORWARD = "subpixel"
+# Forward of a transposed convolution: "phase_add" (one matmul for every tap, then per
+# output phase a sum of shifted slices, interleaved), "subpixel" (one stride-1 convolution
+# per output phase, interleaved), "shuffle" (one stride-1 convolution giving every phase as
+# channels, then depth-to-space), "col2im" (one matmul, taps overlap-added through interior
+# padding) or "conv" (interior padding + stride-1 XLA convolution); chosen on the conv28
+# forward and train step (`benchmarks.conv_profile --forwards`; benchmarks/RESULTS.md,
+# session 10: phase_add +45 % forward / +14 % train step over subpixel at batch 256).
+TRANSPOSE_FORWARDS = ("phase_add", "subpixel", "shuffle", "col2im", "conv")
+_TRANSPOSE_FORWARD = "phase_add"
 # Forward of a stride-1 convolution to one output channel: "shift_add" or XLA's "conv"
 # (benchmarks.conv_profile --single-channel times both).
 SINGLE_CHANNEL_FORWARDS = ("shift_add", "conv")
 _SINGLE_CHANNEL_FORWARD = "shift_add"
+# Every other correlation of the fast path (the forward of `conv`, the input gradient of
+# `conv_transpose`): XLA's "conv", or "im2col" (the kernel's taps of the padded input,
+# strided, side by side in the channels, times the kernel as one matmul)
+# (benchmarks.conv_profile --correlation times both).
+CORRELATIONS = ("conv", "im2col")
+_CORRELATION = "conv"
 _DIMS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
 
 
@@ -108,6 +117,23 @@ def transpose_padding(kernel: int, stride: int, padding) -> tuple[int, int]:
 
 def _xla_conv(x, w, strides, pads):
   return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_DIMS[x.ndim - 2])
+
+
+def _im2col(x, w, strides, pads):
+  """The correlation of `_xla_conv` as one matmul: the strided windows of the padded x
+  for every tap of w, side by side in the channels, (B, *out, taps * C), times w as a
+  (taps * C, O) matrix (taps row-major, channels inner, as w's own layout)."""
+  kernel, spatial = w.shape[:-2], x.shape[1:-1]
+  out = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(spatial, pads, kernel, strides)]
+  taps = _taps(_pad(x, [(lo, hi, 0) for lo, hi in pads]), kernel, strides, out)
+  return jnp.dot(jnp.concatenate(taps, axis=-1), w.reshape(-1, w.shape[-1]))
+
+
+def _correlate(x, w, strides, pads):
+  """`_xla_conv`, or `_im2col` when `_CORRELATION` says so."""
+  if _CORRELATION == "im2col":
+    return _im2col(x, w, strides, pads)
+  return _xla_conv(x, w, strides, pads)
 
 
 def _taps(xp, kernel, strides, out):
@@ -187,6 +213,34 @@ def _subpixel(x, w, strides, pads):
     sub = w[tuple(taps)]
     phases.append(_xla_conv(_pad(x, cfg), sub, (1,) * rank, ((0, 0),) * rank))
   return _interleave(jnp.stack(phases, axis=-2), strides, out)
+
+
+def _phase_add(x, w, strides, pads):
+  """Transposed convolution as ONE matmul of x with every tap of w, then, per output phase,
+  a sum of shifted slices (the phases interleave as in `_subpixel`).
+
+  Output p = s*m + r reads x[m + d] through tap t = s*d + lo - r, so tap t feeds phase
+  r = (lo - t) mod s from offset d = (r + t - lo) / s: with u = x @ w for all taps at once,
+  (B, *spatial, taps, O), phase r is the sum over its taps of u[m + d, t]. The matmul does
+  exactly the useful multiplications, as the sub-pixel form does, in one large product
+  instead of s**rank small convolutions; there is no interior padding, unlike `_col2im`."""
+  kernel, spatial = w.shape[:-2], x.shape[1:-1]
+  rank = len(kernel)
+  out, rows = _phase_rows(spatial, kernel, strides, pads)
+  offsets = [[(((lo - t) % s) + t - lo) // s for t in range(k)]
+             for k, s, (lo, _) in zip(kernel, strides, pads)]
+  lows = [max(0, -min(d)) for d in offsets]
+  highs = [max(0, m - 1 + max(d) - (n - 1)) for d, m, n in zip(offsets, rows, spatial)]
+  u = _pad(_tap_products(x, w), [(lo, hi, 0) for lo, hi in zip(lows, highs)] + [(0, 0, 0)])
+  phases = {}
+  for i, t in enumerate(itertools.product(*(range(k) for k in kernel))):
+    r = tuple((lo - ti) % s for ti, s, (lo, _) in zip(t, strides, pads))
+    starts = [offsets[a][t[a]] + lows[a] for a in range(rank)]
+    part = u[(slice(None), *(slice(b, b + m) for b, m in zip(starts, rows)), i)]
+    phases[r] = part if r not in phases else phases[r] + part
+  zeros = jnp.zeros((x.shape[0], *rows, w.shape[-1]), x.dtype)
+  stacked = [phases.get(r, zeros) for r in itertools.product(*(range(s) for s in strides))]
+  return _interleave(jnp.stack(stacked, axis=-2), strides, out)
 
 
 def _phase_rows(spatial, kernel, strides, pads):
@@ -302,7 +356,7 @@ def _conv_forward(x, w, strides, pads):
   if (_SINGLE_CHANNEL_FORWARD == "shift_add" and w.shape[-1] == 1
       and all(s == 1 for s in strides)):
     return _shift_add(x, w, pads)
-  return _xla_conv(x, w, strides, pads)
+  return _correlate(x, w, strides, pads)
 
 
 def _shift_add(x, w, pads):
@@ -374,6 +428,8 @@ def _transpose_forward(x, w, strides, padding):
     return _subpixel(x, w, strides, [(lo, hi) for lo, hi, _ in cfg])
   if _TRANSPOSE_FORWARD == "shuffle":
     return _shuffle(x, w, strides, [(lo, hi) for lo, hi, _ in cfg])
+  if _TRANSPOSE_FORWARD == "phase_add":
+    return _phase_add(x, w, strides, [(lo, hi) for lo, hi, _ in cfg])
   if _TRANSPOSE_FORWARD == "col2im":
     out = [(n - 1) * s + 1 + lo + hi - k + 1
            for n, s, (lo, hi, _), k in zip(x.shape[1:-1], strides, cfg, w.shape[:rank])]
@@ -399,7 +455,7 @@ def _conv_transpose_grads(strides, padding, x, w, dy):
     low = k - 1 - lo
     cfg.append((low, s * (n - 1) + k - low - p, 0))
   dyq = _pad(dy, cfg)
-  dx = _xla_conv(dyq, _flip(w).swapaxes(-1, -2), strides, ((0, 0),) * rank)
+  dx = _correlate(dyq, _flip(w).swapaxes(-1, -2), strides, ((0, 0),) * rank)
   dw = _flip(_patch_grad(x, dyq, kernel, strides, spatial))
   return dx.astype(x.dtype), dw.astype(w.dtype)
 

@@ -3,7 +3,7 @@ timed alone, forward, input gradient and kernel gradient, XLA's formulation agai
 `ae_jax.conv`'s fast path, in turns; then the whole train step with each path.
 
 `python -m benchmarks.conv_profile [--smoke] [--batches 64,256] [--out conv_profile.json]`
-`python -m benchmarks.conv_profile --forwards subpixel,shuffle,conv --batches 256 --no-layers --no-train`
+`python -m benchmarks.conv_profile --forwards phase_add,subpixel,col2im --batches 64,256 --no-layers`
   also times the whole conv28 forward (round trip, the default chunks) and train step
   with each formulation of the transposed convolutions' forward (`ae_jax.conv.
   TRANSPOSE_FORWARDS`), in turns: how the default formulation was chosen.
@@ -170,6 +170,11 @@ def _single_channel_forward(form: str):
   return _setting("_SINGLE_CHANNEL_FORWARD", form)
 
 
+def _correlation(form: str):
+  """The fast path's other correlations (`ae_jax.conv._CORRELATION`) set to `form`."""
+  return _setting("_CORRELATION", form)
+
+
 def profile_forwards(batches, forms, repeats, budget_s, setting=_transpose_forward,
                      label="", log=print):
   """conv28 forward and train step per formulation `forms` of one `ae_jax.conv` setting
@@ -203,8 +208,13 @@ def main(argv=None) -> dict:
                       help="forwards of the last (one-output-channel) convolution to time on "
                       "the whole conv28 forward and train step "
                       f"({', '.join(fastconv.SINGLE_CHANNEL_FORWARDS)})")
+  parser.add_argument("--correlation", type=common.str_list, default=[],
+                      help="forms of the other correlations (conv forwards, the transposed "
+                      "convolutions' input gradients) to time on the whole conv28 forward "
+                      f"and train step ({', '.join(fastconv.CORRELATIONS)})")
   args = common.parse(parser, argv)
   for flag, forms, known in (("--forwards", args.forwards, fastconv.TRANSPOSE_FORWARDS),
+                             ("--correlation", args.correlation, fastconv.CORRELATIONS),
                              ("--single-channel", args.single_channel,
                               fastconv.SINGLE_CHANNEL_FORWARDS)):
     unknown = [f for f in forms if f not in known]
@@ -220,6 +230,9 @@ def main(argv=None) -> dict:
   if args.single_channel:
     rows += profile_forwards(batches, args.single_channel, repeats, budget_s,
                              setting=_single_channel_forward, label="last conv: ")
+  if args.correlation:
+    rows += profile_forwards(batches, args.correlation, repeats, budget_s,
+                             setting=_correlation, label="correlation: ")
   if not args.no_train:
     rows += profile_train(batches, args.impls, repeats, budget_s)
   payload = {"benchmark": "conv_profile", "command": common.command_line(),

@@ -63,6 +63,26 @@ def test_matches_flax(kind, rank, k, s, pad, cin, cout):
   assert float(jnp.abs(g_new[1]).max()) > 0  # the input gradient is not trivially zero
 
 
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+@pytest.mark.parametrize("form", [f for f in fastconv.CORRELATIONS
+                                  if f != fastconv._CORRELATION])  # pylint: disable=protected-access
+def test_every_correlation_form_matches_flax(form, kind, monkeypatch):
+  """Each form of the fast path's correlations (XLA's convolution or im2col + one matmul;
+  the conv forward, the transposed convolution's input gradient) gives Flax's outputs
+  and gradients for every case (the default form: test_matches_flax)."""
+  monkeypatch.setattr(fastconv, "_CORRELATION", form)
+  for rank, k, s, pad, cin, cout in CASES:
+    x = jax.random.normal(jax.random.key(1), (2, *SIZES[rank], cin))
+    ref, new = _pair(kind, rank, k, s, pad, cout, "fast")
+    params = jax.tree.map(lambda p: p + 0.1, ref.init(jax.random.key(0), x))
+    case = f"{form}: rank {rank}, k {k}, s {s}, {pad}, {cin} -> {cout}"
+    np.testing.assert_allclose(jax.jit(new.apply)(params, x), ref.apply(params, x),
+                               rtol=1e-5, atol=1e-5, err_msg=case)
+    g_ref = jax.jit(jax.grad(_loss(ref), argnums=(0, 1)))(params, x)
+    g_new = jax.jit(jax.grad(_loss(new), argnums=(0, 1)))(params, x)
+    chex.assert_trees_all_close(g_new, g_ref, rtol=1e-4, atol=1e-5, custom_message=case)
+
+
 @pytest.mark.parametrize("form", fastconv.TRANSPOSE_FORWARDS)
 def test_every_transposed_forward_matches_lax_conv_transpose(form, monkeypatch):
   """Each formulation of the transposed forward (the default is one of them) gives
