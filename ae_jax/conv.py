@@ -6,8 +6,11 @@ a strided convolution are written, and the kernel gradient (a convolution over t
 axis) cost 5 to 15 times the forward pass (jax#31662, openxla/xla#34273). This module
 writes the same maths with operations XLA:CPU runs well:
 
-- a transposed convolution is interior padding of the input (`lax.pad`, as equinox#1259
-  does) followed by a stride-1 convolution, so no `lhs_dilation` appears;
+- a transposed convolution's forward is one matmul of the input with every tap of the
+  kernel and, per output phase, a sum of shifted slices, the phases interleaved
+  (`_phase_add`; no `lhs_dilation`, no multiplications by inserted zeros); its input
+  gradient is a strided convolution with the flipped kernel, its kernel gradient one
+  matmul (im2col), as below;
 - `conv` has a `jax.custom_vjp`: the input gradient is interior padding of the output
   gradient and a stride-1 convolution with the flipped kernel, the kernel gradient one
   matmul over the strided taps of the padded input (im2col);
@@ -49,7 +52,8 @@ IMPLS = ("auto", "xla", "fast")
 # channels, then depth-to-space), "col2im" (one matmul, taps overlap-added through interior
 # padding) or "conv" (interior padding + stride-1 XLA convolution); chosen on the conv28
 # forward and train step (`benchmarks.conv_profile --forwards`; benchmarks/RESULTS.md,
-# session 10: phase_add +45 % forward / +14 % train step over subpixel at batch 256).
+# session 10: phase_add +36-45 % forward, +14-18 % train step over subpixel at batch
+# 64 / 256).
 TRANSPOSE_FORWARDS = ("phase_add", "subpixel", "shuffle", "col2im", "conv")
 _TRANSPOSE_FORWARD = "phase_add"
 # Forward of a stride-1 convolution to one output channel: "shift_add" or XLA's "conv"

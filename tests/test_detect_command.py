@@ -165,3 +165,31 @@ def test_npz_input_with_nan_names_the_row(tmp_path):
   np.savez(tmp_path / "d.npz", X=x)
   with pytest.raises(Exception, match=r"d.npz: row 4 \(0-based\), feature 1"):
     command.read_table(tmp_path / "d.npz")
+
+
+def test_contaminated_fits_the_adbench_configuration_on_rows_holding_anomalies(files, capsys):
+  """--contaminated: the fit rows hold the anomalies (no clean set); the detector gets
+  CONTAMINATED's arguments (saved with it), --scaling still overrides its scaling, and it
+  still ranks the planted outliers first. With --load it is refused."""
+  import json
+  from ae_jax.anomaly.detector import CONTAMINATED
+  rng = np.random.default_rng(1)
+  x, y = _rows(rng, 300, outliers=15)
+  mixed = _write_csv(files["dir"] / "mixed.csv", x, COLUMNS, y)
+  out, save = files["dir"] / "mixed_scores.csv", files["dir"] / "det_mixed"
+  assert cli.main(["detect", "--fit", str(mixed), "--labels", "label", "--contaminated",
+                   "--out", str(out), "--save", str(save), *FAST]) == 0
+  params = json.loads((save / "detector.json").read_text())["params"]
+  assert {k: params[k] for k in CONTAMINATED} == CONTAMINATED
+  scores = np.array([float(line.split(",")[0]) for line in out.read_text().splitlines()[1:]])
+  from sklearn.metrics import roc_auc_score
+  assert roc_auc_score(y, scores) > 0.95
+  save2 = files["dir"] / "det_mixed_minmax"
+  assert cli.main(["detect", "--fit", str(mixed), "--labels", "label", "--contaminated",
+                   "--scaling", "minmax", "--out", str(files["dir"] / "mm.csv"),
+                   "--save", str(save2), *FAST]) == 0
+  params = json.loads((save2 / "detector.json").read_text())["params"]
+  assert params["scaling"] == "minmax" and params["trim"] == 0.2
+  _fails(capsys, ["detect", "--load", str(save), "--score", str(mixed), "--contaminated",
+                  "--out", str(files["dir"] / "x.csv")], "--contaminated and --scaling")
+  assert not (files["dir"] / "x.csv").exists()

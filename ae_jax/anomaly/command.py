@@ -61,7 +61,13 @@ def add_parser(sub) -> None:
   d.add_argument("--ensemble", type=int, default=3, help="autoencoders in the ensemble")
   d.add_argument("--max-steps", type=int, default=1000, help="training steps per member")
   d.add_argument("--network", default="mlp", help="mlp, or conv1d / conv2d for .npy input")
-  d.add_argument("--scaling", default="standard", help="standard, robust, minmax or none")
+  d.add_argument("--scaling", default=None,
+                 help="standard (default), robust, minmax or none")
+  d.add_argument("--contaminated", action="store_true",
+                 help="the --fit rows hold anomalies too (no clean normal set): robust "
+                 "scaling, a trimmed loss, the mse score and tanh layers, the configuration "
+                 "chosen on ADBench (ae_jax.anomaly.detector.CONTAMINATED); --scaling still "
+                 "overrides its scaling")
   d.set_defaults(run_command=run)
 
 
@@ -271,6 +277,9 @@ def _check_args(args) -> None:
     raise ConfigError("give exactly one of --fit FILE (train a detector) or --load DIR")
   if args.load and not args.score:
     raise ConfigError("--load needs --score FILE: the rows to score")
+  if args.load and (args.contaminated or args.scaling is not None):
+    raise ConfigError("--contaminated and --scaling set up a detector fitted with --fit; a "
+                      "--load'ed detector keeps its own")
   if args.save:
     save = pathlib.Path(args.save)
     if args.load:
@@ -284,7 +293,7 @@ def _check_args(args) -> None:
 
 def run(args: argparse.Namespace) -> int:
   """Runs `ae-jax detect` with parsed arguments; returns the exit status."""
-  from ae_jax.anomaly.detector import AutoencoderDetector
+  from ae_jax.anomaly.detector import CONTAMINATED, AutoencoderDetector
   from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
   _check_args(args)
   rule = {"threshold": args.threshold or DEFAULT_THRESHOLD,
@@ -314,8 +323,11 @@ def run(args: argparse.Namespace) -> int:
       align_columns(score_table, fit_table.names, fit_table.x.shape[1:], f"{args.fit}")
     if args.labels and score_table.y is None:
       raise DataError(f"{score_table.path}: no label column or key {args.labels!r}")
-    det = AutoencoderDetector(network=args.network, scaling=args.scaling, seed=args.seed,
-                              ensemble=args.ensemble, max_steps=args.max_steps, **rule)
+    setting = dict(CONTAMINATED) if args.contaminated else {"scaling": "standard"}
+    if args.scaling is not None:
+      setting["scaling"] = args.scaling
+    det = AutoencoderDetector(network=args.network, seed=args.seed, ensemble=args.ensemble,
+                              max_steps=args.max_steps, **setting, **rule)
     start = time.perf_counter()
     det.fit(fit_table.x, fit_table.y)
     det.feature_names_in_ = fit_table.names

@@ -99,6 +99,14 @@ def default_sizes(input_shape: tuple) -> tuple[tuple[int, ...], int]:
   return (hidden, max(hidden // 2, latent)), latent
 
 
+# Detector arguments for training data that holds the anomalies too (ADBench's unsupervised
+# protocol; `ae-jax detect --contaminated`): median/IQR scaling, a loss that ignores each
+# batch's 20 % worst-reconstructed rows, the mean squared residual as the score, tanh
+# hidden layers. Chosen on ADBench's 12 shared sets (experiments/RESULTS_anomaly.md,
+# sessions 7 and 10); the class's own defaults serve clean (normal-only) training data.
+CONTAMINATED = {"scaling": "robust", "trim": 0.2, "score": "mse", "activation": "tanh"}
+
+
 # ---- the detector --------------------------------------------------------------------
 
 class AutoencoderDetector:
@@ -157,8 +165,7 @@ class AutoencoderDetector:
       channels: conv channels for network conv1d / conv2d.
       dropout: dropout rate of the MLP's hidden layers while training.
       activation: the hidden layers' activation, a name in `ae_jax.networks.ACTIVATIONS`
-        (relu, the default; tanh scores contaminated tabular data better, see
-        experiments/anomaly_adbench.py's CHOSEN).
+        (relu, the default; tanh scores contaminated tabular data better: CONTAMINATED).
       epochs / max_steps: train for min(epochs * batches per epoch, max_steps) steps.
       batch_size, learning_rate: training batch size (capped at the training size), Adam.
       val_fraction / max_val: held-out share of X (at most max_val examples) for early
