@@ -242,6 +242,8 @@ def _phase_add(x, w, strides, pads):
     starts = [offsets[a][t[a]] + lows[a] for a in range(rank)]
     part = u[(slice(None), *(slice(b, b + m) for b, m in zip(starts, rows)), i)]
     phases[r] = part if r not in phases else phases[r] + part
+  if all(s == 1 for s in strides):   # one phase: a stride-1 correlation (`_shift_add`)
+    return phases[(0,) * rank]
   zeros = jnp.zeros((x.shape[0], *rows, w.shape[-1]), x.dtype)
   stacked = [phases.get(r, zeros) for r in itertools.product(*(range(s) for s in strides))]
   return _interleave(jnp.stack(stacked, axis=-2), strides, out)
@@ -366,15 +368,10 @@ def _conv_forward(x, w, strides, pads):
 def _shift_add(x, w, pads):
   """Stride-1 correlation as one matmul and a sum of shifted slices: u = x @ w for every
   tap at once, (B, *spatial, taps, O); then y[p] = sum over taps t of u[p + t, t], read
-  from u zero-padded by `pads` (padding x with zeros pads u with zeros, u being linear)."""
-  kernel, spatial = w.shape[:-2], x.shape[1:-1]
-  u = _pad(_tap_products(x, w), [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
-  out = [n + lo + hi - k + 1 for n, (lo, hi), k in zip(spatial, pads, kernel)]
-  y = None
-  for i, t in enumerate(itertools.product(*(range(k) for k in kernel))):
-    shifted = u[(slice(None), *(slice(a, a + o) for a, o in zip(t, out)), i)]
-    y = shifted if y is None else y + shifted
-  return y
+  from u zero-padded by `pads` (padding x with zeros pads u with zeros, u being linear).
+  That is `_phase_add` at stride 1: a stride-1 transposed convolution is this correlation,
+  with one output phase and tap t read at offset t - low."""
+  return _phase_add(x, w, (1,) * (x.ndim - 2), pads)
 
 
 def _conv_bwd(strides, pads, chunk, res, dy):
