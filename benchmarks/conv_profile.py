@@ -160,30 +160,25 @@ def _setting(name: str, form: str):
     setattr(fastconv, name, saved)
 
 
-def _transpose_forward(form: str):
-  """`ae_jax.conv`'s transposed forward set to `form` while models are traced in the block."""
-  return _setting("_TRANSPOSE_FORWARD", form)
+# flag -> (`ae_jax.conv` setting it switches, its forms, row label): the whole conv28
+# forward and train step, timed in turns with each form
+FORMS = {
+    "--forwards": ("_TRANSPOSE_FORWARD", fastconv.TRANSPOSE_FORWARDS, ""),
+    "--single-channel": ("_SINGLE_CHANNEL_FORWARD", fastconv.SINGLE_CHANNEL_FORWARDS,
+                         "last conv: "),
+    "--correlation": ("_CORRELATION", fastconv.CORRELATIONS, "correlation: "),
+}
 
 
-def _single_channel_forward(form: str):
-  """The forward of stride-1 one-output-channel convolutions set to `form` in the block."""
-  return _setting("_SINGLE_CHANNEL_FORWARD", form)
-
-
-def _correlation(form: str):
-  """The fast path's other correlations (`ae_jax.conv._CORRELATION`) set to `form`."""
-  return _setting("_CORRELATION", form)
-
-
-def profile_forwards(batches, forms, repeats, budget_s, setting=_transpose_forward,
+def profile_forwards(batches, forms, repeats, budget_s, setting="_TRANSPOSE_FORWARD",
                      label="", log=print):
-  """conv28 forward and train step per formulation `forms` of one `ae_jax.conv` setting
-  (by default the transposed forward), timed in turns; rows' op is label + form."""
+  """conv28 forward and train step per form in `forms` of the `ae_jax.conv` setting named
+  `setting` (by default the transposed forward), timed in turns; rows' op is label + form."""
   rows = []
   for batch in batches:
     calls = {}
     for form in forms:
-      with setting(form):
+      with _setting(setting, form):
         calls[("forward", form)] = _forward_call(batch)
         calls[("train_step", form)], _ = _train_call(batch)
     timings = common.time_interleaved(calls, repeats=repeats, min_repeats=2, budget_s=budget_s)
@@ -213,10 +208,9 @@ def main(argv=None) -> dict:
                       "convolutions' input gradients) to time on the whole conv28 forward "
                       f"and train step ({', '.join(fastconv.CORRELATIONS)})")
   args = common.parse(parser, argv)
-  for flag, forms, known in (("--forwards", args.forwards, fastconv.TRANSPOSE_FORWARDS),
-                             ("--correlation", args.correlation, fastconv.CORRELATIONS),
-                             ("--single-channel", args.single_channel,
-                              fastconv.SINGLE_CHANNEL_FORWARDS)):
+  chosen = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in FORMS}
+  for flag, forms in chosen.items():
+    known = FORMS[flag][1]
     unknown = [f for f in forms if f not in known]
     if unknown:
       parser.error(f"{flag}: unknown formulation(s) {unknown}; choose from {', '.join(known)}")
@@ -225,14 +219,10 @@ def main(argv=None) -> dict:
   budget_s = args.budget or (0.05 if args.smoke else 0.5)
   t0 = time.perf_counter()
   rows = [] if args.no_layers else profile_layers(batches, args.impls, repeats, budget_s)
-  if args.forwards:
-    rows += profile_forwards(batches, args.forwards, repeats, budget_s)
-  if args.single_channel:
-    rows += profile_forwards(batches, args.single_channel, repeats, budget_s,
-                             setting=_single_channel_forward, label="last conv: ")
-  if args.correlation:
-    rows += profile_forwards(batches, args.correlation, repeats, budget_s,
-                             setting=_correlation, label="correlation: ")
+  for flag, forms in chosen.items():
+    if forms:
+      setting, _, label = FORMS[flag]
+      rows += profile_forwards(batches, forms, repeats, budget_s, setting=setting, label=label)
   if not args.no_train:
     rows += profile_train(batches, args.impls, repeats, budget_s)
   payload = {"benchmark": "conv_profile", "command": common.command_line(),

@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
       align_columns(score_table, fit_table.names, fit_table.x.shape[1:], f"{args.fit}")
     if args.labels and score_table.y is None:
       raise DataError(f"{score_table.path}: no label column or key {args.labels!r}")
-    setting = dict(CONTAMINATED) if args.contaminated else {"scaling": "standard"}
+    setting = dict(CONTAMINATED) if args.contaminated else {}   # else the class's defaults
     if args.scaling is not None:
       setting["scaling"] = args.scaling
     det = AutoencoderDetector(network=args.network, seed=args.seed, ensemble=args.ensemble,
