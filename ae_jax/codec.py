@@ -5,7 +5,10 @@
     x_hat = codec.decompress(data)         # (N, *input_shape) float32
 
 `decompress(compress(x))` equals `reconstruct(x)` exactly: both decode the same integer
-symbols. The symbols are round(y - median) of the encoder's latents y on each channel's
+symbols. Each example's own stream (`compress(x[i:i + 1])`) holds the very same integers
+as its rows in a batch's stream; the image decoded from them at another batch size can
+differ in the last bits (XLA's CPU matmuls may sum in another order at another
+shape), as with any float decoder. The symbols are round(y - median) of the encoder's latents y on each channel's
 median grid (the model's `symbols`), coded with `ae_jax.bitstream` under `ae_jax.entropy`
 tables. The tables (and the medians they hold) are computed once from the trained
 weights, with the quantiles solved exactly, and kept in the workdir

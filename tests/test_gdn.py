@@ -130,8 +130,14 @@ def test_gdn_codec_round_trip_is_exact_for_every_example(cfg, digits, tmp_path):
   out = codec.decompress(data)
   chex.assert_shape(out, (32, 8, 8, 1))
   np.testing.assert_array_equal(out, codec.reconstruct(x))
-  for i in range(0, 32, 8):  # each example's own stream decodes to the same image
-    np.testing.assert_array_equal(codec.decompress(codec.compress(x[i:i + 1]))[0], out[i])
+  symbols = codec.symbols(x)
+  for i in range(0, 32, 8):
+    # Each example's own stream holds the very same integers; the image decoded from them
+    # at batch 1 matches the batch-32 decode to float rounding (XLA's CPU matmuls may sum
+    # in another order at another batch size, so the last bit is not promised).
+    one = codec.compress(x[i:i + 1])
+    np.testing.assert_array_equal(codec.decode_symbols(one)[0], symbols[i])
+    np.testing.assert_allclose(codec.decompress(one)[0], out[i], rtol=0, atol=1e-6)
   model_recon = codec.model.apply(codec.params, codec.scale(x), method=codec.model.reconstruct)
   np.testing.assert_allclose(codec.inverse(np.asarray(model_recon)), out, atol=1e-5)
 
