@@ -34,6 +34,7 @@ from ae_jax.prepare import prepare_data, total_steps, validate_train_config  # n
 from ae_jax.trained import (Trained, eval_batch_size, eval_fn, evaluate,  # noqa: F401
                             run_eval, scaler_from_meta)
 from ae_jax.train import INIT_SAMPLE, create_train_state, train_step  # noqa: F401
+from ae_jax.train import eval_params, with_eval_params
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -74,7 +75,7 @@ def _restore_best_params(ckpts, state, start: int, best: float):
   if not steps:
     return None
   restored, _ = ckpt_lib.restore(ckpts.best, max(steps), state)
-  return jax.device_get(restored.params)
+  return jax.device_get(eval_params(restored))
 
 
 def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_data=None,
@@ -191,16 +192,16 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
 
   def on_eval(step, state) -> bool:
     nonlocal best, bad_evals, best_params, stopped_early
-    ev = run_eval(evaluator, family, cfg, state.params, val,
+    ev = run_eval(evaluator, family, cfg, eval_params(state), val,
                   eval_batch_size(cfg, getattr(evaluator, "num_devices", 1)))
     log.write({"step": step, "split": "eval", "time": round(time.time() - t0, 3),
                "timestamp": time.time(), **ev})
     if board is not None:
-      board.evaluation(step, ev, distributed.to_local(state.params))
+      board.evaluation(step, ev, distributed.to_local(eval_params(state)))
     if ev["loss"] < best:
       best, bad_evals = ev["loss"], 0
       if keep_best:
-        best_params = jax.device_get(distributed.to_local(state.params))
+        best_params = jax.device_get(distributed.to_local(eval_params(state)))
       if ckpts is not None:
         ckpts.save_best(step, distributed.to_global(state),
                         _meta(cfg, input_shape, scaler, iterator, best, bad_evals), best)
@@ -215,7 +216,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
     if ckpts is not None and (is_ckpt or stop):
       if finished and cfg.train.patience and best_params is not None:
         # The final model of an early-stopping run is its best evaluation.
-        state = state.replace(params=distributed.to_global(
+        state = with_eval_params(state, distributed.to_global(
             jax.tree.map(jnp.asarray, best_params)))
       ckpts.save(step, distributed.to_global(state),
                  _meta(cfg, input_shape, scaler, iterator, best, bad_evals, stop))
@@ -239,7 +240,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir=None, *, train_data=None, eval_d
       board.close()
     if ckpts is not None:
       ckpts.close()
-  params = (distributed.to_local(state.params) if best_params is None else
+  params = (distributed.to_local(eval_params(state)) if best_params is None else
             jax.tree.map(jnp.asarray, best_params))
   result = Trained(cfg, model, params, scaler, input_shape, int(state.step),
                    history=log.rows, workdir=workdir)

@@ -8,7 +8,7 @@ same global batch gives the same numbers on 1 or N devices.
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,85 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
     raise ConfigError(f"unknown optim.name {o.name!r}; valid: adam, adamw, sgd")
   if o.grad_clip and o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+  decay = o.get("ema_decay", 0.0)
+  if not 0 <= decay < 1:
+    raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off; e.g. 0.999), got {decay}")
+  if decay > 0:
+    tx = optax.chain(tx, params_ema_slot())
   return tx
+
+
+class ParamsEmaState(NamedTuple):
+  """The running average of the parameters, kept in the optimizer state."""
+  ema: Any
+
+
+def params_ema_slot() -> optax.GradientTransformation:
+  """A slot in the optimizer state for the exponential moving average of the parameters
+  (Polyak averaging), starting from the initial parameters; its updates pass through
+  unchanged. `train_step` writes ema <- decay * ema + (1 - decay) * params (the `params`
+  collection; see _update_ema) after every step, once the family's `post_update` (a projection, a codebook update) has run, so the
+  average is of the parameters the model really had. Living in the optimizer state, it is
+  checkpointed, replicated over devices and resumed like the rest of it."""
+  def init(params):   # a copy: the state's buffers are donated to the step, params' too
+    return ParamsEmaState(jax.tree.map(jnp.copy, params))
+
+  def update(updates, state, params=None):
+    del params
+    return updates, state
+
+  return optax.GradientTransformation(init, update)
+
+
+def _ema_state(opt_state):
+  """The ParamsEmaState inside an optimizer state (optax.chain nests plain tuples), or None."""
+  if isinstance(opt_state, ParamsEmaState):
+    return opt_state
+  if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
+    for part in opt_state:
+      found = _ema_state(part)
+      if found is not None:
+        return found
+  return None
+
+
+def _map_ema(opt_state, fn):
+  """`opt_state` with its moving average `ema` replaced by fn(ema) (unchanged without one)."""
+  if isinstance(opt_state, ParamsEmaState):
+    return ParamsEmaState(fn(opt_state.ema))
+  if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
+    return tuple(_map_ema(part, fn) for part in opt_state)
+  return opt_state
+
+
+def _update_ema(state: TrainState, decay: float) -> TrainState:
+  """`state` with its moving average moved towards its parameters (see params_ema_slot).
+  Only the `params` collection is averaged; other collections that `post_update` keeps
+  beside it (a sparse dictionary's firing counters and running threshold) are statistics,
+  not weights, and are taken as they are."""
+  def average(ema, new):
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p.astype(e.dtype), ema, new)
+
+  def move(ema):
+    if isinstance(ema, dict) and "params" in ema:
+      return {**state.params, "params": average(ema["params"], state.params["params"])}
+    return average(ema, state.params)
+  return state.replace(opt_state=_map_ema(state.opt_state, move))
+
+
+def eval_params(state: TrainState):
+  """The parameters to evaluate, select and save: the moving average when
+  optim.ema_decay > 0, else the trained parameters themselves."""
+  found = _ema_state(state.opt_state)
+  return state.params if found is None else found.ema
+
+
+def with_eval_params(state: TrainState, params) -> TrainState:
+  """`state` whose evaluation parameters (`eval_params`) are `params`: the trained
+  parameters and, when there is one, the moving average (an early-stopping run's final
+  checkpoint holds its best evaluation in both)."""
+  return state.replace(params=params, opt_state=_map_ema(
+      state.opt_state, lambda _: jax.tree.map(jnp.copy, params)))
 
 
 INIT_SAMPLE = 4096  # training examples shown to a family's data-dependent initialisation
@@ -250,6 +328,8 @@ def train_step(state: TrainState, batch: dict[str, Any], rng, *, model, family: 
   if family.post_update is not None:
     new_state = new_state.replace(
         params=family.post_update(new_state.params, state.params, means, config))
+  if config.optim.get("ema_decay", 0.0) > 0:
+    new_state = _update_ema(new_state, config.optim.ema_decay)
   if config.train.nonfinite == "skip":
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                              state.replace(step=state.step + 1))

@@ -17,7 +17,7 @@ from ae_jax import distributed
 from ae_jax import parallel
 from ae_jax.errors import ConfigError, DataError
 from ae_jax.families import build_model, get_family, in_chunks
-from ae_jax.train import create_train_state, eval_step, finalize_eval
+from ae_jax.train import create_train_state, eval_params, eval_step, finalize_eval
 
 
 @dataclasses.dataclass
@@ -105,7 +105,7 @@ class Trained:
     finally:
       manager.close()
     scaler = scaler_from_meta(meta)
-    return cls(cfg, model, state.params, scaler, input_shape, int(state.step),
+    return cls(cfg, model, eval_params(state), scaler, input_shape, int(state.step),
                workdir=pathlib.Path(workdir))
 
 

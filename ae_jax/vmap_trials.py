@@ -127,6 +127,10 @@ def trial_optimizer(cfg: ml_collections.ConfigDict, steps: int) -> optax.Gradien
   """
   if cfg.optim.learning_rate <= 0:
     raise ConfigError(f"optim.learning_rate must be > 0, got {cfg.optim.learning_rate}")
+  if cfg.optim.get("ema_decay", 0.0):
+    raise ConfigError(f"optim.ema_decay={cfg.optim.ema_decay}: vmapped trials do not keep a "
+                      "moving average of the parameters; set optim.ema_decay=0 or run the "
+                      "trials one by one")
 
   def factory(learning_rate, weight_decay):
     unit = traced_config(cfg, {"optim.learning_rate": 1.0, "optim.weight_decay": weight_decay})

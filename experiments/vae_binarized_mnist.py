@@ -32,7 +32,7 @@ import numpy as np
 
 from ae_jax import configs, data as data_lib, families, likelihood, parallel
 from ae_jax.fit import Trained, evaluate
-from ae_jax.train import create_train_state, train_step
+from ae_jax.train import create_train_state, eval_params, train_step
 from ae_jax import results as _io
 
 NAME = "vae_binarized_mnist"
@@ -73,6 +73,7 @@ def config_for(name: str, epochs: int, steps_per_epoch: int, seed: int):
   cfg.objective.iw_samples = s["iw"]
   cfg.objective.beta_warmup_steps = s["warmup_epochs"] * steps_per_epoch
   cfg.optim.learning_rate = s["lr"]
+  cfg.optim.ema_decay = s.get("ema", 0.0)
   if s.get("milestones"):   # PyTorch's MultiStepLR, stepped once per epoch (pythae's scripts)
     cfg.optim.schedule = "multistep"
     cfg.optim.milestones = tuple(e * steps_per_epoch for e in s["milestones"])
@@ -138,7 +139,7 @@ def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_ever
     jax.block_until_ready(state.params)
     run.train_seconds += time.perf_counter() - start
     run.epochs += 1
-    trained = Trained(cfg, model, state.params, scaler, SHAPE, int(state.step))
+    trained = Trained(cfg, model, eval_params(state), scaler, SHAPE, int(state.step))
     _select(run, trained, valid)
     stalled = patience > 0 and run.epochs - run.best_epoch >= patience
     last = run.epochs >= epochs or run.train_seconds >= budget_s or stalled
@@ -295,7 +296,9 @@ def score(run: Run, test, nll_samples: int, seed: int, final: bool = False,
           "selection": "final epoch" if final else "best valid",
           "selected_epoch": run.epochs if final else run.best_epoch,
           "init": "torch" if run.impl == "pythae" else SETTINGS[run.name].get("init", "flax"),
-          "lr": SETTINGS[run.name]["lr"], "train_s": round(run.train_seconds, 1),
+          "lr": SETTINGS[run.name]["lr"],
+          "ema": 0.0 if run.impl == "pythae" else SETTINGS[run.name].get("ema", 0.0),
+          "train_s": round(run.train_seconds, 1),
           "valid_loss": None if final else round(run.best_valid, 3),
           "valid_nll_k100": valid_nll,
           "test_nll": metrics["nll"], "nll_stderr": metrics["nll_stderr"],
@@ -407,7 +410,13 @@ def main(argv=None):
                  help="> 0: every setting's (initial) Adam learning rate, in both "
                  "implementations, instead of its own (the VAE's 1e-3 is this project's "
                  "reading; --lr-milestones still scales it)")
+  p.add_argument("--ema", type=float, default=0.0,
+                 help="> 0: ae_jax selects, scores and curves the exponential moving average "
+                 "of its parameters with this decay (`optim.ema_decay`, e.g. 0.999); pythae's "
+                 "trainer has no such setting, so its runs are unchanged")
   args = p.parse_args(argv)
+  if not 0 <= args.ema < 1:
+    p.error(f"--ema must be a decay in [0, 1) (0 = off), got {args.ema}")
   if args.batch < 0:
     p.error(f"--batch must be positive (0 = each setting's own), got {args.batch}")
   if not (args.lr >= 0 and math.isfinite(args.lr)):
@@ -426,6 +435,7 @@ def main(argv=None):
       s["warmup_epochs"] = args.warmup_epochs
   for s in SETTINGS.values():
     s["init"] = args.init
+    s["ema"] = args.ema
     if args.batch:
       s["batch"] = args.batch
     if args.lr:
@@ -493,7 +503,7 @@ def main(argv=None):
             "patience": args.patience, "nll_samples": nll_samples,
             "lr_milestones_epochs": list(milestones), "lr_gamma": args.lr_gamma if milestones else None,
             "warmup_epochs": {m: SETTINGS[m]["warmup_epochs"] for m in models},
-            "init": args.init, "batch": {m: SETTINGS[m]["batch"] for m in models + peers},
+            "init": args.init, "ema": args.ema, "batch": {m: SETTINGS[m]["batch"] for m in models + peers},
             "lr": {m: SETTINGS[m]["lr"] for m in models + peers},
             "pythae_installed": peer_ok, "figure": str(png),
             "earlier": args.earlier or None}

@@ -355,3 +355,29 @@ def test_experiment_lr_flag_overrides_every_setting(monkeypatch):
   for bad in ("-1e-3", "nan"):
     with pytest.raises(SystemExit):
       exp.main(["--smoke", "--lr", bad])
+
+
+def test_experiment_ema_flag_selects_and_scores_the_moving_average(tmp_path, monkeypatch):
+  """--ema D sets optim.ema_decay for ae_jax's runs, whose selected parameters are then the
+  moving average (not the last step's); decays outside [0, 1) are refused."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).optim.ema_decay == 0.0
+  _fake_binarized(tmp_path, sizes=(200, 10, 10))
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  train, valid = load("binarized_mnist", "train"), load("binarized_mnist", "valid")
+  monkeypatch.setattr(exp, "_curve_point", lambda *a, **k: None)
+  runs = {}
+  for ema in (0.0, 0.9):
+    monkeypatch.setitem(exp.SETTINGS, "vae", {**exp.SETTINGS["vae"], "ema": ema})
+    assert exp.config_for("vae", epochs=1, steps_per_epoch=10, seed=0).optim.ema_decay == ema
+    runs[ema] = exp.train_jax("vae", train, valid, train.x[:5], epochs=1,
+                              budget_s=float("inf"), seed=0, curve_every=100)
+  plain, averaged = runs[0.0].final.params, runs[0.9].final.params
+  # Two steps of decay 0.9 from the shared start: 0.81 p0 + 0.09 p1 + 0.1 p2, not p2.
+  gap = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), plain, averaged)
+  assert max(jax.tree.leaves(gap)) > 1e-5
+  for bad in ("1", "-0.5"):
+    with pytest.raises(SystemExit):
+      exp.main(["--smoke", "--ema", bad])

@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 0
   c.optim.milestones = ()         # multistep: optimizer steps at which the rate decays
   c.optim.milestone_gamma = 0.1   # multistep: factor applied at each milestone
+  c.optim.ema_decay = 0.0         # > 0: evaluate, select and save an exponential moving
+                                  # average of the parameters (Polyak averaging), e.g. 0.999
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64         # global batch, split over devices
