@@ -124,6 +124,21 @@ def test_early_stopping_keeps_the_best_average_as_the_final_model(cfg, tmp_path)
   chex.assert_trees_all_equal(Trained.load(tmp_path).params, best.params)
 
 
+def test_finetune_starts_the_average_from_the_model(cfg, digits_data):
+  """Fine-tuning a model trained with a moving average keeps averaging from its weights
+  (not from a fresh initialisation): at a rate too small to move them, they stay put."""
+  from ae_jax import data as data_lib
+  from ae_jax.applications import generation
+  cfg.train.parallel = "jit"
+  cfg.train.num_steps = 20
+  cfg.optim.ema_decay = 0.5
+  trained = fit(cfg, progress=False)
+  data = data_lib.sources.make_array_data(digits_data[0][:128], digits_data[1][:128], "d")
+  tuned = generation.finetune(trained, data, epochs=1, learning_rate=1e-9)
+  assert tuned.step > trained.step
+  chex.assert_trees_all_close(tuned.params, trained.params, atol=1e-6)
+
+
 def test_vmapped_trials_refuse_the_average(cfg):
   from ae_jax import vmap_trials
   cfg.optim.ema_decay = 0.99

@@ -18,7 +18,7 @@ import numpy as np
 
 from ae_jax import configs, data as data_lib, families, likelihood, parallel
 from ae_jax.fit import Trained
-from ae_jax.train import create_train_state, train_step
+from ae_jax.train import create_train_state, eval_params, train_step, with_eval_params
 
 
 def vae_config(*, latent_dim: int = 20, widths=(500, 500), iw_samples: int = 1,
@@ -137,8 +137,10 @@ def finetune(trained: Trained, data: data_lib.ArrayData, *, epochs: int,
   cfg.train.batch_size = batch_size
   steps = max(1, epochs * (len(data) // batch_size))
   family = families.get_family(cfg.model.family)
-  state = create_train_state(cfg, trained.model, trained.input_shape, jax.random.key(seed),
-                             steps).replace(params=jax.tree.map(jnp.copy, trained.params))
+  # Both the parameters and (optim.ema_decay > 0) their moving average start from the model's.
+  state = with_eval_params(create_train_state(cfg, trained.model, trained.input_shape,
+                                              jax.random.key(seed), steps),
+                           jax.tree.map(jnp.copy, trained.params))
   step_fn = parallel.compile_step(
       functools.partial(train_step, model=trained.model, family=family, config=cfg), "jit")
   x = trained.scaler.transform(np.asarray(data.x, np.float32))
@@ -147,7 +149,7 @@ def finetune(trained: Trained, data: data_lib.ArrayData, *, epochs: int,
   rng = jax.random.key(seed + 1)
   for _ in range(steps):
     state, _ = step_fn(state, parallel.host_batch(next(loader)), rng)
-  return dataclasses.replace(trained, config=cfg, params=state.params,
+  return dataclasses.replace(trained, config=cfg, params=eval_params(state),
                              step=trained.step + steps)
 
 
