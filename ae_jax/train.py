@@ -88,9 +88,10 @@ def params_ema_slot() -> optax.GradientTransformation:
   """A slot in the optimizer state for the exponential moving average of the parameters
   (Polyak averaging), starting from the initial parameters; its updates pass through
   unchanged. `train_step` writes ema <- decay * ema + (1 - decay) * params (the `params`
-  collection; see _update_ema) after every step, once the family's `post_update` (a projection, a codebook update) has run, so the
-  average is of the parameters the model really had. Living in the optimizer state, it is
-  checkpointed, replicated over devices and resumed like the rest of it."""
+  collection; see _update_ema) after every step, once the family's `post_update` (a
+  projection, a statistics update) has run, so the average is of the parameters the
+  model really had. Living in the optimizer state, it is checkpointed, replicated over
+  devices and resumed like the rest of it."""
   def init(params):   # a copy: the state's buffers are donated to the step, params' too
     return ParamsEmaState(jax.tree.map(jnp.copy, params))
 
