@@ -95,18 +95,25 @@ class Trained:
   @classmethod
   def load(cls, workdir, best: bool = False) -> "Trained":
     """Load a trained model from a workdir without running any code from the files."""
-    cfg, meta, step = ckpt_lib.load_config(workdir, best=best)
-    input_shape = tuple(meta["input_shape"])
-    model = build_model(cfg, input_shape)
-    state = create_train_state(cfg, model, input_shape, jax.random.key(0), 1)
-    manager = ckpt_lib.open_manager(workdir, best=best)
-    try:
-      state, meta = ckpt_lib.restore_newest_readable(manager, cfg, state, str(workdir))
-    finally:
-      manager.close()
-    scaler = scaler_from_meta(meta)
-    return cls(cfg, model, eval_params(state), scaler, input_shape, int(state.step),
-               workdir=pathlib.Path(workdir))
+    cfg, model, state, meta = load_state(workdir, best=best)
+    return cls(cfg, model, eval_params(state), scaler_from_meta(meta),
+               tuple(meta["input_shape"]), int(state.step), workdir=pathlib.Path(workdir))
+
+
+def load_state(workdir, best: bool = False):
+  """(config, model, the whole TrainState, checkpoint metadata) of a workdir's newest
+  readable checkpoint (of its best ones with best=True): the parameters and the optimizer
+  state, so also the moving average of optim.ema_decay."""
+  cfg, meta, _ = ckpt_lib.load_config(workdir, best=best)
+  input_shape = tuple(meta["input_shape"])
+  model = build_model(cfg, input_shape)
+  state = create_train_state(cfg, model, input_shape, jax.random.key(0), 1)
+  manager = ckpt_lib.open_manager(workdir, best=best)
+  try:
+    state, meta = ckpt_lib.restore_newest_readable(manager, cfg, state, str(workdir))
+  finally:
+    manager.close()
+  return cfg, model, state, meta
 
 
 def scaler_from_meta(meta: dict) -> data_lib.Scaler:

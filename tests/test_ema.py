@@ -9,7 +9,9 @@ import pytest
 from ae_jax import families, parallel, train
 from ae_jax.errors import ConfigError
 from ae_jax.fit import Trained, fit
+from ae_jax.trained import load_state
 from test_core import configure, init_key, step_fn
+from test_fit import _early_stopping, _small
 from test_sparse import dictionary_cfg
 
 
@@ -81,22 +83,13 @@ def test_average_follows_post_update_and_keeps_statistics_as_they_are(cfg, digit
 
 
 def test_fit_evaluates_selects_and_saves_the_average(cfg, tmp_path):
-  cfg.train.parallel = "jit"
-  cfg.train.num_steps = 40
-  cfg.train.eval_every = 10
-  cfg.train.checkpoint_every = 20
   cfg.optim.ema_decay = 0.9
-  trained = fit(cfg, tmp_path, progress=False)
+  trained = fit(_small(cfg, num_steps=40, eval_every=10, checkpoint_every=20), tmp_path,
+                progress=False)
   final = Trained.load(tmp_path)
   chex.assert_trees_all_equal(final.params, trained.params)
   # The trained parameters themselves are in the checkpoint too, and differ from the average.
-  from ae_jax import checkpoint as ckpt_lib
-  state = train.create_train_state(cfg, trained.model, trained.input_shape, jax.random.key(0), 1)
-  manager = ckpt_lib.open_manager(tmp_path)
-  try:
-    state, _ = ckpt_lib.restore_newest_readable(manager, cfg, state, str(tmp_path))
-  finally:
-    manager.close()
+  _, _, state, _ = load_state(tmp_path)
   chex.assert_trees_all_equal(train.eval_params(state), trained.params)
   diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), state.params, trained.params)
   assert max(jax.tree.leaves(diff)) > 1e-4
@@ -110,12 +103,7 @@ def test_fit_evaluates_selects_and_saves_the_average(cfg, tmp_path):
 
 
 def test_early_stopping_keeps_the_best_average_as_the_final_model(cfg, tmp_path):
-  cfg.train.parallel = "jit"
-  cfg.train.num_steps = 400
-  cfg.train.eval_every = 5
-  cfg.train.checkpoint_every = 5
-  cfg.train.patience = 2
-  cfg.optim.name, cfg.optim.learning_rate = "sgd", 0.5   # the validation loss diverges
+  cfg = _early_stopping(cfg)   # SGD at a rate whose validation loss diverges, patience 2
   cfg.optim.ema_decay = 0.5
   trained = fit(cfg, tmp_path, progress=False)
   assert trained.step < 400
