@@ -11,8 +11,9 @@ API:
   anchor(name, seed) -> an unfitted PyOD detector ('IForest', 'ECOD', 'PyOD-AE', 'KNN', 'PCA').
   fit_anchor(name, seed, x_fit, *x_score) -> (training scores, [scores of each x_score],
     seconds).
-  rescored(det, score) -> the fitted AutoencoderDetector `det` read with another score that
-    has the same training statistics (no refit).
+  rescored(det, score, x_fit) -> the fitted AutoencoderDetector `det` read with another
+    score that has the same training statistics (no refit); a score of two standardised
+    terms ('combined', ...) gets its terms' statistics from det's held-out part of x_fit.
   fit_variant(kw, fit_x, scores) -> (fit seconds, steps of each member, {score: (detector,
     its scores of the fit's held-out rows)}): one development variant, fitted once and read
     with every score (the dev scripts' shared loop).
@@ -151,14 +152,29 @@ def roc_figure(path, curves: dict, title: str = "") -> pathlib.Path:
   return pathlib.Path(path)
 
 
-def rescored(det: AutoencoderDetector, score: str) -> AutoencoderDetector:
-  """`det` read with another score that has the same training statistics (no refit)."""
-  if SCORES.get(score).per_element is not SCORES.get(det.score).per_element:
+def rescored(det: AutoencoderDetector, score: str, x_fit=None) -> AutoencoderDetector:
+  """`det` read with another score that has the same training statistics (no refit).
+
+  A score of two standardised terms ('combined', 'mse_gaussian', ...) also needs the mean
+  and std of its terms over the held-out examples, as `fit` sets them: they are computed
+  here from `x_fit`, the examples det was fitted on (required for such a score).
+  """
+  new, old = SCORES.get(score), SCORES.get(det.score)
+  if new.per_element is not old.per_element:
     raise ValueError(f"score {score!r} needs other training statistics than {det.score!r}")
   other = copy.copy(det)
   other.__dict__ = {k: v for k, v in det.__dict__.items()
-                    if k not in ("_example_fn", "_element_fn")}
+                    if k not in ("_example_fn", "_element_fn", "_terms_fn")}
   other.score = score
+  if new.terms is not None and new.terms is not old.terms:
+    if x_fit is None:
+      raise ValueError(f"score {score!r} standardises its terms on the held-out examples: "
+                       "pass x_fit, the examples the detector was fitted on")
+    from ae_jax.anomaly.detector import MIN_HELD_OUT  # pylint: disable=g-import-not-at-top
+    x = other._prepare(x_fit)  # pylint: disable=protected-access
+    train_idx, held = other.holdout_indices(len(x))
+    ref = x[held] if len(held) >= MIN_HELD_OUT else x[train_idx]
+    other.stats_ = other._with_term_stats(det.stats_, ref)  # pylint: disable=protected-access
   return other
 
 
@@ -176,6 +192,6 @@ def fit_variant(kw: dict, fit_x, scores) -> tuple[float, list, dict]:
   _, held = det.holdout_indices(len(fit_x))
   read = {}
   for score in scores:
-    d = rescored(det, score)
+    d = rescored(det, score, fit_x)
     read[score] = (d, d.decision_function(fit_x[held]))
   return seconds, [h[-1]["step"] for h in det.history_], read

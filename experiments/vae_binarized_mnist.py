@@ -16,6 +16,16 @@ Full length (hundreds of epochs) on a quiet machine:
 The two implementations can also run one after the other in two jobs: the ae_jax run
 first, then the peer alone (`--models '' --peer-models vae --epochs N`) with
 `--earlier <first run>/result.json`, which draws and pairs the two curves.
+
+Runs longer than one sitting (IWAE's 3,280 epochs, a 10-minute slot on a lent GPU):
+`--workdir DIR` checkpoints each ae_jax run (its optimizer state, its best validation
+parameters, the epoch order's random state, the curve and the clock) every
+`--checkpoint-every` epochs into DIR/<setting>, and the same command resumes it, to the
+same parameters as an uninterrupted run. `--stop-after-minutes M` ends this sitting
+after M minutes (a checkpoint is written, nothing is scored); the sitting that completes
+the epochs scores the run. Each sitting's CPU model, epochs and training seconds are
+kept in the result. The pythae peer is not checkpointed: it trains in the sitting after
+its ae_jax run has finished.
 """
 
 import copy
@@ -30,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import configs, data as data_lib, families, likelihood, parallel
+from ae_jax import checkpoint, configs, data as data_lib, families, likelihood, parallel
+from ae_jax.errors import CheckpointError
 from ae_jax.fit import Trained, evaluate
 from ae_jax.train import create_train_state, eval_params, train_step
 from ae_jax import results as _io
@@ -96,6 +107,8 @@ class Run:
   best_epoch: int = 0
   best_valid: float = math.inf
   curve: list = dataclasses.field(default_factory=list)   # (seconds, epoch, test NLL k=100)
+  sittings: list = dataclasses.field(default_factory=list)  # with --workdir: one per sitting
+  finished: bool = True         # False: stopped by --stop-after-minutes, resume to finish
 
 
 def _curve_point(run: Run, trained: Trained, curve_x, seed: int):
@@ -112,11 +125,86 @@ def _select(run: Run, trained: Trained, valid):
     run.trained = dataclasses.replace(trained, params=jax.tree.map(np.asarray, trained.params))
 
 
+_RUN_FIELDS = ("epochs", "train_seconds", "best_epoch", "best_valid", "curve", "sittings")
+
+
+class RunCheckpoints:
+  """The checkpoints of one resumable ae_jax run in `directory`: per saved epoch the train
+  state, the best validation parameters so far and a JSON record (config, the flags that
+  must match to resume, the Run's counters and curve, the epoch order's random state),
+  written together so that they always agree."""
+
+  def __init__(self, directory):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp = ocp
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "best", "meta"))
+
+  def save(self, state, best_params, run: Run, order_rng, cfg, signature: dict) -> None:
+    ocp = self._ocp
+    kind, keys, pos, has_gauss, cached = order_rng.get_state()
+    meta = {"config": cfg.to_json(), "signature": signature,
+            "run": {k: getattr(run, k) for k in _RUN_FIELDS},
+            "order_rng": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss),
+                          float(cached)]}
+    if run.epochs in self.manager.all_steps():
+      self.manager.delete(run.epochs)
+    self.manager.save(run.epochs, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(checkpoint.state_tree(state)),
+        best=ocp.args.StandardSave(best_params), meta=ocp.args.JsonSave(meta)))
+    self.manager.wait_until_finished()
+
+  def restore(self, state, cfg, signature: dict):
+    """(state, best parameters, meta) of the newest checkpoint, or None when there is
+    none. A checkpoint written with other flags raises CheckpointError."""
+    ocp = self._ocp
+    steps = sorted(self.manager.all_steps())
+    if not steps:
+      return None
+    meta = self.manager.restore(steps[-1], args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+    checkpoint.check_architecture(meta, cfg, str(self.directory))
+    saved = meta["signature"]
+    diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+    if diff:
+      detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}"
+                         for k in diff)
+      raise CheckpointError(
+          f"{self.directory} holds a run with other settings ({detail}); resume it with "
+          "the flags it was started with, or give a new --workdir")
+    shape = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    got = self.manager.restore(steps[-1], args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(shape(checkpoint.state_tree(state))),
+        best=ocp.args.StandardRestore(shape(state.params)), meta=ocp.args.JsonRestore()))
+    tree = got["state"]
+    state = state.replace(params=tree["params"], opt_state=tree["opt_state"],
+                          step=tree["step"])
+    return state, got["best"], got["meta"]
+
+  def close(self):
+    self.manager.close()
+
+
+def _signature(name: str, epochs: int, seed: int, n_train: int) -> dict:
+  """What a resumed run must share with the run that wrote the checkpoint."""
+  s = {k: (list(v) if isinstance(v, tuple) else v) for k, v in SETTINGS[name].items()}
+  return {"setting": name, **s, "epochs": epochs, "seed": seed, "train_examples": n_train}
+
+
 def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_every=1,
-              steps_per_call=25, patience=0):
+              steps_per_call=25, patience=0, workdir=None, checkpoint_every=10,
+              stop_after_s=math.inf):
   """Train the ae_jax model of setting `name` for `epochs` epochs, until `budget_s`
   seconds of training, or (patience > 0) until the validation objective has not improved
-  for `patience` epochs; returns a Run with the parameters of the best validation epoch."""
+  for `patience` epochs; returns a Run with the parameters of the best validation epoch.
+
+  With `workdir`, the run is checkpointed every `checkpoint_every` epochs (and when it
+  stops) into workdir/name and resumed from there; `stop_after_s` ends this sitting after
+  that many seconds of wall time, returning a Run with finished=False."""
   s = SETTINGS[name]
   n = len(train) // s["batch"] * s["batch"]
   steps_per_epoch = n // s["batch"]
@@ -131,7 +219,37 @@ def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_ever
   rng, order_rng = jax.random.key(seed + 1), np.random.RandomState(seed)
   run = Run(name, "ae_jax")
   x = train.x
-  while run.epochs < epochs and run.train_seconds < budget_s:
+  sitting_start, first_epoch = time.perf_counter(), 0
+  ckpt = signature = None
+  if workdir:
+    ckpt = RunCheckpoints(pathlib.Path(workdir) / name)
+    signature = _signature(name, epochs, seed, len(x))
+    got = ckpt.restore(state, cfg, signature)
+    if got is not None:
+      state, best, meta = got
+      for field, value in meta["run"].items():
+        setattr(run, field, [tuple(p) for p in value] if field == "curve" else value)
+      kind, keys, pos, has_gauss, cached = meta["order_rng"]
+      order_rng.set_state((kind, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+      run.trained = Trained(cfg, model, jax.tree.map(np.asarray, best), scaler, SHAPE,
+                            int(state.step))
+      first_epoch = run.epochs
+      print(f"{name}: resumed from {ckpt.directory} at epoch {run.epochs} "
+            f"({run.train_seconds:.0f} s of training so far)", flush=True)
+  trained = Trained(cfg, model, eval_params(state), scaler, SHAPE, int(state.step))
+  stalled = patience > 0 and run.epochs and run.epochs - run.best_epoch >= patience
+  sitting_seconds = run.train_seconds
+
+  def save():
+    run.sittings = [*[h for h in run.sittings if h.get("from") != first_epoch],
+                    {"cpu": _io.cpu_info()["model"], "from": first_epoch, "to": run.epochs,
+                     "train_seconds": round(run.train_seconds - sitting_seconds, 2)}]
+    ckpt.save(state, run.trained.params, run, order_rng, cfg, signature)
+
+  while run.epochs < epochs and run.train_seconds < budget_s and not stalled:
+    if run.epochs > first_epoch and time.perf_counter() - sitting_start >= stop_after_s:
+      run.finished = False
+      break
     order = order_rng.permutation(len(x))[:n].reshape(-1, k, s["batch"])
     start = time.perf_counter()
     for idx in order:
@@ -145,8 +263,14 @@ def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_ever
     last = run.epochs >= epochs or run.train_seconds >= budget_s or stalled
     if run.epochs % curve_every == 0 or last:
       _curve_point(run, trained, curve_x, seed)
-    if stalled:
-      break
+    if ckpt and (run.epochs % checkpoint_every == 0 or last):
+      save()
+  if ckpt:
+    if not run.finished:
+      save()
+      print(f"{name}: stopped at epoch {run.epochs} of {epochs} after this sitting's "
+            f"{stop_after_s / 60:g} minutes; run the same command to resume", flush=True)
+    ckpt.close()
   run.final = dataclasses.replace(trained, params=jax.tree.map(np.asarray, trained.params))
   return run
 
@@ -410,6 +534,14 @@ def main(argv=None):
                  help="> 0: every setting's (initial) Adam learning rate, in both "
                  "implementations, instead of its own (the VAE's 1e-3 is this project's "
                  "reading; --lr-milestones still scales it)")
+  p.add_argument("--workdir", default="",
+                 help="checkpoint each ae_jax run into WORKDIR/<setting> and resume it from "
+                 "there (the same flags are required to resume)")
+  p.add_argument("--checkpoint-every", type=int, default=10,
+                 help="epochs between checkpoints (with --workdir)")
+  p.add_argument("--stop-after-minutes", type=float, default=0.0,
+                 help="> 0 (with --workdir): end this sitting after this many minutes, "
+                 "checkpointed and unscored; the same command resumes")
   p.add_argument("--ema", type=float, default=0.0,
                  help="> 0: ae_jax selects, scores and curves the exponential moving average "
                  "of its parameters with this decay (`optim.ema_decay`, e.g. 0.999); pythae's "
@@ -417,6 +549,12 @@ def main(argv=None):
   args = p.parse_args(argv)
   if not 0 <= args.ema < 1:
     p.error(f"--ema must be a decay in [0, 1) (0 = off), got {args.ema}")
+  if args.checkpoint_every < 1:
+    p.error(f"--checkpoint-every must be at least 1 epoch, got {args.checkpoint_every}")
+  if not (args.stop_after_minutes >= 0 and math.isfinite(args.stop_after_minutes)):
+    p.error(f"--stop-after-minutes must be >= 0 (0 = off), got {args.stop_after_minutes}")
+  if args.stop_after_minutes and not args.workdir:
+    p.error("--stop-after-minutes needs --workdir, where the sitting's work is kept")
   if args.batch < 0:
     p.error(f"--batch must be positive (0 = each setting's own), got {args.batch}")
   if not (args.lr >= 0 and math.isfinite(args.lr)):
@@ -479,10 +617,17 @@ def main(argv=None):
     report(train_pythae(name, train, valid, curve_x, epochs=epochs, seed=args.seed,
                         curve_every=args.curve_every))
 
+  stop_after = args.stop_after_minutes * 60 if args.stop_after_minutes > 0 else math.inf
+  unfinished = {}
   for name in models:
     epochs = args.epochs or SETTINGS[name]["epochs"]
     run = train_jax(name, train, valid, curve_x, epochs=epochs, budget_s=budget, seed=args.seed,
-                    curve_every=args.curve_every, patience=args.patience)
+                    curve_every=args.curve_every, patience=args.patience,
+                    workdir=args.workdir or None, checkpoint_every=args.checkpoint_every,
+                    stop_after_s=stop_after)
+    if not run.finished:   # this sitting is over: the checkpoint holds the work
+      unfinished[name] = run.epochs
+      break
     report(run)
     if args.also_final:
       report(run, final=True)
@@ -490,6 +635,22 @@ def main(argv=None):
       train_peer(name, run.epochs)
   # a peer setting without its ae_jax run (e.g. to add the peer to an earlier ae_jax run
   # on the same machine) trains alone for --epochs, or the setting's own count
+  if unfinished:   # what the sitting reached: its curve and sittings, nothing scored
+    png = plot_curves(runs + [run], out / "nll_vs_time.png")
+    result = {"unfinished": unfinished, "workdir": args.workdir, "rows": rows,
+              "curves": {f"{r.impl}:{r.name}": r.curve for r in runs + [run]},
+              "sittings": {r.name: r.sittings for r in runs + [run] if r.sittings},
+              "figure": str(png)}
+    tables = {"test split (finished settings)": rows,
+              f"{run.name}: sittings so far": [{"setting": run.name, **h} for h in run.sittings],
+              f"{run.name}: curve so far (test NLL, k = {CURVE_SAMPLES}, first "
+              f"{len(curve_x):,} test images)": [
+                  {"train_s": c[0], "epoch": c[1], "nll": c[2]} for c in run.curve]}
+    _io.write_results(out, tables=tables, result=result,
+                      title="VAE likelihoods on binarized MNIST (unfinished)")
+    print(f"unfinished: {unfinished} (epochs so far); nothing scored in this sitting; "
+          f"resume with the same command (checkpoints in {args.workdir})", flush=True)
+    return result
   for name in (p for p in peers if p not in models and peer_ok):
     train_peer(name, args.epochs or SETTINGS[name]["epochs"])
   runs += earlier
@@ -506,6 +667,7 @@ def main(argv=None):
             "init": args.init, "ema": args.ema, "batch": {m: SETTINGS[m]["batch"] for m in models + peers},
             "lr": {m: SETTINGS[m]["lr"] for m in models + peers},
             "pythae_installed": peer_ok, "figure": str(png),
+            "sittings": {r.name: r.sittings for r in runs if r.sittings},
             "earlier": args.earlier or None}
   tables = {"test split": rows}
   if speed:   # only where a setting ran in both implementations

@@ -51,14 +51,54 @@ def test_choose_takes_the_best_roc_row_then_its_most_accurate_label_free_rule():
 
 @pytest.mark.slow
 @pytest.mark.shared_data("ecg5000")
-def test_dev_script_smoke_never_loads_test(tmp_path, monkeypatch):
+@pytest.mark.parametrize("split", ["cuts", "kfold"])
+def test_dev_script_smoke_never_loads_test(tmp_path, monkeypatch, split):
   from ae_jax import data as data_lib
   loaded = []
   real = data_lib.load
   monkeypatch.setattr(data_lib, "load", lambda name, *a, **k: loaded.append((name, a)) or
                       real(name, *a, **k))
-  result = dev.main(["--smoke", "--out", str(tmp_path), "--cache", ""])
+  result = dev.main(["--smoke", "--split", split, "--out", str(tmp_path), "--cache", ""])
   assert loaded == [("ecg5000", ("train+validation",))]
-  assert {r["detector"] for r in result["table"]} >= {"mlp/combined", "mlp/gaussian", "KNN"}
+  table = {r["detector"]: r for r in result["table"]}
+  assert set(table) >= {"mlp/combined", "mlp/gaussian", "KNN"}
+  assert table["mlp/gaussian"]["cuts"] == (2 if split == "kfold" else 1)
+  assert "roc_auc_minus_knn" in table["mlp/gaussian"]
   assert "TEST unused" in result["protocol"]
+  if split == "kfold":   # every abnormal beat is validated in every fold
+    assert "every abnormal beat" in result["protocol"]
   assert result["chosen"]["rule"] in dev.LABEL_FREE_RULES
+
+
+def test_dev_folds_hold_out_each_normal_beat_once_and_validate_on_every_abnormal_beat():
+  x = np.arange(40, dtype=np.float32).reshape(40, 1)
+  y = np.where(np.arange(40) % 4 == 0, 3, 1)  # 10 abnormal beats, 30 normal
+  parts = dev.dev_folds(x, y, 4, seed=2)
+  assert len(parts) == 4
+  held_normal = []
+  for fit_x, val_x, val_y in parts:
+    assert np.all(fit_x[:, 0] % 4 != 0)  # only normal beats are fitted on
+    assert not set(fit_x[:, 0]) & set(val_x[:, 0])
+    np.testing.assert_array_equal(val_y, (val_x[:, 0] % 4 == 0).astype(int))
+    assert set(val_x[val_y == 1, 0]) == set(x[y != 1, 0])  # every abnormal beat
+    held_normal += list(val_x[val_y == 0, 0])
+    assert len(fit_x) + np.sum(val_y == 0) == 30
+  assert sorted(held_normal) == sorted(x[y == 1, 0])  # each normal beat held out once
+  np.testing.assert_array_equal(dev.dev_folds(x, y, 4, seed=2)[1][1], parts[1][1])
+  with pytest.raises(ValueError, match="--folds"):
+    dev.dev_folds(x, y, 1, seed=0)
+
+
+def test_weighted_rule_accuracy_estimates_accuracy_at_another_class_balance():
+  y = np.array([0, 0, 1, 1, 1, 1])
+  w = dev.class_weights(y, normal_share=0.6)
+  np.testing.assert_allclose(w, [0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+  reference = np.array([1.0, 2.0, 3.0, 4.0])
+  scores = np.array([0.5, 4.5, 4.5, 9.0, 3.0, 0.1])
+  got = dev.rule_accuracies(reference, scores, y, contamination=0.5, weights=w)
+  # max = 4 flags 4.5, 4.5, 9: normal beats right 1 of 2 (0.3), abnormal 2 of 4 (0.2).
+  assert got["accuracy@max"] == pytest.approx(0.5)
+  # percentile 50 % = 2.5 flags 4.5, 4.5, 9, 3: normal 0.3, abnormal 3 of 4 (0.3).
+  assert got["accuracy@percentile"] == pytest.approx(0.6)
+  with pytest.raises(ValueError, match="normal and abnormal"):
+    dev.class_weights(np.array([1, 1]), 0.5)

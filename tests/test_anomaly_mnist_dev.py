@@ -35,6 +35,14 @@ def test_rescored_detector_equals_one_fitted_with_that_score():
                              .decision_function(probe), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="statistics"):
     common.rescored(base, "mae")
+  # a score of standardised terms gets its terms' held-out statistics, as fit sets them
+  combined = AutoencoderDetector(score="combined", **kw).fit(x)
+  np.testing.assert_allclose(common.rescored(base, "combined", x).decision_function(probe),
+                             combined.decision_function(probe), rtol=1e-4, atol=1e-4)
+  assert not np.allclose(common.rescored(base, "combined", x).decision_function(probe),
+                         common.rescored(base, "knn").decision_function(probe))
+  with pytest.raises(ValueError, match="x_fit"):
+    common.rescored(base, "combined")
 
 
 @pytest.mark.slow

@@ -381,3 +381,56 @@ def test_experiment_ema_flag_selects_and_scores_the_moving_average(tmp_path, mon
   for bad in ("1", "-0.5"):
     with pytest.raises(SystemExit):
       exp.main(["--smoke", "--ema", bad])
+
+
+def test_experiment_resumes_a_run_in_sittings_to_the_uninterrupted_parameters(
+    tmp_path, monkeypatch):
+  """--workdir / --stop-after-minutes: a run stopped after every epoch and resumed by the
+  same call ends where one uninterrupted run ends (parameters, moving average, selection,
+  curve); other flags against the checkpoint are refused."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  from ae_jax.errors import CheckpointError
+  _fake_binarized(tmp_path, sizes=(200, 20, 10))
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  train, valid = load("binarized_mnist", "train"), load("binarized_mnist", "valid")
+  monkeypatch.setitem(exp.SETTINGS, "vae", {**exp.SETTINGS["vae"], "ema": 0.9})
+  kw = dict(epochs=4, budget_s=float("inf"), seed=0, curve_every=1)
+  whole = exp.train_jax("vae", train, valid, train.x[:5], **kw)
+  sittings = []
+  while not sittings or not sittings[-1].finished:
+    sittings.append(exp.train_jax("vae", train, valid, train.x[:5], **kw,
+                                  workdir=tmp_path / "w", checkpoint_every=3,
+                                  stop_after_s=1e-9))
+    assert len(sittings) <= 4
+  last = sittings[-1]
+  assert [r.epochs for r in sittings] == [1, 2, 3, 4]
+  assert [r.finished for r in sittings] == [False, False, False, True]
+  assert [(h["from"], h["to"]) for h in last.sittings] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+  for got, want in ((last.final, whole.final), (last.trained, whole.trained)):
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want.params)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (last.best_epoch, last.best_valid) == (whole.best_epoch, whole.best_valid)
+  assert [c[1:] for c in last.curve] == [c[1:] for c in whole.curve]
+  # a finished run resumes without training and is the same run
+  again = exp.train_jax("vae", train, valid, train.x[:5], **kw, workdir=tmp_path / "w")
+  assert again.finished and again.epochs == 4 and again.best_epoch == whole.best_epoch
+  with pytest.raises(CheckpointError, match="epochs: checkpoint 4, now 5"):
+    exp.train_jax("vae", train, valid, train.x[:5], **{**kw, "epochs": 5},
+                  workdir=tmp_path / "w")
+  # the command: a sitting that stops writes what it reached; the one that ends scores
+  cmd = ["--models", "vae", "--peer-models", "", "--epochs", "2", "--nll-samples", "5",
+         "--workdir", str(tmp_path / "cli"), "--stop-after-minutes", "1e-9",
+         "--out", str(tmp_path / "out")]
+  first = exp.main(cmd)
+  assert first["unfinished"] == {"vae": 1} and first["rows"] == []
+  assert [c[1] for c in first["curves"]["ae_jax:vae"]] == [1]
+  assert "sittings so far" in (tmp_path / "out" / "table.md").read_text()
+  second = exp.main(cmd)
+  assert "unfinished" not in second and [r["epochs"] for r in second["rows"]] == [2]
+  assert [(h["from"], h["to"]) for h in second["sittings"]["vae"]] == [(0, 1), (1, 2)]
+  for bad in (["--stop-after-minutes", "5"], ["--workdir", "w", "--checkpoint-every", "0"],
+              ["--workdir", "w", "--stop-after-minutes", "-1"]):
+    with pytest.raises(SystemExit):
+      exp.main(["--smoke", *bad])
