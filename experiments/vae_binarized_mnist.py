@@ -541,7 +541,11 @@ def main(argv=None):
                  help="epochs between checkpoints (with --workdir)")
   p.add_argument("--stop-after-minutes", type=float, default=0.0,
                  help="> 0 (with --workdir): end this sitting after this many minutes, "
-                 "checkpointed and unscored; the same command resumes")
+                 "checkpointed; the same command resumes")
+  p.add_argument("--score-unfinished", action="store_true",
+                 help="when a sitting stops before the run ends, also score the best "
+                 "validation epoch so far on the test split (a figure reached, marked "
+                 "unfinished; the finished run is scored as usual)")
   p.add_argument("--ema", type=float, default=0.0,
                  help="> 0: ae_jax selects, scores and curves the exponential moving average "
                  "of its parameters with this decay (`optim.ema_decay`, e.g. 0.999); pythae's "
@@ -555,6 +559,8 @@ def main(argv=None):
     p.error(f"--stop-after-minutes must be >= 0 (0 = off), got {args.stop_after_minutes}")
   if args.stop_after_minutes and not args.workdir:
     p.error("--stop-after-minutes needs --workdir, where the sitting's work is kept")
+  if args.score_unfinished and not args.stop_after_minutes:
+    p.error("--score-unfinished scores a sitting that --stop-after-minutes ends; add it")
   if args.batch < 0:
     p.error(f"--batch must be positive (0 = each setting's own), got {args.batch}")
   if not (args.lr >= 0 and math.isfinite(args.lr)):
@@ -627,6 +633,11 @@ def main(argv=None):
                     stop_after_s=stop_after)
     if not run.finished:   # this sitting is over: the checkpoint holds the work
       unfinished[name] = run.epochs
+      if args.score_unfinished:   # the figure reached so far, marked as such
+        rows.append({**score(run, test, nll_samples, args.seed, valid=valid),
+                     "selection": f"best valid so far (unfinished: {run.epochs} of {epochs} "
+                                  "epochs)"})
+        print(rows[-1], flush=True)
       break
     report(run)
     if args.also_final:
@@ -635,21 +646,22 @@ def main(argv=None):
       train_peer(name, run.epochs)
   # a peer setting without its ae_jax run (e.g. to add the peer to an earlier ae_jax run
   # on the same machine) trains alone for --epochs, or the setting's own count
-  if unfinished:   # what the sitting reached: its curve and sittings, nothing scored
+  if unfinished:   # what the sitting reached: its curve and sittings (and, asked, its score)
     png = plot_curves(runs + [run], out / "nll_vs_time.png")
     result = {"unfinished": unfinished, "workdir": args.workdir, "rows": rows,
               "curves": {f"{r.impl}:{r.name}": r.curve for r in runs + [run]},
               "sittings": {r.name: r.sittings for r in runs + [run] if r.sittings},
               "figure": str(png)}
-    tables = {"test split (finished settings)": rows,
+    tables = {"test split (finished settings; with --score-unfinished, the figure reached)":
+              rows,
               f"{run.name}: sittings so far": [{"setting": run.name, **h} for h in run.sittings],
               f"{run.name}: curve so far (test NLL, k = {CURVE_SAMPLES}, first "
               f"{len(curve_x):,} test images)": [
                   {"train_s": c[0], "epoch": c[1], "nll": c[2]} for c in run.curve]}
     _io.write_results(out, tables=tables, result=result,
                       title="VAE likelihoods on binarized MNIST (unfinished)")
-    print(f"unfinished: {unfinished} (epochs so far); nothing scored in this sitting; "
-          f"resume with the same command (checkpoints in {args.workdir})", flush=True)
+    print(f"unfinished: {unfinished} (epochs so far); resume with the same command "
+          f"(checkpoints in {args.workdir})", flush=True)
     return result
   for name in (p for p in peers if p not in models and peer_ok):
     train_peer(name, args.epochs or SETTINGS[name]["epochs"])

@@ -430,7 +430,14 @@ def test_experiment_resumes_a_run_in_sittings_to_the_uninterrupted_parameters(
   second = exp.main(cmd)
   assert "unfinished" not in second and [r["epochs"] for r in second["rows"]] == [2]
   assert [(h["from"], h["to"]) for h in second["sittings"]["vae"]] == [(0, 1), (1, 2)]
+  # --score-unfinished: the stopped sitting also scores its best validation epoch so far
+  cmd[cmd.index(str(tmp_path / "cli"))] = str(tmp_path / "cli2")
+  reached = exp.main([*cmd, "--score-unfinished"])
+  assert reached["unfinished"] == {"vae": 1}
+  [row] = reached["rows"]
+  assert row["selection"] == "best valid so far (unfinished: 1 of 2 epochs)"
+  assert row["epochs"] == row["selected_epoch"] == 1 and np.isfinite(row["test_nll"])
   for bad in (["--stop-after-minutes", "5"], ["--workdir", "w", "--checkpoint-every", "0"],
-              ["--workdir", "w", "--stop-after-minutes", "-1"]):
+              ["--workdir", "w", "--stop-after-minutes", "-1"], ["--score-unfinished"]):
     with pytest.raises(SystemExit):
       exp.main(["--smoke", *bad])
