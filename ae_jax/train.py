@@ -103,24 +103,24 @@ def params_ema_slot() -> optax.GradientTransformation:
 
 
 def _ema_state(opt_state):
-  """The ParamsEmaState inside an optimizer state (optax.chain nests plain tuples), or None."""
-  if isinstance(opt_state, ParamsEmaState):
-    return opt_state
-  if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
-    for part in opt_state:
-      found = _ema_state(part)
-      if found is not None:
-        return found
-  return None
+  """The ParamsEmaState inside an optimizer state (found by its name, however the chain
+  nests it), or None."""
+  return optax.tree_utils.tree_get(opt_state, ParamsEmaState.__name__)
+
+
+def _in_ema_state(path, _) -> bool:
+  """optax.tree_utils filter: a field of ParamsEmaState itself (a model may name a
+  parameter `ema` too)."""
+  return (isinstance(path[-1], optax.tree_utils.NamedTupleKey)
+          and path[-1].tuple_name == ParamsEmaState.__name__)
 
 
 def _map_ema(opt_state, fn):
   """`opt_state` with its moving average `ema` replaced by fn(ema) (unchanged without one)."""
-  if isinstance(opt_state, ParamsEmaState):
-    return ParamsEmaState(fn(opt_state.ema))
-  if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
-    return tuple(_map_ema(part, fn) for part in opt_state)
-  return opt_state
+  found = _ema_state(opt_state)
+  if found is None:
+    return opt_state
+  return optax.tree_utils.tree_set(opt_state, _in_ema_state, ema=fn(found.ema))
 
 
 def _update_ema(state: TrainState, decay: float) -> TrainState:

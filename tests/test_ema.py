@@ -4,6 +4,7 @@ evaluation, selection, checkpoints and `Trained` use."""
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 
 from ae_jax import families, parallel, train
@@ -41,6 +42,26 @@ def test_moving_average_against_a_hand_computed_one(cfg, digits):
   _, plain, plain_state = _steps(cfg, digits)
   chex.assert_trees_all_equal(seen, plain)
   assert train.eval_params(plain_state) is plain_state.params
+
+
+def test_average_is_found_in_any_chain_and_not_confused_with_a_parameter_named_ema():
+  """eval_params / with_eval_params find the average wherever optax.chain nests it, and
+  a model's own parameter called `ema` is neither read nor replaced as the average."""
+  params = {"params": {"ema": np.ones(3, np.float32), "w": np.zeros(2, np.float32)}}
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.chain(optax.adam(1e-3), train.params_ema_slot()))
+  state = train.TrainState.create(apply_fn=None, params=params, tx=tx)
+  chex.assert_trees_all_equal(train.eval_params(state), params)
+  assert train.eval_params(state) is not state.params   # the slot holds its own copy
+  other = jax.tree.map(lambda x: x + 5, params)
+  moved = train.with_eval_params(state, other)
+  chex.assert_trees_all_equal(train.eval_params(moved), other)
+  chex.assert_trees_all_equal(moved.params, other)
+  adam_state = moved.opt_state[1][0][0]
+  chex.assert_trees_all_equal(adam_state.mu, jax.tree.map(np.zeros_like, params))
+  plain = train.TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-3))
+  assert train.eval_params(plain) is plain.params
+  assert train.with_eval_params(plain, other).opt_state is plain.opt_state
 
 
 @pytest.mark.parametrize("decay", [1.0, -0.1, 1.5])
