@@ -4,9 +4,11 @@ API:
   enable_compile_cache(path): JAX's persistent compilation cache in `path`, so that the
     ensemble members and seeds of one input shape compile once.
   ranking_metrics(y, scores) -> {'roc_auc', 'pr_auc'} (y: 1 = anomaly).
-  label_metrics(y, pred) -> {'accuracy', 'precision', 'recall', 'f1'}.
-  rule_metrics(reference, scores, y, contamination) -> {'accuracy@rule', 'f1@rule'} for
-    each label-free threshold rule set on `reference`; None where a rule does not apply.
+  label_metrics(y, pred, weights=None) -> {'accuracy', 'precision', 'recall', 'f1'}
+    (scikit-learn's, optionally weighted per example).
+  rule_metrics(reference, scores, y, contamination, weights=None) -> {'accuracy@rule',
+    'f1@rule'} for each label-free threshold rule set on `reference`; None where a rule
+    does not apply.
   pyod_missing() -> None, or why the PyOD anchors cannot run here.
   anchor(name, seed) -> an unfitted PyOD detector ('IForest', 'ECOD', 'PyOD-AE', 'KNN', 'PCA').
   fit_anchor(name, seed, x_fit, *x_score) -> (training scores, [scores of each x_score],
@@ -50,23 +52,25 @@ def ranking_metrics(y, scores) -> dict[str, float]:
           "pr_auc": float(average_precision_score(y, scores))}
 
 
-def label_metrics(y, pred) -> dict[str, float]:
+def label_metrics(y, pred, weights=None) -> dict[str, float]:
+  """Accuracy, precision, recall and F1 of the 0/1 flags `pred` against y (1 = anomaly),
+  each example weighted by `weights` (None: equally); 0 where a ratio has nothing to
+  count (no flags, or no anomalies)."""
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top
   y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
-  tp = float(np.sum(y & pred))
-  precision = tp / max(float(pred.sum()), 1.0)
-  recall = tp / max(float(y.sum()), 1.0)
-  f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-  return {"accuracy": float(np.mean(y == pred)), "precision": precision, "recall": recall,
-          "f1": f1}
+  precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+      y, pred, average="binary", sample_weight=weights, zero_division=0)
+  return {"accuracy": float(metrics.accuracy_score(y, pred, sample_weight=weights)),
+          "precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
 LABEL_FREE_RULES = ("percentile", "mean_std", "max", "tukey", "log_tukey")
 
 
-def rule_metrics(reference, scores, y, contamination: float) -> dict:
+def rule_metrics(reference, scores, y, contamination: float, weights=None) -> dict:
   """Accuracy and F1 of `scores > threshold` against y (1 = anomaly) for every label-free
-  rule, each threshold set on the `reference` scores; None where a rule does not apply
-  (log_tukey on scores <= 0)."""
+  rule, each threshold set on the `reference` scores, each example weighted by `weights`
+  (None: equally); None where a rule does not apply (log_tukey on scores <= 0)."""
   from ae_jax.anomaly import THRESHOLDS  # pylint: disable=g-import-not-at-top
   from ae_jax.errors import DataError  # pylint: disable=g-import-not-at-top
   out = {}
@@ -76,7 +80,7 @@ def rule_metrics(reference, scores, y, contamination: float) -> dict:
     except DataError:
       out[f"accuracy@{rule}"] = out[f"f1@{rule}"] = None
       continue
-    m = label_metrics(y, np.asarray(scores) > t)
+    m = label_metrics(y, np.asarray(scores) > t, weights)
     out[f"accuracy@{rule}"], out[f"f1@{rule}"] = m["accuracy"], m["f1"]
   return out
 

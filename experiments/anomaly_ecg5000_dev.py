@@ -119,21 +119,8 @@ def rule_accuracies(reference, scores, y, contamination: float,
                     weights=None) -> dict[str, float | None]:
   """{'accuracy@rule': (weighted) accuracy of scores > threshold} for each label-free rule
   set on `reference`; None where a rule does not apply (log_tukey on scores <= 0)."""
-  if weights is None:
-    got = common.rule_metrics(reference, scores, y, contamination)
-    return {k: v for k, v in got.items() if k.startswith("accuracy@")}
-  from ae_jax.anomaly import THRESHOLDS  # pylint: disable=g-import-not-at-top
-  from ae_jax.errors import DataError  # pylint: disable=g-import-not-at-top
-  out = {}
-  for rule in LABEL_FREE_RULES:
-    try:
-      t = THRESHOLDS.get(rule)(reference, contamination=contamination, k=1.0)
-    except DataError:
-      out[f"accuracy@{rule}"] = None
-      continue
-    right = (np.asarray(scores) > t) == np.asarray(y).astype(bool)
-    out[f"accuracy@{rule}"] = float(np.average(right, weights=weights))
-  return out
+  got = common.rule_metrics(reference, scores, y, contamination, weights)
+  return {k: v for k, v in got.items() if k.startswith("accuracy@")}
 
 
 def choose(table: list[dict], variants: dict) -> tuple[str, str, list[str]]:
