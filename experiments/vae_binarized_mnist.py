@@ -22,8 +22,9 @@ Runs longer than one sitting (IWAE's 3,280 epochs, a 10-minute slot on a lent GP
 parameters, the epoch order's random state, the curve and the clock) every
 `--checkpoint-every` epochs into DIR/<setting>, and the same command resumes it, to the
 same parameters as an uninterrupted run. `--stop-after-minutes M` ends this sitting
-after M minutes (a checkpoint is written, nothing is scored); the sitting that completes
-the epochs scores the run. Each sitting's CPU model, epochs and training seconds are
+after M minutes (a checkpoint is written; with `--score-unfinished` the best validation
+epoch so far is also scored, as a figure reached); the sitting that completes the epochs
+scores the run. Each sitting's CPU model, epochs and training seconds are
 kept in the result. The pythae peer is not checkpointed: it trains in the sitting after
 its ae_jax run has finished.
 """
