@@ -135,6 +135,10 @@ def test_bad_input_gets_a_clear_error_and_nothing_is_written(files, fitted, caps
          "not an empty folder")
   _fails(capsys, ["detect", "--load", str(save), "--score", str(files["fit"]), "--out",
                   str(out), "--labels", "label"], "no label column or key 'label'")
+  # a misspelt label column is named as such, not as a column the fit never saw
+  _fails(capsys, ["detect", "--fit", str(files["fit"]), "--score", str(files["new"]),
+                  "--out", str(out), "--labels", "lable", *FAST],
+         "no label column or key 'lable'", "label")
   shaped = tmp / "shaped.npy"
   np.save(shaped, np.zeros((5, 3), np.float32))
   _fails(capsys, ["detect", "--load", str(save), "--score", str(shaped), "--out", str(out)],

@@ -184,6 +184,16 @@ def read_table(path, labels: str = "") -> Table:
   return table
 
 
+def _labelled(table: Table, labels: str) -> Table:
+  """`table`, which must hold the label column / key `labels` when one is named (checked
+  before its columns are compared with the fit's, so a misspelt name is reported as such)."""
+  if labels and table.y is None:
+    columns = f" (its columns: {', '.join(table.names)})" if table.names else ""
+    raise DataError(f"{table.path}: no label column or key {labels!r}{columns}; give "
+                    "--labels the name of the column that holds the 0/1 labels")
+  return table
+
+
 def align_columns(table: Table, names: list[str] | None, shape: tuple, source: str) -> Table:
   """`table` with its columns in the fit-time order `names`; errors name what differs."""
   if names is not None and table.names is not None and table.names != names:
@@ -314,15 +324,14 @@ def run(args: argparse.Namespace) -> int:
       det._validate()  # pylint: disable=protected-access
       det.threshold_ = THRESHOLDS.get(det.threshold)(
           det.reference_scores_, contamination=det.contamination, k=det.k)
-    score_table = align_columns(read_table(args.score, args.labels), det.feature_names_in_,
-                                det.input_shape_, source)
+    score_table = align_columns(_labelled(read_table(args.score, args.labels), args.labels),
+                                det.feature_names_in_, det.input_shape_, source)
   else:
     fit_table = read_table(args.fit, args.labels)
-    score_table = read_table(args.score, args.labels) if args.score else fit_table
+    score_table = (_labelled(read_table(args.score, args.labels), args.labels) if args.score
+                   else _labelled(fit_table, args.labels))
     if args.score:
       align_columns(score_table, fit_table.names, fit_table.x.shape[1:], f"{args.fit}")
-    if args.labels and score_table.y is None:
-      raise DataError(f"{score_table.path}: no label column or key {args.labels!r}")
     setting = dict(CONTAMINATED) if args.contaminated else {}   # else the class's defaults
     if args.scaling is not None:
       setting["scaling"] = args.scaling
@@ -334,8 +343,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"fitted on {args.fit}: {len(fit_table.x)} rows of shape "
           f"{tuple(fit_table.x.shape[1:])} (ensemble {det.ensemble}) in "
           f"{time.perf_counter() - start:.1f} s")
-  if args.labels and score_table.y is None:
-    raise DataError(f"{score_table.path}: no label column or key {args.labels!r}")
   scores = det.decision_function(score_table.x)
   flags = (scores > det.threshold_).astype(np.int64)
   print(f"threshold ({det.threshold}, contamination {det.contamination}): {det.threshold_:.6g}")
