@@ -7,7 +7,9 @@ the ELBO and the active units (Burda et al.: Cov_x(E_q[u | x]) > 0.01). Every mo
 scored by the same JAX importance sampler; a pythae (PyTorch) model is first copied
 into the JAX model of the same architecture. Training wall time counts optimizer steps
 only; evaluations (validation, the curve) pause the clock. The curve is the test NLL
-(k = 100 on the first 1,000 test images) against that training wall time.
+(k = 100 on 1,000 test images drawn at random, the same for every run) against that
+training wall time. (Not the first 1,000: the test file is ordered by digit, so those are
+almost all zeros; curves of runs before session 13 were drawn on them.)
 
 Full length (hundreds of epochs) on a quiet machine:
   python -m experiments.vae_binarized_mnist --models vae,iwae5,iwae50,vamp \\
@@ -69,6 +71,17 @@ ANCHORS = {"vae": (89.78, 89.9), "iwae5": (None, None), "iwae50": (86.82, 87.1),
            "vamp": (85.79, 85.57)}
 GOALS = {"vae": 89.5, "iwae50": 86.8, "vamp": 85.8}
 CURVE_IMAGES, CURVE_SAMPLES = 1000, 100
+# Which test images the curve reads, recorded with every run and checkpoint: a curve is
+# paired or resumed only with one read on the same images.
+CURVE_SUBSET = f"{CURVE_IMAGES} test images drawn at random (numpy default_rng(0))"
+
+
+def curve_images(test_x):
+  """The curve's test images: CURVE_IMAGES of them drawn at random, in file order. The
+  test file is ordered by digit (its first 1,000 images are almost all zeros, ~11 nats
+  harder than the split), so a prefix would not stand for the split."""
+  n = min(CURVE_IMAGES, len(test_x))
+  return test_x[np.sort(np.random.default_rng(0).choice(len(test_x), n, replace=False))]
 
 
 def config_for(name: str, epochs: int, steps_per_epoch: int, seed: int):
@@ -193,7 +206,8 @@ class RunCheckpoints:
 def _signature(name: str, epochs: int, seed: int, n_train: int) -> dict:
   """What a resumed run must share with the run that wrote the checkpoint."""
   s = {k: (list(v) if isinstance(v, tuple) else v) for k, v in SETTINGS[name].items()}
-  return {"setting": name, **s, "epochs": epochs, "seed": seed, "train_examples": n_train}
+  return {"setting": name, **s, "epochs": epochs, "seed": seed, "train_examples": n_train,
+          "curve_images": CURVE_SUBSET}
 
 
 def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_every=1,
@@ -459,6 +473,10 @@ def earlier_runs(path) -> list[Run]:
   path = pathlib.Path(path)
   try:
     earlier = json.loads(path.read_text())
+    subset = earlier.get("curve_images", f"the first {CURVE_IMAGES} test images")
+    if earlier["curves"] and subset != CURVE_SUBSET:
+      raise SystemExit(f"--earlier {path}: its curves read {subset}, this run's read "
+                       f"{CURVE_SUBSET}; they cannot be paired (re-run the earlier job)")
     seconds = {(r["impl"], r["model"]): r["train_s"] for r in earlier["rows"]
                if r.get("selection", "best valid") == "best valid"}
     runs = []
@@ -481,7 +499,7 @@ def plot_curves(runs, path):
     t, _, nll = zip(*run.curve)
     ax.plot(t, nll, marker="o", ms=3, label=f"{run.impl} {run.name}")
   ax.set_xlabel("training wall time (s)")
-  ax.set_ylabel(f"test NLL (nats), k={CURVE_SAMPLES}, {CURVE_IMAGES} images")
+  ax.set_ylabel(f"test NLL (nats), k={CURVE_SAMPLES}, {CURVE_IMAGES} random images")
   ax.set_title("binarized MNIST")
   ax.grid(alpha=0.3)
   ax.legend()
@@ -609,7 +627,7 @@ def main(argv=None):
     for s in SETTINGS.values():
       s["components"] = min(s.get("components", 500), 10)
     nll_samples = min(nll_samples, 20)
-  curve_x = test.x[:CURVE_IMAGES]
+  curve_x = curve_images(test.x)
   budget = args.budget_minutes * 60 if args.budget_minutes > 0 else math.inf
   rows, runs = [], []
   peer_ok = pythae_available()
@@ -650,14 +668,14 @@ def main(argv=None):
   if unfinished:   # what the sitting reached: its curve and sittings (and, asked, its score)
     png = plot_curves(runs + [run], out / "nll_vs_time.png")
     result = {"unfinished": unfinished, "workdir": args.workdir, "rows": rows,
+              "curve_images": CURVE_SUBSET,
               "curves": {f"{r.impl}:{r.name}": r.curve for r in runs + [run]},
               "sittings": {r.name: r.sittings for r in runs + [run] if r.sittings},
               "figure": str(png)}
     tables = {"test split (finished settings; with --score-unfinished, the figure reached)":
               rows,
               f"{run.name}: sittings so far": [{"setting": run.name, **h} for h in run.sittings],
-              f"{run.name}: curve so far (test NLL, k = {CURVE_SAMPLES}, first "
-              f"{len(curve_x):,} test images)": [
+              f"{run.name}: curve so far (test NLL, k = {CURVE_SAMPLES}, {CURVE_SUBSET})": [
                   {"train_s": c[0], "epoch": c[1], "nll": c[2]} for c in run.curve]}
     _io.write_results(out, tables=tables, result=result,
                       title="VAE likelihoods on binarized MNIST (unfinished)")
@@ -672,6 +690,7 @@ def main(argv=None):
            for name in dict.fromkeys(r.name for r in runs)]
   speed = [row for row in speed if row is not None]
   result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
+            "curve_images": CURVE_SUBSET,
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
                     if not args.smoke else "smoke subset", "budget_minutes": args.budget_minutes,
             "patience": args.patience, "nll_samples": nll_samples,

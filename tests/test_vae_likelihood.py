@@ -271,8 +271,14 @@ def test_experiment_peer_alone_trains_for_the_given_epochs(tmp_path, monkeypatch
       "rows": [{"model": "vae", "impl": "ae_jax", "selection": "best valid", "train_s": 4.0},
                {"model": "vae", "impl": "ae_jax", "selection": "final epoch", "train_s": 4.0}],
       "curves": {"ae_jax:vae": [[2.0, 1, 104.0], [4.0, 2, 99.0]]}}))
+  # a run from before the curve's images were drawn at random read the first 1,000: refused
+  with pytest.raises(SystemExit, match="cannot be paired"):
+    exp.main(["--models", "", "--peer-models", "vae", "--earlier", str(earlier)])
+  earlier.write_text(json.dumps({**json.loads(earlier.read_text()),
+                                 "curve_images": exp.CURVE_SUBSET}))
   result = exp.main(["--models", "", "--peer-models", "vae", "--epochs", "3",
                      "--earlier", str(earlier), "--out", str(tmp_path / "out2")])
+  assert result["curve_images"] == exp.CURVE_SUBSET
   (speed,) = result["speed"]
   # the peer's best is 100.0 (its one curve point, at 1 s); ours first reaches it at 4 s
   assert (speed["common_curve_nll"], speed["ae_jax_s_to_reach_it"],
@@ -284,6 +290,23 @@ def test_experiment_peer_alone_trains_for_the_given_epochs(tmp_path, monkeypatch
   earlier.write_text("{}")
   with pytest.raises(SystemExit, match="--earlier"):
     exp.main(["--models", "", "--peer-models", "vae", "--earlier", str(earlier)])
+
+
+def test_curve_images_are_a_fixed_random_draw_across_the_test_split(monkeypatch):
+  """The test file is ordered by digit: the curve reads 1,000 images drawn from all of it,
+  the same ones in every run, not its first 1,000."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  x = np.arange(10_000)[:, None]
+  got = exp.curve_images(x)[:, 0]
+  assert len(got) == exp.CURVE_IMAGES == len(set(got))
+  np.testing.assert_array_equal(got, exp.curve_images(x)[:, 0])
+  assert np.all(np.diff(got) > 0)   # file order
+  # every tenth of the file (one digit each in the real file) holds about a tenth of them
+  counts = np.bincount(got // 1000, minlength=10)
+  assert counts.min() > 70 and counts.max() < 130, counts
+  np.testing.assert_array_equal(exp.curve_images(x[:50])[:, 0], np.arange(50))
 
 
 def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):
