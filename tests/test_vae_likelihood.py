@@ -406,6 +406,7 @@ def test_experiment_ema_flag_selects_and_scores_the_moving_average(tmp_path, mon
       exp.main(["--smoke", "--ema", bad])
 
 
+@pytest.mark.slow   # ~20 s: seven short training runs and three runs of the command
 def test_experiment_resumes_a_run_in_sittings_to_the_uninterrupted_parameters(
     tmp_path, monkeypatch):
   """--workdir / --stop-after-minutes: a run stopped after every epoch and resumed by the
