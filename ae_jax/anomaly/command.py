@@ -328,8 +328,8 @@ def run(args: argparse.Namespace) -> int:
                                 det.feature_names_in_, det.input_shape_, source)
   else:
     fit_table = read_table(args.fit, args.labels)
-    score_table = (_labelled(read_table(args.score, args.labels), args.labels) if args.score
-                   else _labelled(fit_table, args.labels))
+    score_table = _labelled(read_table(args.score, args.labels) if args.score else fit_table,
+                            args.labels)
     if args.score:
       align_columns(score_table, fit_table.names, fit_table.x.shape[1:], f"{args.fit}")
     setting = dict(CONTAMINATED) if args.contaminated else {}   # else the class's defaults
