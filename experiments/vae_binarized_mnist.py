@@ -74,13 +74,20 @@ CURVE_IMAGES, CURVE_SAMPLES, CURVE_SEED = 1000, 100, 0
 # Which test images the curve reads, recorded with every run and checkpoint: a curve is
 # paired or resumed only with one read on the same images.
 CURVE_SUBSET = f"{CURVE_IMAGES} test images drawn at random (numpy default_rng({CURVE_SEED}))"
+# what every curve read before session 13 (and what its checkpoints, which recorded no
+# subset, were written with): kept only to resume or pair with those runs
+CURVE_FIRST = f"the first {CURVE_IMAGES} test images"
+CURVE_SUBSETS = {"random": CURVE_SUBSET, "first": CURVE_FIRST}
 
 
-def curve_images(test_x):
-  """The curve's test images: CURVE_IMAGES of them drawn at random, in file order. The
-  test file is ordered by digit (its first 1,000 images are almost all zeros, ~11 nats
-  harder than the split), so a prefix would not stand for the split."""
+def curve_images(test_x, subset: str = "random"):
+  """The curve's test images: by default CURVE_IMAGES of them drawn at random, in file
+  order. The test file is ordered by digit (its first 1,000 images are almost all zeros,
+  ~11 nats harder than the split), so a prefix would not stand for the split; `first`
+  (that prefix) only resumes or pairs with runs from before the draw."""
   n = min(CURVE_IMAGES, len(test_x))
+  if subset == "first":
+    return test_x[:n]
   return test_x[np.sort(np.random.default_rng(CURVE_SEED).choice(len(test_x), n, replace=False))]
 
 
@@ -182,7 +189,8 @@ class RunCheckpoints:
     meta = self.manager.restore(steps[-1], args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
     checkpoint.check_architecture(meta, cfg, str(self.directory))
-    saved = meta["signature"]
+    # checkpoints from before the curve's draw recorded no subset: they read the first images
+    saved = {"curve_images": CURVE_FIRST, **meta["signature"]}
     diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
     if diff:
       detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}"
@@ -203,16 +211,17 @@ class RunCheckpoints:
     self.manager.close()
 
 
-def _signature(name: str, epochs: int, seed: int, n_train: int) -> dict:
+def _signature(name: str, epochs: int, seed: int, n_train: int,
+               curve_subset: str = CURVE_SUBSET) -> dict:
   """What a resumed run must share with the run that wrote the checkpoint."""
   s = {k: (list(v) if isinstance(v, tuple) else v) for k, v in SETTINGS[name].items()}
   return {"setting": name, **s, "epochs": epochs, "seed": seed, "train_examples": n_train,
-          "curve_images": CURVE_SUBSET}
+          "curve_images": curve_subset}
 
 
 def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_every=1,
               steps_per_call=25, patience=0, workdir=None, checkpoint_every=10,
-              stop_after_s=math.inf):
+              stop_after_s=math.inf, curve_subset=CURVE_SUBSET):
   """Train the ae_jax model of setting `name` for `epochs` epochs, until `budget_s`
   seconds of training, or (patience > 0) until the validation objective has not improved
   for `patience` epochs; returns a Run with the parameters of the best validation epoch.
@@ -238,7 +247,7 @@ def train_jax(name, train, valid, curve_x, *, epochs, budget_s, seed, curve_ever
   ckpt = signature = None
   if workdir:
     ckpt = RunCheckpoints(pathlib.Path(workdir) / name)
-    signature = _signature(name, epochs, seed, len(x))
+    signature = _signature(name, epochs, seed, len(x), curve_subset)
     got = ckpt.restore(state, cfg, signature)
     if got is not None:
       state, best, meta = got
@@ -467,16 +476,16 @@ def speed_row(name: str, pair: dict) -> dict | None:
           "pythae_train_s": round(pair["pythae"].train_seconds, 1)}
 
 
-def earlier_runs(path) -> list[Run]:
+def earlier_runs(path, curve_subset: str = CURVE_SUBSET) -> list[Run]:
   """The runs of an earlier result.json of this script (their curves and training time,
   no parameters), to draw and pair with this run's: e.g. a peer trained alone later."""
   path = pathlib.Path(path)
   try:
     earlier = json.loads(path.read_text())
-    subset = earlier.get("curve_images", f"the first {CURVE_IMAGES} test images")
-    if earlier["curves"] and subset != CURVE_SUBSET:
+    subset = earlier.get("curve_images", CURVE_FIRST)
+    if earlier["curves"] and subset != curve_subset:
       raise SystemExit(f"--earlier {path}: its curves read {subset}, this run's read "
-                       f"{CURVE_SUBSET}; they cannot be paired (re-run the earlier job)")
+                       f"{curve_subset}; they cannot be paired (re-run the earlier job)")
     seconds = {(r["impl"], r["model"]): r["train_s"] for r in earlier["rows"]
                if r.get("selection", "best valid") == "best valid"}
     runs = []
@@ -490,7 +499,7 @@ def earlier_runs(path) -> list[Run]:
   return runs
 
 
-def plot_curves(runs, path):
+def plot_curves(runs, path, subset: str = CURVE_SUBSET):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -499,7 +508,8 @@ def plot_curves(runs, path):
     t, _, nll = zip(*run.curve)
     ax.plot(t, nll, marker="o", ms=3, label=f"{run.impl} {run.name}")
   ax.set_xlabel("training wall time (s)")
-  ax.set_ylabel(f"test NLL (nats), k={CURVE_SAMPLES}, {CURVE_IMAGES} random images")
+  which = "first" if subset == CURVE_FIRST else "random"
+  ax.set_ylabel(f"test NLL (nats), k={CURVE_SAMPLES}, {which} {CURVE_IMAGES} test images")
   ax.set_title("binarized MNIST")
   ax.grid(alpha=0.3)
   ax.legend()
@@ -533,6 +543,10 @@ def main(argv=None):
   p.add_argument("--lr-gamma", type=float, default=10 ** -0.2)
   p.add_argument("--nll-samples", type=int, default=5000)
   p.add_argument("--curve-every", type=int, default=1, help="epochs between curve points")
+  p.add_argument("--curve-images", default="random", choices=tuple(CURVE_SUBSETS),
+                 help="the test images the curve reads: 1,000 drawn at random, or the first "
+                 "1,000 (almost all zeros: the file is ordered by digit), which only resumes "
+                 "a checkpoint or pairs with an --earlier run from before the draw")
   p.add_argument("--earlier", default="",
                  help="result.json of an earlier run of this script on the same machine: its "
                  "curves are drawn beside this run's and paired with them in the speed table "
@@ -614,7 +628,8 @@ def main(argv=None):
       p.error(f"--lr-gamma must be in (0, 1], got {args.lr_gamma}")
     for s in SETTINGS.values():
       s["milestones"], s["gamma"] = milestones, args.lr_gamma
-  earlier = earlier_runs(args.earlier) if args.earlier else []
+  subset = CURVE_SUBSETS[args.curve_images]
+  earlier = earlier_runs(args.earlier, subset) if args.earlier else []
   for run in earlier:
     if run.name in (models if run.impl == "ae_jax" else peers):
       p.error(f"--earlier {args.earlier} holds a {run.impl} {run.name} run, which this run "
@@ -627,7 +642,7 @@ def main(argv=None):
     for s in SETTINGS.values():
       s["components"] = min(s.get("components", 500), 10)
     nll_samples = min(nll_samples, 20)
-  curve_x = curve_images(test.x)
+  curve_x = curve_images(test.x, args.curve_images)
   budget = args.budget_minutes * 60 if args.budget_minutes > 0 else math.inf
   rows, runs = [], []
   peer_ok = pythae_available()
@@ -649,7 +664,7 @@ def main(argv=None):
     run = train_jax(name, train, valid, curve_x, epochs=epochs, budget_s=budget, seed=args.seed,
                     curve_every=args.curve_every, patience=args.patience,
                     workdir=args.workdir or None, checkpoint_every=args.checkpoint_every,
-                    stop_after_s=stop_after)
+                    stop_after_s=stop_after, curve_subset=subset)
     if not run.finished:   # this sitting is over: the checkpoint holds the work
       unfinished[name] = run.epochs
       if args.score_unfinished:   # the figure reached so far, marked as such
@@ -666,16 +681,16 @@ def main(argv=None):
   # a peer setting without its ae_jax run (e.g. to add the peer to an earlier ae_jax run
   # on the same machine) trains alone for --epochs, or the setting's own count
   if unfinished:   # what the sitting reached: its curve and sittings (and, asked, its score)
-    png = plot_curves(runs + [run], out / "nll_vs_time.png")
+    png = plot_curves(runs + [run], out / "nll_vs_time.png", subset)
     result = {"unfinished": unfinished, "workdir": args.workdir, "rows": rows,
-              "curve_images": CURVE_SUBSET,
+              "curve_images": subset,
               "curves": {f"{r.impl}:{r.name}": r.curve for r in runs + [run]},
               "sittings": {r.name: r.sittings for r in runs + [run] if r.sittings},
               "figure": str(png)}
     tables = {"test split (finished settings; with --score-unfinished, the figure reached)":
               rows,
               f"{run.name}: sittings so far": [{"setting": run.name, **h} for h in run.sittings],
-              f"{run.name}: curve so far (test NLL, k = {CURVE_SAMPLES}, {CURVE_SUBSET})": [
+              f"{run.name}: curve so far (test NLL, k = {CURVE_SAMPLES}, {subset})": [
                   {"train_s": c[0], "epoch": c[1], "nll": c[2]} for c in run.curve]}
     _io.write_results(out, tables=tables, result=result,
                       title="VAE likelihoods on binarized MNIST (unfinished)")
@@ -685,12 +700,12 @@ def main(argv=None):
   for name in (p for p in peers if p not in models and peer_ok):
     train_peer(name, args.epochs or SETTINGS[name]["epochs"])
   runs += earlier
-  png = plot_curves(runs, out / "nll_vs_time.png")
+  png = plot_curves(runs, out / "nll_vs_time.png", subset)
   speed = [speed_row(name, {r.impl: r for r in runs if r.name == name})
            for name in dict.fromkeys(r.name for r in runs)]
   speed = [row for row in speed if row is not None]
   result = {"rows": rows, "speed": speed, "curves": {f"{r.impl}:{r.name}": r.curve for r in runs},
-            "curve_images": CURVE_SUBSET,
+            "curve_images": subset,
             "data": "binarized_mnist train 50,000 / valid 10,000 / test 10,000"
                     if not args.smoke else "smoke subset", "budget_minutes": args.budget_minutes,
             "patience": args.patience, "nll_samples": nll_samples,

@@ -274,6 +274,9 @@ def test_experiment_peer_alone_trains_for_the_given_epochs(tmp_path, monkeypatch
   # a run from before the curve's images were drawn at random read the first 1,000: refused
   with pytest.raises(SystemExit, match="cannot be paired"):
     exp.main(["--models", "", "--peer-models", "vae", "--earlier", str(earlier)])
+  # ... unless this run's curve reads those images too (--curve-images first)
+  [old] = exp.earlier_runs(earlier, exp.CURVE_FIRST)
+  assert (old.impl, old.name, old.curve) == ("ae_jax", "vae", [(2.0, 1, 104.0), (4.0, 2, 99.0)])
   earlier.write_text(json.dumps({**json.loads(earlier.read_text()),
                                  "curve_images": exp.CURVE_SUBSET}))
   result = exp.main(["--models", "", "--peer-models", "vae", "--epochs", "3",
@@ -307,6 +310,8 @@ def test_curve_images_are_a_fixed_random_draw_across_the_test_split(monkeypatch)
   counts = np.bincount(got // 1000, minlength=10)
   assert counts.min() > 70 and counts.max() < 130, counts
   np.testing.assert_array_equal(exp.curve_images(x[:50])[:, 0], np.arange(50))
+  # the first images, only to resume or pair with runs from before the draw
+  np.testing.assert_array_equal(exp.curve_images(x, "first")[:, 0], np.arange(1000))
 
 
 def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):
@@ -443,6 +448,20 @@ def test_experiment_resumes_a_run_in_sittings_to_the_uninterrupted_parameters(
   with pytest.raises(CheckpointError, match="epochs: checkpoint 4, now 5"):
     exp.train_jax("vae", train, valid, train.x[:5], **{**kw, "epochs": 5},
                   workdir=tmp_path / "w")
+  # a checkpoint from before the curve's draw recorded no subset: the first images
+  # (--curve-images first) resume it; the random draw is refused
+  signature = exp._signature
+  monkeypatch.setattr(exp, "_signature", lambda *a: {
+      k: v for k, v in signature(*a).items() if k != "curve_images"})
+  exp.train_jax("vae", train, valid, train.x[:5], **kw, workdir=tmp_path / "old",
+                stop_after_s=1e-9)
+  monkeypatch.setattr(exp, "_signature", signature)
+  with pytest.raises(CheckpointError, match="curve_images: checkpoint 'the first 1000"):
+    exp.train_jax("vae", train, valid, train.x[:5], **kw, workdir=tmp_path / "old")
+  resumed = exp.train_jax("vae", train, valid, train.x[:5], **kw, workdir=tmp_path / "old",
+                          stop_after_s=1e-9, curve_subset=exp.CURVE_FIRST)
+  assert resumed.epochs == 2 and [(h["from"], h["to"]) for h in resumed.sittings] == [
+      (0, 1), (1, 2)]
   # the command: a sitting that stops writes what it reached; the one that ends scores
   cmd = ["--models", "vae", "--peer-models", "", "--epochs", "2", "--nll-samples", "5",
          "--workdir", str(tmp_path / "cli"), "--stop-after-minutes", "1e-9",
