@@ -80,13 +80,13 @@ CURVE_FIRST = f"the first {CURVE_IMAGES} test images"
 CURVE_SUBSETS = {"random": CURVE_SUBSET, "first": CURVE_FIRST}
 
 
-def curve_images(test_x, subset: str = "random"):
+def curve_images(test_x, subset: str = CURVE_SUBSET):
   """The curve's test images: by default CURVE_IMAGES of them drawn at random, in file
   order. The test file is ordered by digit (its first 1,000 images are almost all zeros,
-  ~11 nats harder than the split), so a prefix would not stand for the split; `first`
+  ~11 nats harder than the split), so a prefix would not stand for the split; CURVE_FIRST
   (that prefix) only resumes or pairs with runs from before the draw."""
   n = min(CURVE_IMAGES, len(test_x))
-  if subset == "first":
+  if subset == CURVE_FIRST:
     return test_x[:n]
   return test_x[np.sort(np.random.default_rng(CURVE_SEED).choice(len(test_x), n, replace=False))]
 
@@ -642,7 +642,7 @@ def main(argv=None):
     for s in SETTINGS.values():
       s["components"] = min(s.get("components", 500), 10)
     nll_samples = min(nll_samples, 20)
-  curve_x = curve_images(test.x, args.curve_images)
+  curve_x = curve_images(test.x, subset)
   budget = args.budget_minutes * 60 if args.budget_minutes > 0 else math.inf
   rows, runs = [], []
   peer_ok = pythae_available()

@@ -311,7 +311,7 @@ def test_curve_images_are_a_fixed_random_draw_across_the_test_split(monkeypatch)
   assert counts.min() > 70 and counts.max() < 130, counts
   np.testing.assert_array_equal(exp.curve_images(x[:50])[:, 0], np.arange(50))
   # the first images, only to resume or pair with runs from before the draw
-  np.testing.assert_array_equal(exp.curve_images(x, "first")[:, 0], np.arange(1000))
+  np.testing.assert_array_equal(exp.curve_images(x, exp.CURVE_FIRST)[:, 0], np.arange(1000))
 
 
 def test_experiment_speed_row_times_a_curve_value_both_reach(monkeypatch):
