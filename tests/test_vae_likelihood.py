@@ -372,6 +372,30 @@ def test_experiment_batch_flag_overrides_every_setting(monkeypatch):
     exp.main(["--smoke", "--batch", "-5"])
 
 
+def test_experiment_two_layer_settings_train_without_a_peer(tmp_path, monkeypatch, capsys):
+  """iwae5_2l / iwae50_2l: Burda et al.'s two stochastic layers (z1 100, z2 50, 100-100
+  between them); an epoch trains and scores, and a pythae peer is refused (it has none)."""
+  import pathlib
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments import vae_binarized_mnist as exp
+  cfg = exp.config_for("iwae50_2l", epochs=1, steps_per_epoch=10, seed=0)
+  assert (cfg.model.latent_dim, cfg.model.latent2_dim, tuple(cfg.model.latent2_widths),
+          cfg.objective.iw_samples) == (100, 50, (100, 100), 50)
+  assert exp.config_for("iwae50", epochs=1, steps_per_epoch=10, seed=0).model.latent2_dim == 0
+  with pytest.raises(SystemExit):
+    exp.main(["--smoke", "--models", "iwae5_2l", "--peer-models", "iwae5_2l"])
+  assert "pythae has no model with two stochastic layers" in capsys.readouterr().err
+  _fake_binarized(tmp_path, sizes=(40, 10, 10))
+  monkeypatch.setenv("AE_JAX_DATA_DIR", str(tmp_path))
+  train, valid, test = (load("binarized_mnist", s) for s in ("train", "valid", "test"))
+  run = exp.train_jax("iwae5_2l", train, valid, test.x[:5], epochs=1, budget_s=float("inf"),
+                      seed=0, curve_every=1)
+  assert {"q_z2", "p_z1"} <= set(run.trained.params["params"])
+  row = exp.score(run, test, 10, 0, valid=valid)
+  assert row["pythae_published"] is None and row["goal"] is None
+  assert np.isfinite(row["test_nll"]) and row["test_nll"] <= -row["test_elbo"] + 5
+
+
 def test_experiment_lr_flag_overrides_every_setting(monkeypatch):
   """--lr R sets every setting's Adam rate (both implementations); R < 0 or NaN is refused
   before any data is read."""
