@@ -222,16 +222,17 @@ def test_two_layer_terms_match_hand_computed_weights():
 
 
 def test_two_layer_importance_nll_is_the_linear_gaussian_marginal():
-  """Linear Gaussian layers: p(x) is Gaussian, mean W f + b, covariance
-  W (F^T F + diag(exp g)) W^T + 0.25 I. q(z1|x) ignores x (the prior's z1 marginal, made
-  diagonal) and q(z2|z1) is the exact p(z2|z1), so the estimate converges quickly."""
+  """Linear Gaussian layers (row vectors, z1 = z2 F + f + noise, x = z1 W + b + noise):
+  p(x) is Gaussian, mean f W + b, covariance W^T (F^T F + diag(exp g)) W + 0.25 I.
+  q(z1|x) ignores x (the prior's z1 marginal, made diagonal) and q(z2|z1) is the exact
+  p(z2|z1), so the estimate converges quickly."""
   cfg, model, params, n = _linear_two_layer(seed=3)
   p = params["params"]
   for k in ("F", "W"):
     n[k] = n[k] * 0.5
   v1 = np.exp(n["g"])                                   # p(z1|z2)'s variances (no kernel)
   cov_z1 = n["F"].T @ n["F"] + np.diag(v1)
-  # exact p(z2 | z1) = N(S F V^-1 (z1 - f), S), S = (I + F V^-1 F^T)^-1
+  # exact p(z2 | z1) = N((z1 - f) V^-1 F^T S, S), S = (I + F V^-1 F^T)^-1, V = diag(v1)
   s = np.linalg.inv(np.eye(L2) + n["F"] @ np.diag(1 / v1) @ n["F"].T)
   post_kernel = np.diag(1 / v1) @ n["F"].T @ s          # (L, L2)
   f32 = lambda v: np.asarray(v, np.float32)
@@ -283,7 +284,7 @@ def test_two_layer_config_errors():
 
 
 def test_two_layer_iwae_trains_and_samples():
-  """A tiny two-layer IWAE (k = 3) lowers its loss, moves both upper conditionals and
+  """A tiny two-layer IWAE (k = 3) lowers its NLL, moves both upper conditionals and
   samples images in [0, 1]; the one-layer model of the same config has neither."""
   x = (np.random.RandomState(0).random_sample((96, 3, 3, 1)) < 0.4).astype(np.float32)
   cfg = configs.get_preset("tiny")
