@@ -77,30 +77,41 @@ def test_standard_prior_log_density_and_pseudo_inputs_absent():
                              [-np.log(2 * np.pi), -np.log(2 * np.pi) - 2.5], rtol=1e-6)
 
 
-def test_vamp_terms_use_the_mixture_in_kl_and_iw_bound():
-  cfg, model, params, n = _linear_vamp()
+def _check_terms_by_hand(cfg, model, params, n, latents):
+  """`vae_lib.terms` with 1 and 4 samples against numpy: `latents(x, eps)` gives, for the
+  same standard-normal draws eps (B, S, model.noise_dim), the decoded latent z (B, S, L)
+  with log q and log p of every sample (B, S); p(x|z) = N(z W + b, 0.5^2)."""
   x = np.random.RandomState(2).normal(size=(3, D)).astype(np.float32)
   keys = jax.random.split(jax.random.key(5), 3)
   for samples in (1, 4):
     cfg.objective.iw_samples = samples
     got = jax.jit(lambda p, x, k: vae_lib.terms(model, p, {"x": x}, k, None, cfg, False))(
         params, jnp.asarray(x), keys)
-    eps = np.asarray(vae_lib.draw_eps(keys, samples, L), np.float64)      # (B, S, L)
-    mean, logvar = x @ n["A"] + n["a"], x @ n["B"] + n["bv"]
-    z = mean[:, None] + np.exp(0.5 * logvar)[:, None] * eps
-    log_q = _np_log_normal(z, mean[:, None], logvar[:, None])
-    log_p = _np_vamp_log_prior(z, n)
+    eps = np.asarray(vae_lib.draw_eps(keys, samples, model.noise_dim), np.float64)
+    z, log_q, log_p = latents(x, eps)
     out = z @ n["W"] + n["b"]
     log_px = np.sum(-0.5 * ((x[:, None] - out) / 0.5) ** 2 - np.log(0.5)
                     - 0.5 * np.log(2 * np.pi), -1)
+    log_w = log_px + log_p - log_q
     np.testing.assert_allclose(got["kl"], np.mean(log_q - log_p, -1), rtol=1e-4, atol=1e-4)
     if samples == 1:
-      np.testing.assert_allclose(got["elbo"], (log_px + log_p - log_q)[:, 0], rtol=1e-4,
-                                 atol=1e-3)
+      np.testing.assert_allclose(got["elbo"], log_w[:, 0], rtol=1e-4, atol=1e-3)
+      np.testing.assert_allclose(got["loss"], -log_w[:, 0], rtol=1e-4, atol=1e-3)
     else:
-      bound = logsumexp(log_px + log_p - log_q, -1) - np.log(samples)
+      bound = logsumexp(log_w, -1) - np.log(samples)
       np.testing.assert_allclose(got["iw_bound"], bound, rtol=1e-4, atol=1e-3)
       np.testing.assert_allclose(got["loss"], -bound, rtol=1e-4, atol=1e-3)
+
+
+def test_vamp_terms_use_the_mixture_in_kl_and_iw_bound():
+  cfg, model, params, n = _linear_vamp()
+
+  def latents(x, eps):                                          # eps (B, S, L)
+    mean, logvar = x @ n["A"] + n["a"], x @ n["B"] + n["bv"]
+    z = mean[:, None] + np.exp(0.5 * logvar)[:, None] * eps
+    return z, _np_log_normal(z, mean[:, None], logvar[:, None]), _np_vamp_log_prior(z, n)
+
+  _check_terms_by_hand(cfg, model, params, n, latents)
 
 
 def test_importance_nll_under_a_one_component_vamp_prior_is_the_gaussian_marginal():
@@ -191,14 +202,9 @@ def _linear_two_layer(seed=0):
 
 def test_two_layer_terms_match_hand_computed_weights():
   cfg, model, params, n = _linear_two_layer()
-  x = np.random.RandomState(2).normal(size=(3, D)).astype(np.float32)
-  keys = jax.random.split(jax.random.key(5), 3)
-  for samples in (1, 4):
-    cfg.objective.iw_samples = samples
-    got = jax.jit(lambda p, x, k: vae_lib.terms(model, p, {"x": x}, k, None, cfg, False))(
-        params, jnp.asarray(x), keys)
-    eps = np.asarray(vae_lib.draw_eps(keys, samples, L + L2), np.float64)   # (B, S, L + L2)
-    assert eps.shape == (3, samples, model.noise_dim)
+  assert model.noise_dim == L + L2
+
+  def latents(x, eps):                                          # eps (B, S, L + L2)
     mean1, logvar1 = x @ n["A"] + n["a"], x @ n["B"] + n["bv"]
     z1 = mean1[:, None] + np.exp(0.5 * logvar1)[:, None] * eps[..., :L]
     mean2, logvar2 = z1 @ n["C"] + n["c"], z1 @ n["E"] + n["e"]
@@ -207,18 +213,9 @@ def test_two_layer_terms_match_hand_computed_weights():
              + _np_log_normal(z2, mean2, logvar2))
     log_p = (_np_log_normal(z2, 0.0, np.zeros_like(z2))
              + _np_log_normal(z1, z2 @ n["F"] + n["f"], z2 @ n["G"] + n["g"]))
-    out = z1 @ n["W"] + n["b"]
-    log_px = np.sum(-0.5 * ((x[:, None] - out) / 0.5) ** 2 - np.log(0.5)
-                    - 0.5 * np.log(2 * np.pi), -1)
-    log_w = log_px + log_p - log_q
-    np.testing.assert_allclose(got["kl"], np.mean(log_q - log_p, -1), rtol=1e-4, atol=1e-4)
-    if samples == 1:
-      np.testing.assert_allclose(got["elbo"], log_w[:, 0], rtol=1e-4, atol=1e-3)
-      np.testing.assert_allclose(got["loss"], -log_w[:, 0], rtol=1e-4, atol=1e-3)
-    else:
-      bound = logsumexp(log_w, -1) - np.log(samples)
-      np.testing.assert_allclose(got["iw_bound"], bound, rtol=1e-4, atol=1e-3)
-      np.testing.assert_allclose(got["loss"], -bound, rtol=1e-4, atol=1e-3)
+    return z1, log_q, log_p
+
+  _check_terms_by_hand(cfg, model, params, n, latents)
 
 
 def test_two_layer_importance_nll_is_the_linear_gaussian_marginal():
