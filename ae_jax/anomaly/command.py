@@ -68,6 +68,14 @@ def add_parser(sub) -> None:
                  "scaling, a trimmed loss, the mse score and tanh layers, the configuration "
                  "chosen on ADBench (ae_jax.anomaly.detector.CONTAMINATED); --scaling still "
                  "overrides its scaling")
+  d.add_argument("--members", default="",
+                 help="JSON list of AutoencoderDetector arguments, one dict per member of an "
+                 "ensemble whose members differ in more than the seed (ae_jax.anomaly."
+                 "EnsembleDetector), e.g. '[{\"score\": \"mse\"}, {\"network\": \"conv1d\"}]'; "
+                 "--seed and the threshold flags apply to the ensemble, --ensemble, "
+                 "--max-steps, --network and --scaling to each member unless it sets them")
+  d.add_argument("--combine", default="mean", help="how --members' standardised scores "
+                 "are combined: mean (default) or max")
   d.set_defaults(run_command=run)
 
 
@@ -282,14 +290,26 @@ def label_report(y: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> str:
   return "\n".join(lines)
 
 
+def _describe(det) -> str:
+  members = getattr(det, "members_", None)
+  if members:
+    return f"{len(members)} detectors of " + ", ".join(str(m.ensemble) for m in members) + \
+        f" members, {det.combine} of standardised scores"
+  return f"ensemble {det.ensemble}"
+
+
 def _check_args(args) -> None:
   if bool(args.fit) == bool(args.load):
     raise ConfigError("give exactly one of --fit FILE (train a detector) or --load DIR")
   if args.load and not args.score:
     raise ConfigError("--load needs --score FILE: the rows to score")
-  if args.load and (args.contaminated or args.scaling is not None):
-    raise ConfigError("--contaminated and --scaling set up a detector fitted with --fit; a "
-                      "--load'ed detector keeps its own")
+  if args.load and (args.contaminated or args.scaling is not None or args.members):
+    raise ConfigError("--contaminated, --scaling and --members set up a detector fitted with "
+                      "--fit; a --load'ed detector keeps its own")
+  if args.members:
+    _members(args.members)
+  elif args.combine != "mean":
+    raise ConfigError("--combine applies to an ensemble given by --members")
   if args.save:
     save = pathlib.Path(args.save)
     if args.load:
@@ -301,16 +321,43 @@ def _check_args(args) -> None:
   _check_out(pathlib.Path(args.out))
 
 
+def _members(text: str) -> list[dict]:
+  """The --members JSON: a list of dicts of AutoencoderDetector arguments."""
+  import json  # pylint: disable=g-import-not-at-top
+  try:
+    members = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"--members is not valid JSON ({e}); give a list of dicts, e.g. "
+                      '\'[{"score": "mse"}, {"network": "conv1d"}]\'') from None
+  if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+    raise ConfigError(f"--members must be a JSON list of dicts, got {text!r}")
+  return members
+
+
+def _build(args, rule: dict):
+  """The unfitted detector the --fit flags describe."""
+  from ae_jax.anomaly.detector import CONTAMINATED, AutoencoderDetector
+  from ae_jax.anomaly.ensemble import EnsembleDetector
+  setting = dict(CONTAMINATED) if args.contaminated else {}   # else the class's defaults
+  if args.scaling is not None:
+    setting["scaling"] = args.scaling
+  setting.update(network=args.network, ensemble=args.ensemble, max_steps=args.max_steps)
+  if not args.members:
+    return AutoencoderDetector(seed=args.seed, **setting, **rule)
+  members = [{**setting, **m} for m in _members(args.members)]
+  return EnsembleDetector(members, combine=args.combine, seed=args.seed, **rule)
+
+
 def run(args: argparse.Namespace) -> int:
   """Runs `ae-jax detect` with parsed arguments; returns the exit status."""
-  from ae_jax.anomaly.detector import CONTAMINATED, AutoencoderDetector
+  from ae_jax.anomaly.ensemble import load_detector
   from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
   _check_args(args)
   rule = {"threshold": args.threshold or DEFAULT_THRESHOLD,
           "contamination": 0.1 if args.contamination is None else args.contamination,
           "k": 1.0 if args.k is None else args.k}
   if args.load:
-    det = AutoencoderDetector.load(args.load)
+    det = load_detector(args.load)
     source = f"loaded from {args.load}"
     given = {k: v for k, v in (("threshold", args.threshold),
                                ("contamination", args.contamination), ("k", args.k))
@@ -332,16 +379,12 @@ def run(args: argparse.Namespace) -> int:
                             args.labels)
     if args.score:
       align_columns(score_table, fit_table.names, fit_table.x.shape[1:], f"{args.fit}")
-    setting = dict(CONTAMINATED) if args.contaminated else {}   # else the class's defaults
-    if args.scaling is not None:
-      setting["scaling"] = args.scaling
-    det = AutoencoderDetector(network=args.network, seed=args.seed, ensemble=args.ensemble,
-                              max_steps=args.max_steps, **setting, **rule)
+    det = _build(args, rule)
     start = time.perf_counter()
     det.fit(fit_table.x, fit_table.y)
     det.feature_names_in_ = fit_table.names
     print(f"fitted on {args.fit}: {len(fit_table.x)} rows of shape "
-          f"{tuple(fit_table.x.shape[1:])} (ensemble {det.ensemble}) in "
+          f"{tuple(fit_table.x.shape[1:])} ({_describe(det)}) in "
           f"{time.perf_counter() - start:.1f} s")
   scores = det.decision_function(score_table.x)
   flags = (scores > det.threshold_).astype(np.int64)
