@@ -18,7 +18,8 @@ API:
     terms ('combined', ...) gets its terms' statistics from det's held-out part of x_fit.
   fit_variant(kw, fit_x, scores) -> (fit seconds, steps of each member, {score: (detector,
     its scores of the fit's held-out rows)}): one development variant, fitted once and read
-    with every score (the dev scripts' shared loop).
+    with every score (the dev scripts' shared loop); a variant with `members` is an
+    EnsembleDetector, read once under the name 'ensemble'.
   roc_figure(path, curves, title): ROC curves {label: (y, scores)}.
   mean_std(values) -> (mean, std) with std over seeds (population std, ddof=0; 0 for one
     value), from ae_jax.results.mean_std.
@@ -31,7 +32,7 @@ import time
 import numpy as np
 
 from ae_jax import results
-from ae_jax.anomaly import AutoencoderDetector
+from ae_jax.anomaly import AutoencoderDetector, EnsembleDetector
 from ae_jax.anomaly.scores import SCORES
 
 ANCHORS = ("IForest", "ECOD", "PyOD-AE", "KNN", "PCA")
@@ -188,7 +189,19 @@ def fit_variant(kw: dict, fit_x, scores) -> tuple[float, list, dict]:
   Returns (fit seconds, the last logged step of each member, {score: (the detector read
   with that score, its scores of the rows of fit_x the fit held out)}); the held-out
   scores are the label-free reference for standardising and thresholding.
+
+  kw with `members` (and optionally `combine`) is an `EnsembleDetector` of members that
+  differ in more than the seed; it has its own scores, so it is read once, as
+  {'ensemble': ...}, whatever `scores` says.
   """
+  if "members" in kw:
+    det = EnsembleDetector(**kw)
+    start = time.perf_counter()
+    det.fit(fit_x)
+    seconds = time.perf_counter() - start
+    _, held = det.holdout_indices(len(fit_x))
+    steps = [h[-1]["step"] for m in det.members_ for h in m.history_]
+    return seconds, steps, {"ensemble": (det, det.decision_function(fit_x[held]))}
   det = AutoencoderDetector(**kw)
   start = time.perf_counter()
   det.fit(fit_x)

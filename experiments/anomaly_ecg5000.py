@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from ae_jax import data as data_lib
-from ae_jax.anomaly import THRESHOLDS, AutoencoderDetector
+from ae_jax.anomaly import THRESHOLDS, AutoencoderDetector, EnsembleDetector
 from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD
 from ae_jax.errors import DataError
 from experiments import _anomaly_common as common
@@ -44,7 +44,9 @@ def parse(argv=None):
   p = _io.parser(NAME, __doc__.splitlines()[0])
   p.add_argument("--protocols", nargs="+", default=["ucr", "random80"],
                  choices=["ucr", "random80"])
-  p.add_argument("--networks", nargs="+", default=list(CHOSEN["networks"]))
+  p.add_argument("--networks", nargs="+", default=None,
+                 help=f"networks of single detectors of ours (default {CHOSEN['networks']}, "
+                      "none when --members gives an ensemble)")
   p.add_argument("--seeds", type=int, default=3, help="detector seeds (seed, seed+1, ...)")
   p.add_argument("--ensemble", type=int, default=3)
   p.add_argument("--epochs", type=int, default=100)
@@ -57,11 +59,20 @@ def parse(argv=None):
   p.add_argument("--detector", default=json.dumps(CHOSEN["detector"]),
                  help="JSON of extra AutoencoderDetector arguments; they win over "
                       "--epochs / --max-steps / --ensemble")
+  p.add_argument("--members", default="",
+                 help="JSON list of AutoencoderDetector arguments: one more row of ours, an "
+                      "EnsembleDetector of these members (they differ in more than the seed; "
+                      "--epochs / --max-steps / --ensemble apply to each unless it sets them)")
+  p.add_argument("--combine", default="mean", choices=["mean", "max"],
+                 help="how --members' standardised scores are combined")
   p.add_argument("--anchors", nargs="*", default=list(common.ANCHORS))
   p.add_argument("--cache", default="results/.jax_cache",
                  help="JAX compilation cache folder ('' = off)")
   args = p.parse_args(argv)
   args.detector = json.loads(args.detector)
+  args.members = json.loads(args.members) if args.members else []
+  if args.networks is None:   # with --members the ensemble is the row of ours
+    args.networks = [] if args.members else list(CHOSEN["networks"])
   if args.smoke:
     args.protocols, args.networks, args.seeds, args.ensemble = ["ucr"], ["conv1d"], 1, 1
     args.epochs, args.max_steps = 2, 6
@@ -96,19 +107,27 @@ def rule_thresholds(det, val_xy) -> dict[str, float]:
 
 
 def run_detector(args, network, score, protocol, seed, splits):
+  """One row of ours: AutoencoderDetector(network, score), or with network None the
+  EnsembleDetector of --members."""
   fit_x, val_xy, test_x, test_y = splits
-  det = AutoencoderDetector(**{
-      "network": network, "score": score, "ensemble": args.ensemble, "epochs": args.epochs,
-      "max_steps": args.max_steps, "threshold": args.threshold,
-      "contamination": args.contamination, "seed": seed, **args.detector})
+  shared = {"threshold": args.threshold, "contamination": args.contamination, "seed": seed}
+  budget = {"ensemble": args.ensemble, "epochs": args.epochs, "max_steps": args.max_steps}
+  if network is None:
+    det = EnsembleDetector([{**budget, **m} for m in args.members], combine=args.combine,
+                           **shared)
+    label = "AE-ensemble"
+  else:
+    det = AutoencoderDetector(**{"network": network, "score": score, **budget, **shared,
+                                 **args.detector})
+    label = f"AE-{network}" + (f"/{score}" if len(args.scores) > 1 else "")
   start = time.perf_counter()
   det.fit(fit_x, X_val=val_xy[0], y_val=val_xy[1])
   scores = det.decision_function(test_x)
   fit_s = time.perf_counter() - start
-  label = f"AE-{network}" + (f"/{score}" if len(args.scores) > 1 else "")
+  members = getattr(det, "members_", [det])
   row = {"protocol": protocol, "detector": label, "seed": seed,
          **common.ranking_metrics(test_y, scores), "fit+score s": fit_s,
-         "steps": [h[-1]["step"] for h in det.history_]}
+         "steps": [h[-1]["step"] for m in members for h in m.history_]}
   val_scores = det.decision_function(val_xy[0])
   add_rule_metrics(row, det.reference_scores_, val_scores, val_xy[1], scores, test_y,
                    det.contamination)
@@ -229,13 +248,14 @@ def main(argv=None):
     for seed in range(args.seed, args.seed + args.seeds):
       splits = protocol_splits(protocol, seed, args.smoke)
       curves = {}
-      for network, score in [(n, sc) for n in args.networks for sc in args.scores]:
+      ours = [(n, sc) for n in args.networks for sc in args.scores]
+      for network, score in ours + ([(None, None)] if args.members else []):
         row, det, scores = run_detector(args, network, score, protocol, seed, splits)
         rows.append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                if "@" not in k or args.threshold in k}, flush=True)
         curves[row["detector"]] = (splits[3], scores)
-        if seed == args.seed:
+        if seed == args.seed and network is not None:  # (an ensemble has no reconstruction)
           tag = f"{protocol}_{network}" + (f"_{score}" if len(args.scores) > 1 else "")
           figures[f"beats_{tag}"] = out / f"beats_{tag}.png"
           beat_figure(figures[f"beats_{tag}"], det, splits[2], splits[3], scores)

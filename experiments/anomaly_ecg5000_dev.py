@@ -22,8 +22,11 @@ Each threshold rule reads the scores of the detector's held-out 10 % of the fit 
 test protocol.
 
 A variant (name -> AutoencoderDetector arguments) is trained once per cut and read with
-every score of `--scores` that shares its training statistics. PyOD anchors run on the
-same cuts with the same held-out beats.
+every score of `--scores` that shares its training statistics (or of its own `scores`
+list: a VAE's `elbo` and `nll` apply to no other family). A variant with `members`
+(a list of such argument dicts, and optionally `combine`) is an EnsembleDetector whose
+members differ in more than the seed; it is read once, as `name/ensemble`. PyOD anchors
+run on the same cuts with the same held-out beats.
 
 Selection rule, fixed before any run (`choose`): the variant/score row with the best
 mean development ROC-AUC over the cuts (or folds); then, for that row, the label-free rule (every
@@ -72,8 +75,9 @@ def parse(argv=None):
   args.variants = json.loads(args.variants)
   if args.smoke:
     args.cuts, args.dev_val, args.folds = 1, 120, 2
-    args.variants = {n: {**v, "ensemble": 1, "max_steps": 5, "channels": [4, 8]}
-                     for n, v in list(args.variants.items())[:1]}
+    small = lambda v: {**v, "ensemble": 1, "max_steps": 5, "channels": [4, 8]}
+    args.variants = {n: {**v, "members": [small(m) for m in v["members"]]} if "members" in v
+                     else small(v) for n, v in list(args.variants.items())[:1]}
     args.anchors = ["KNN"]
   return args
 
@@ -136,7 +140,12 @@ def choose(table: list[dict], variants: dict) -> tuple[str, str, list[str]]:
           if best.get(f"accuracy@{rule}") is not None}
   rule = max(accs, key=accs.get)
   variant, score = best["detector"].split("/")
-  kw = dict(variants[variant])
+  kw = {k: v for k, v in variants[variant].items() if k != "scores"}
+  if "members" in kw:
+    args = ["--protocols", "ucr", "--members", json.dumps(kw.pop("members")),
+            "--threshold", rule]
+    return best["detector"], rule, args + (["--combine", kw["combine"]] if "combine" in kw
+                                           else [])
   network = kw.pop("network", "mlp")
   args = ["--protocols", "ucr", "--networks", network, "--scores", score, "--threshold", rule]
   return best["detector"], rule, args + (["--detector", json.dumps(kw)] if kw else [])
@@ -159,8 +168,10 @@ def main(argv=None):
   for cut, (fit_x, val_x, val_y) in enumerate(parts):
     w = class_weights(val_y, normal_share) if args.split == "kfold" else None
     for name, kw in args.variants.items():
+      kw = dict(kw)
+      scores = kw.pop("scores", args.scores)
       seconds, steps, read = common.fit_variant(
-          {"seed": args.seed, "contamination": args.contamination, **kw}, fit_x, args.scores)
+          {"seed": args.seed, "contamination": args.contamination, **kw}, fit_x, scores)
       for score, (d, ref) in read.items():
         s = d.decision_function(val_x)
         rows.append({"cut": cut, "detector": f"{name}/{score}", "fit_s": seconds,

@@ -302,6 +302,31 @@ def test_ecg_anchors_run_the_seeds_of_ours_in_every_protocol(tmp_path, monkeypat
   assert summary["random80", "KNN"]["roc_auc"] == pytest.approx(0.4 + 0.5)  # mean of 0.8..1.0
 
 
+def test_ecg_script_runs_an_ensemble_of_members_as_one_row_of_ours():
+  """`--members` adds the EnsembleDetector row 'AE-ensemble' (no single detectors unless
+  --networks asks), fitted on the fit beats and scored on the test beats (synthetic)."""
+  from experiments import anomaly_ecg5000 as ecg
+  members = [{"score": "mse", "widths": [16]}, {"score": "gaussian", "latent_dim": 3}]
+  args = ecg.parse(["--members", json.dumps(members), "--ensemble", "1", "--max-steps", "40",
+                    "--threshold", "max"])
+  assert args.networks == [] and args.members == members
+  assert ecg.parse(["--members", json.dumps(members), "--networks", "mlp"]).networks == ["mlp"]
+  rng = np.random.default_rng(0)
+  basis = rng.normal(size=(2, 10))
+  normal = lambda n: (rng.normal(size=(n, 2)) @ basis + 0.05 * rng.normal(size=(n, 10))
+                      ).astype(np.float32)
+  test_x = np.concatenate([normal(60), 3 * rng.normal(size=(20, 10)).astype(np.float32)])
+  test_y = np.r_[np.zeros(60, int), np.ones(20, int)]
+  val_x = np.concatenate([normal(20), 3 * rng.normal(size=(5, 10)).astype(np.float32)])
+  splits = normal(250), (val_x, np.r_[np.zeros(20, int), np.ones(5, int)]), test_x, test_y
+  row, det, scores = ecg.run_detector(args, None, None, "ucr", 0, splits)
+  assert row["detector"] == "AE-ensemble" and len(row["steps"]) == 2
+  assert [m.score for m in det.members_] == ["mse", "gaussian"]
+  assert det.threshold == "max" and row["roc_auc"] > 0.95
+  np.testing.assert_array_equal(scores, det.decision_function(test_x))
+  assert row["accuracy@max"] == pytest.approx(np.mean((scores > det.threshold_) == test_y))
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data("ecg5000")
 def test_ecg5000_script_smoke(tmp_path, fewer_optimizations):

@@ -1,8 +1,11 @@
 """Tests of the ECG5000 development protocol (experiments.anomaly_ecg5000_dev)."""
 
+import json
+
 import numpy as np
 import pytest
 
+from experiments import anomaly_ecg5000 as ecg
 from experiments import anomaly_ecg5000_dev as dev
 
 
@@ -47,6 +50,19 @@ def test_choose_takes_the_best_roc_row_then_its_most_accurate_label_free_rule():
                   "--threshold", "tukey", "--detector", '{"widths": [512, 256]}']
   with pytest.raises(ValueError, match="no variant"):
     dev.choose(table[2:], variants)
+
+
+def test_choose_prints_the_members_of_a_chosen_ensemble():
+  rules = {f"accuracy@{r}": 0.5 for r in dev.LABEL_FREE_RULES}
+  table = [{"detector": "mlp/mse", "roc_auc": 0.97, **rules},
+           {"detector": "pair/ensemble", "roc_auc": 0.98, **rules, "accuracy@max": 0.9}]
+  members = [{"score": "mse"}, {"network": "conv1d", "score": "mse"}]
+  variants = {"mlp": {"network": "mlp"}, "pair": {"members": members, "combine": "max"}}
+  name, rule, args = dev.choose(table, variants)
+  assert (name, rule) == ("pair/ensemble", "max")
+  assert args == ["--protocols", "ucr", "--members", json.dumps(members), "--threshold", "max",
+                  "--combine", "max"]
+  assert ecg.parse(args).members == members   # the TEST script reads what choose prints
 
 
 @pytest.mark.slow

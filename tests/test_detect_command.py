@@ -195,5 +195,5 @@ def test_contaminated_fits_the_adbench_configuration_on_rows_holding_anomalies(f
   params = json.loads((save2 / "detector.json").read_text())["params"]
   assert params["scaling"] == "minmax" and params["trim"] == 0.2
   _fails(capsys, ["detect", "--load", str(save), "--score", str(mixed), "--contaminated",
-                  "--out", str(files["dir"] / "x.csv")], "--contaminated and --scaling")
+                  "--out", str(files["dir"] / "x.csv")], "--contaminated, --scaling and --members")
   assert not (files["dir"] / "x.csv").exists()
