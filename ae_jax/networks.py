@@ -142,6 +142,80 @@ class ConvDecoder(nn.Module):
                          impl=self.conv_impl, batch_chunk=self.conv_batch_chunk)(h)
 
 
+class DilatedConv1D(nn.Module):
+  """A stride-1 1-D convolution whose kernel taps are `dilation` steps apart, 'SAME' padded.
+
+  Written as one matmul of the dilated taps side by side in the channels (no convolution
+  op, so its gradients are matmuls and slices, fast on CPU); `kernel` has Flax's `nn.Conv`
+  layout (kernel_size, C_in, features) and initialiser, and the result equals
+  `lax.conv_general_dilated(x, kernel, (1,), 'SAME', rhs_dilation=(dilation,))` + bias.
+  """
+  features: int
+  kernel_size: int = 3
+  dilation: int = 1
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    _, steps, channels = x.shape
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel_size, channels, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    span = (self.kernel_size - 1) * self.dilation
+    xp = jnp.pad(x, ((0, 0), (span // 2, span - span // 2), (0, 0)))
+    taps = jnp.concatenate([xp[:, t * self.dilation:t * self.dilation + steps]
+                            for t in range(self.kernel_size)], axis=-1)
+    dtype = self.dtype or x.dtype
+    w = kernel.reshape(-1, self.features).astype(dtype)
+    return taps.astype(dtype) @ w + bias.astype(dtype)
+
+
+class TCNEncoder(nn.Module):
+  """Dilated stride-1 convolutions over sequences (B, T, C), layer i dilated 2**i (a
+  temporal convolutional network: the receptive field doubles per layer, the length is
+  kept, so any T works), then flatten to (B, T * channels[-1])."""
+  channels: Sequence[int]
+  kernel_size: int = 3
+  activation: str = "relu"
+  layer_norm: bool = False
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    act = get_activation(self.activation)
+    h = x
+    for i, ch in enumerate(self.channels):
+      h = DilatedConv1D(ch, self.kernel_size, 2 ** i, dtype=self.dtype)(h)
+      if self.layer_norm:
+        h = nn.LayerNorm(dtype=self.dtype)(h)
+      h = act(h)
+    return h.reshape(h.shape[0], -1)
+
+
+class TCNDecoder(nn.Module):
+  """Dense to (T, channels[-1]), the encoder's dilated convolutions in reverse order
+  (dilations 2**(n-1) ... 1), then a 1-wide convolution to the output channels."""
+  channels: Sequence[int]
+  output_shape: Sequence[int]
+  kernel_size: int = 3
+  activation: str = "relu"
+  layer_norm: bool = False
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    act = get_activation(self.activation)
+    steps, out_ch = self.output_shape
+    h = nn.Dense(steps * self.channels[-1], dtype=self.dtype)(z)
+    h = act(h).reshape(z.shape[0], steps, self.channels[-1])
+    for i, ch in reversed(list(enumerate(self.channels))):
+      h = DilatedConv1D(ch, self.kernel_size, 2 ** i, dtype=self.dtype)(h)
+      if self.layer_norm:
+        h = nn.LayerNorm(dtype=self.dtype)(h)
+      h = act(h)
+    return DilatedConv1D(out_ch, 1, dtype=self.dtype)(h)
+
+
 NETWORKS: Registry = Registry("network")
 
 
@@ -340,3 +414,17 @@ def subpixel(cfg: ml_collections.ConfigDict, input_shape, decoder_input: int):
   kw = dict(kernel_size=cfg.kernel_size, activation=cfg.activation)
   return (SubpixelEncoder(tuple(cfg.channels), **kw),
           SubpixelDecoder(tuple(cfg.channels), tuple(input_shape), **kw))
+
+
+@NETWORKS.register("tcn1d")
+def tcn1d(cfg: ml_collections.ConfigDict, input_shape, decoder_input: int):
+  """Dilated (temporal) convolutions over sequences (T, C) with cfg.channels and
+  cfg.kernel_size; any length T (no striding)."""
+  del decoder_input
+  if len(input_shape) != 2:
+    raise ConfigError(f"network 'tcn1d' expects sequences of shape (T, C), got "
+                      f"{tuple(input_shape)}; use network='mlp' for flat vectors")
+  kw = dict(kernel_size=cfg.kernel_size, activation=cfg.activation,
+            layer_norm=cfg.layer_norm, dtype=_dtype(cfg))
+  return (TCNEncoder(tuple(cfg.channels), **kw),
+          TCNDecoder(tuple(cfg.channels), tuple(input_shape), **kw))

@@ -39,6 +39,7 @@ NETWORK_INPUTS = {
     "conv2d_gray": ("conv2d", (8, 8, 1)),
     "conv2d_rgb": ("conv2d", (16, 16, 3)),
     "conv1d_seq": ("conv1d", (16, 2)),
+    "tcn1d_seq": ("tcn1d", (15, 2)),   # dilated, unstrided: any length
 }
 
 
@@ -140,7 +141,7 @@ def test_shapes_and_dtypes(cfg, variant, net):
     assert idx.shape == (b, latent // cfg.model.code_dim)
 
 
-@pytest.mark.parametrize("net", ["conv2d_rgb", "conv1d_seq"])
+@pytest.mark.parametrize("net", ["conv2d_rgb", "conv1d_seq", "tcn1d_seq"])
 def test_forward_pass_values(cfg, net):
   """A real (compiled) top-k forward pass: finite outputs, at most k active latents."""
   network, shape = NETWORK_INPUTS[net]

@@ -5,8 +5,8 @@
 example (higher = more anomalous), `predict(X)` 0/1 labels by `threshold_`. Scores and
 threshold rules are chosen by name from `SCORES` and `THRESHOLDS`.
 
-Shapes: X is (N, D) vectors, (N, T, C) sequences ((N, T) with network='conv1d') or
-(N, H, W, C) images. Everything is scored in batches of `score_batch_size`, so memory
+Shapes: X is (N, D) vectors, (N, T, C) sequences ((N, T) with network='conv1d' or
+'tcn1d') or (N, H, W, C) images. Everything is scored in batches of `score_batch_size`, so memory
 does not grow with N.
 """
 
@@ -162,7 +162,7 @@ class AutoencoderDetector:
         the loss ignores (family 'trimmed_ae'), against anomalies in the training data.
       ensemble: number of members (seeds seed, seed + 1000, ...); their scores are averaged.
       latent_dim / widths: None picks them from the input size (`default_sizes`).
-      channels: conv channels for network conv1d / conv2d.
+      channels: conv channels for network conv1d / conv2d / tcn1d.
       dropout: dropout rate of the MLP's hidden layers while training.
       activation: the hidden layers' activation, a name in `ae_jax.networks.ACTIVATIONS`
         (relu, the default; tanh scores contaminated tabular data better: CONTAMINATED).
@@ -313,7 +313,7 @@ class AutoencoderDetector:
   def _prepare(self, X) -> np.ndarray:
     """X as float32 of the detector's example shape, checked for NaN/inf."""
     x = np.asarray(X, np.float32)
-    if self.network == "conv1d" and x.ndim == 2:
+    if self.network in ("conv1d", "tcn1d") and x.ndim == 2:
       x = x[..., None]
     if x.ndim < 2:
       raise DataError(f"expected a batch of examples (N, ...), got an array of shape {x.shape}")
