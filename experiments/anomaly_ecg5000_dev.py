@@ -29,7 +29,9 @@ members differ in more than the seed; it is read once, as `name/ensemble`. PyOD 
 run on the same cuts with the same held-out beats.
 
 Selection rule, fixed before any run (`choose`): the variant/score row with the best
-mean development ROC-AUC over the cuts (or folds); then, for that row, the label-free rule (every
+mean development ROC-AUC over the cuts (or folds), unless `--incumbent` names a row already
+scored on TEST that the best row beats by less than `--margin` (0.001; added in session
+16), which then stays chosen; then, for that row, the label-free rule (every
 rule but f1_best) with the best mean development accuracy. It prints the
 `experiments.anomaly_ecg5000` arguments that run the choice once on TEST.
 
@@ -70,6 +72,11 @@ def parse(argv=None):
                  default=["mse", "gaussian", "knn", "latent_knn", "combined"])
   p.add_argument("--anchors", nargs="*", default=["KNN", "PyOD-AE", "PCA"])
   p.add_argument("--contamination", type=float, default=0.1)
+  p.add_argument("--incumbent", default="",
+                 help="variant/score row already scored on TEST: it stays chosen unless a "
+                      "row beats its mean ROC-AUC by --margin (see choose)")
+  p.add_argument("--margin", type=float, default=0.001,
+                 help="ROC-AUC a row must gain over --incumbent to replace it")
   p.add_argument("--cache", default="results/.jax_cache")
   args = p.parse_args(argv)
   args.variants = json.loads(args.variants)
@@ -127,15 +134,28 @@ def rule_accuracies(reference, scores, y, contamination: float,
   return {k: v for k, v in got.items() if k.startswith("accuracy@")}
 
 
-def choose(table: list[dict], variants: dict) -> tuple[str, str, list[str]]:
+def choose(table: list[dict], variants: dict, incumbent: str = "",
+           margin: float = 0.0) -> tuple[str, str, list[str]]:
   """The rule fixed before any run: the variant/score row with the best mean development
   ROC-AUC (anchors are not candidates), then that row's label-free rule with the best
   mean development accuracy (rules that did not apply are skipped). Returns the row, the
-  rule and the `experiments.anomaly_ecg5000` arguments that run it on TEST."""
+  rule and the `experiments.anomaly_ecg5000` arguments that run it on TEST.
+
+  With an `incumbent` row (the choice already scored on TEST), the best row replaces it
+  only if its mean ROC-AUC is at least `margin` higher; otherwise the incumbent stays
+  chosen, so that differences far inside the folds' noise do not send another variant to
+  TEST (each look at TEST is one more chance to pick on it)."""
   rows = [r for r in table if "/" in r["detector"]]
   if not rows:
     raise ValueError("no variant/score rows in the table to choose from")
   best = max(rows, key=lambda r: r["roc_auc"])
+  if incumbent:
+    held = [r for r in rows if r["detector"] == incumbent]
+    if not held:
+      raise ValueError(f"the incumbent {incumbent!r} is not a row of this run; add its "
+                       "variant and score")
+    if best["roc_auc"] - held[0]["roc_auc"] < margin:
+      best = held[0]
   accs = {rule: best[f"accuracy@{rule}"] for rule in LABEL_FREE_RULES
           if best.get(f"accuracy@{rule}") is not None}
   rule = max(accs, key=accs.get)
@@ -210,7 +230,7 @@ def main(argv=None):
                 f"times (seeds {args.dev_seed}..) into {args.dev_val} labelled "
                 "validation beats and a fit part (its normal beats); TEST unused")
   result = {"args": vars(args), "rows": rows, "table": table, "protocol": protocol}
-  chosen, rule, test_args = choose(table, args.variants)
+  chosen, rule, test_args = choose(table, args.variants, args.incumbent, args.margin)
   result["chosen"] = {"detector": chosen, "rule": rule, "anomaly_ecg5000_args": test_args}
   _, md = _io.write_results(out, result, {"development validation, mean over cuts": table},
                             title="ECG5000 ucr, development protocol")

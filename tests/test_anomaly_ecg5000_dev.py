@@ -50,6 +50,11 @@ def test_choose_takes_the_best_roc_row_then_its_most_accurate_label_free_rule():
                   "--threshold", "tukey", "--detector", '{"widths": [512, 256]}']
   with pytest.raises(ValueError, match="no variant"):
     dev.choose(table[2:], variants)
+  # An incumbent already scored on TEST stays chosen unless beaten by the margin.
+  assert dev.choose(table, variants, "mlp/gaussian", 0.011)[:2] == ("mlp/gaussian", "max")
+  assert dev.choose(table, variants, "mlp/gaussian", 0.009)[:2] == ("wide/combined", "tukey")
+  with pytest.raises(ValueError, match="incumbent 'mlp/mse' is not a row"):
+    dev.choose(table, variants, "mlp/mse", 0.001)
 
 
 def test_choose_prints_the_members_of_a_chosen_ensemble():
