@@ -133,7 +133,8 @@ def test_detect_command_fits_saves_and_loads_an_ensemble(tmp_path, capsys):
           "--labels", "label", "--max-steps", "60", "--ensemble", "1", "--members", members]
   assert cli.main([*args, "--out", str(tmp_path / "a.npz"), "--save",
                    str(tmp_path / "det")]) == 0
-  assert "2 detectors of 1, 1 members, mean of standardised scores" in capsys.readouterr().out
+  assert ("2 detectors: ae/mlp/mse x1, ae/mlp/gaussian x1; the mean of their standardised "
+          "scores") in capsys.readouterr().out
   assert cli.main(["detect", "--load", str(tmp_path / "det"), "--score",
                    str(tmp_path / "new.npz"), "--out", str(tmp_path / "b.npz")]) == 0
   with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:

@@ -293,8 +293,8 @@ def label_report(y: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> str:
 def _describe(det) -> str:
   members = getattr(det, "members_", None)
   if members:
-    return f"{len(members)} detectors of " + ", ".join(str(m.ensemble) for m in members) + \
-        f" members, {det.combine} of standardised scores"
+    names = ", ".join(f"{m.family}/{m.network}/{m.score} x{m.ensemble}" for m in members)
+    return f"{len(members)} detectors: {names}; the {det.combine} of their standardised scores"
   return f"ensemble {det.ensemble}"
 
 
