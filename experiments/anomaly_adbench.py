@@ -12,6 +12,7 @@ Any folder of ADBench-style `.npz` files (`X`, `y` with 1 = anomaly) works: `--d
   python -m experiments.anomaly_adbench --data-dir my_npz/    # any ADBench-style folder
   python -m experiments.anomaly_adbench --workers 16          # sets and seeds in parallel
   python -m experiments.anomaly_adbench --variants '{"AE knn": {"score": "knn"}}'  # compare
+  python -m experiments.anomaly_adbench --variants '{"AE mix": {"members": [{}, {"activation": "relu"}]}}'
   python -m experiments.anomaly_adbench --smoke               # seconds, for CI
 """
 
@@ -57,7 +58,9 @@ def parse(argv=None):
                       "configuration, CHOSEN; '{}' = the detector's own defaults)")
   p.add_argument("--variants", default="{}",
                  help='more of our detectors as JSON {"label": {arguments}}, each beside '
-                      'ours; a variant\'s arguments are laid over --detector\'s')
+                      'ours; a variant\'s arguments are laid over --detector\'s; '
+                      '{"label": {"members": [{...}, {...}]}} is an EnsembleDetector whose '
+                      'members (each laid over --detector) differ in more than the seed')
   p.add_argument("--workers", type=int, default=1, help="processes running jobs in parallel")
   p.add_argument("--cache", default="results/.jax_cache",
                  help="JAX compilation cache folder ('' = off)")
@@ -121,13 +124,17 @@ def run_job(job) -> dict:
   start = time.perf_counter()
   ours = args["ours"]
   if detector in ours:
-    from ae_jax.anomaly import AutoencoderDetector
+    from ae_jax.anomaly import AutoencoderDetector, EnsembleDetector
     kw = {"seed": seed, **ours[detector]}
-    if args["smoke"]:
-      kw.update(ensemble=1, max_steps=5, epochs=1)
-    det = AutoencoderDetector(**kw).fit(x)
+    small = dict(ensemble=1, max_steps=5, epochs=1) if args["smoke"] else {}
+    if "members" in kw:   # members that differ in more than the seed
+      det = EnsembleDetector(**{**kw, "members": [{**m, **small} for m in kw["members"]]})
+    else:
+      det = AutoencoderDetector(**{**kw, **small})
+    det.fit(x)
     scores = det.decision_function(x)
-    row["steps"] = [h[-1]["step"] for h in det.history_]
+    row["steps"] = [h[-1]["step"] for m in getattr(det, "members_", [det])
+                    for h in m.history_]
     row.update(common.rule_metrics(det.reference_scores_, scores, y, det.contamination))
   else:
     _, (scores,), _ = common.fit_anchor(detector, seed, x, x)
@@ -221,8 +228,12 @@ def main(argv=None):
     print(missing)
   paths = find_sets(args)
   ours = {OURS: json.loads(args.detector)}
-  ours.update({label: {**json.loads(args.detector), **kw}
-               for label, kw in json.loads(args.variants).items()})
+  for label, kw in json.loads(args.variants).items():
+    if "members" in kw:   # an EnsembleDetector: --detector is laid under each member
+      ours[label] = {**kw, "members": [{**json.loads(args.detector), **m}
+                                       for m in kw["members"]]}
+    else:
+      ours[label] = {**json.loads(args.detector), **kw}
   detectors = [*ours, *anchors]
   shared = {"cache": args.cache, "smoke": args.smoke, "max_rows": args.max_rows, "ours": ours}
   jobs = []

@@ -249,6 +249,36 @@ def test_adbench_runs_the_chosen_tabular_configuration_unless_told_otherwise():
   AutoencoderDetector(**anomaly_adbench.CHOSEN)
 
 
+def test_adbench_runs_an_ensemble_variant_with_the_configuration_under_each_member(
+    tmp_path, monkeypatch):
+  """A variant {"members": [...]} is an EnsembleDetector; --detector (CHOSEN) is laid under
+  each member (jobs run with the smoke budget)."""
+  from experiments import anomaly_adbench
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(200, 5))
+  y = np.zeros(200, int)
+  y[:10] = 1
+  x[:10] += 5.0
+  np.savez(tmp_path / "3_toy.npz", X=x, y=y)
+  captured, real_jobs = {}, anomaly_adbench.run_jobs
+
+  def jobs(js, workers):
+    captured["ours"] = js[0][3]["ours"]
+    return real_jobs([(p, d, s, {**a, "smoke": True}) for p, d, s, a in js], workers)
+
+  monkeypatch.setattr(anomaly_adbench, "run_jobs", jobs)
+  variants = {"AE mix": {"members": [{}, {"activation": "relu", "score": "gaussian"}]}}
+  result = anomaly_adbench.main(["--data-dir", str(tmp_path), "--variants",
+                                 json.dumps(variants), "--anchors", "--seeds", "1",
+                                 "--out", str(tmp_path / "out"), "--cache", ""])
+  mix = captured["ours"]["AE mix"]["members"]
+  assert mix[0] == anomaly_adbench.CHOSEN
+  assert mix[1] == {**anomaly_adbench.CHOSEN, "activation": "relu", "score": "gaussian"}
+  rows = {r["detector"]: r for r in result["rows"]}
+  assert set(rows) == {anomaly_adbench.OURS, "AE mix"}
+  assert len(rows["AE mix"]["steps"]) == 2 and rows["AE mix"]["roc_auc"] > 0.9
+
+
 def test_ecg_rule_metrics_leave_a_rule_empty_where_it_does_not_apply():
   # IForest-like scores can be <= 0, where log_tukey is undefined: that rule is left empty
   # (None) and the others are still computed, instead of the whole experiment stopping.
