@@ -12,7 +12,8 @@ Any folder of ADBench-style `.npz` files (`X`, `y` with 1 = anomaly) works: `--d
   python -m experiments.anomaly_adbench --data-dir my_npz/    # any ADBench-style folder
   python -m experiments.anomaly_adbench --workers 16          # sets and seeds in parallel
   python -m experiments.anomaly_adbench --variants '{"AE knn": {"score": "knn"}}'  # compare
-  python -m experiments.anomaly_adbench --variants '{"AE mix": {"members": [{}, {"activation": "relu"}]}}'
+  python -m experiments.anomaly_adbench --variants \
+      '{"AE mix": {"members": [{}, {"activation": "relu"}]}}'   # an ensemble of differing members
   python -m experiments.anomaly_adbench --smoke               # seconds, for CI
 """
 
