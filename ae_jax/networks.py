@@ -170,6 +170,18 @@ class DilatedConv1D(nn.Module):
     return taps.astype(dtype) @ w + bias.astype(dtype)
 
 
+def dilated_layers(module, h, layers):
+  """DilatedConv1D -> (LayerNorm) -> activation for each (i, channels) of `layers`, layer i
+  dilated 2**i, created in the scope of `module` (call from its compact `__call__`)."""
+  act = get_activation(module.activation)
+  for i, ch in layers:
+    h = DilatedConv1D(ch, module.kernel_size, 2 ** i, dtype=module.dtype)(h)
+    if module.layer_norm:
+      h = nn.LayerNorm(dtype=module.dtype)(h)
+    h = act(h)
+  return h
+
+
 class TCNEncoder(nn.Module):
   """Dilated stride-1 convolutions over sequences (B, T, C), layer i dilated 2**i (a
   temporal convolutional network: the receptive field doubles per layer, the length is
@@ -182,13 +194,7 @@ class TCNEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    act = get_activation(self.activation)
-    h = x
-    for i, ch in enumerate(self.channels):
-      h = DilatedConv1D(ch, self.kernel_size, 2 ** i, dtype=self.dtype)(h)
-      if self.layer_norm:
-        h = nn.LayerNorm(dtype=self.dtype)(h)
-      h = act(h)
+    h = dilated_layers(self, x, enumerate(self.channels))
     return h.reshape(h.shape[0], -1)
 
 
@@ -208,11 +214,7 @@ class TCNDecoder(nn.Module):
     steps, out_ch = self.output_shape
     h = nn.Dense(steps * self.channels[-1], dtype=self.dtype)(z)
     h = act(h).reshape(z.shape[0], steps, self.channels[-1])
-    for i, ch in reversed(list(enumerate(self.channels))):
-      h = DilatedConv1D(ch, self.kernel_size, 2 ** i, dtype=self.dtype)(h)
-      if self.layer_norm:
-        h = nn.LayerNorm(dtype=self.dtype)(h)
-      h = act(h)
+    h = dilated_layers(self, h, reversed(list(enumerate(self.channels))))
     return DilatedConv1D(out_ch, 1, dtype=self.dtype)(h)
 
 

@@ -194,21 +194,12 @@ def fit_variant(kw: dict, fit_x, scores) -> tuple[float, list, dict]:
   differ in more than the seed; it has its own scores, so it is read once, as
   {'ensemble': ...}, whatever `scores` says.
   """
-  if "members" in kw:
-    det = EnsembleDetector(**kw)
-    start = time.perf_counter()
-    det.fit(fit_x)
-    seconds = time.perf_counter() - start
-    _, held = det.holdout_indices(len(fit_x))
-    steps = [h[-1]["step"] for m in det.members_ for h in m.history_]
-    return seconds, steps, {"ensemble": (det, det.decision_function(fit_x[held]))}
-  det = AutoencoderDetector(**kw)
+  det = EnsembleDetector(**kw) if "members" in kw else AutoencoderDetector(**kw)
   start = time.perf_counter()
   det.fit(fit_x)
   seconds = time.perf_counter() - start
   _, held = det.holdout_indices(len(fit_x))
-  read = {}
-  for score in scores:
-    d = rescored(det, score, fit_x)
-    read[score] = (d, d.decision_function(fit_x[held]))
+  readings = {"ensemble": det} if "members" in kw else \
+      {score: rescored(det, score, fit_x) for score in scores}
+  read = {score: (d, d.decision_function(fit_x[held])) for score, d in readings.items()}
   return seconds, [h[-1]["step"] for h in det.history_], read

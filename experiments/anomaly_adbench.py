@@ -134,8 +134,7 @@ def run_job(job) -> dict:
       det = AutoencoderDetector(**{**kw, **small})
     det.fit(x)
     scores = det.decision_function(x)
-    row["steps"] = [h[-1]["step"] for m in getattr(det, "members_", [det])
-                    for h in m.history_]
+    row["steps"] = [h[-1]["step"] for h in det.history_]
     row.update(common.rule_metrics(det.reference_scores_, scores, y, det.contamination))
   else:
     _, (scores,), _ = common.fit_anchor(detector, seed, x, x)

@@ -128,10 +128,9 @@ def run_detector(args, network, score, protocol, seed, splits):
   det.fit(fit_x, X_val=val_xy[0], y_val=val_xy[1])
   scores = det.decision_function(test_x)
   fit_s = time.perf_counter() - start
-  members = getattr(det, "members_", [det])
   row = {"protocol": protocol, "detector": label, "seed": seed,
          **common.ranking_metrics(test_y, scores), "fit+score s": fit_s,
-         "steps": [h[-1]["step"] for m in members for h in m.history_]}
+         "steps": [h[-1]["step"] for h in det.history_]}
   val_scores = det.decision_function(val_xy[0])
   add_rule_metrics(row, det.reference_scores_, val_scores, val_xy[1], scores, test_y,
                    det.contamination)

@@ -350,11 +350,7 @@ class AutoencoderDetector:
     if n_val and n - n_val < 2:
       raise DataError(f"{n} examples are too few to hold out {n_val} for validation; "
                       "give more data or set val_fraction=0")
-    if self.threshold == "f1_best" and X_val is None and (y is None or not n_val):
-      raise ConfigError("threshold 'f1_best' needs labels: pass y to fit (with "
-                        "val_fraction > 0, the held-out part is used) or X_val and y_val")
-    if X_val is not None and y_val is None:
-      raise ConfigError("X_val was given without y_val")
+    check_labels(self.threshold, n_val, y, X_val, y_val)
     self.scaler_ = fit_scaler(self.scaling, x[train_idx])
     x_scaled = self.scaler_.transform(x)
     make = data_lib.sources.make_array_data
@@ -376,18 +372,7 @@ class AutoencoderDetector:
       self.stats_ = self._with_term_stats(
           self.stats_, x[val_idx] if n_val >= MIN_HELD_OUT else x[train_idx])
     self.decision_scores_ = self.decision_function(x)
-    val_scores = val_labels = None
-    if X_val is not None:
-      val_scores, val_labels = self.decision_function(X_val), np.asarray(y_val)
-    elif y is not None and n_val:
-      val_scores, val_labels = self.decision_scores_[val_idx], np.asarray(y)[val_idx]
-    reference = self.decision_scores_[val_idx] if n_val >= MIN_HELD_OUT else \
-        self.decision_scores_
-    self.threshold_ = THRESHOLDS.get(self.threshold)(
-        reference, contamination=self.contamination, k=self.k,
-        val_scores=val_scores, val_labels=val_labels)
-    self.reference_scores_ = reference
-    self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+    set_threshold(self, val_idx, y, X_val, y_val)
     return self
 
   def _finish_setup(self) -> None:
@@ -595,13 +580,7 @@ class AutoencoderDetector:
   def load(cls, path) -> "AutoencoderDetector":
     """Rebuilds a detector written by `save`; reads only JSON and numeric arrays."""
     path = pathlib.Path(path)
-    if not (path / CONFIG_FILE).exists() or not (path / ARRAYS_FILE).exists():
-      raise CheckpointError(f"{path} holds no saved detector (expected {CONFIG_FILE} and "
-                            f"{ARRAYS_FILE})")
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    if meta.get("version") != FORMAT_VERSION:
-      raise CheckpointError(f"{path}: detector format {meta.get('version')}, this version "
-                            f"reads {FORMAT_VERSION}")
+    meta = read_meta(path, CONFIG_FILE, ARRAYS_FILE, "detector")
     det = cls(**meta["params"])
     det.config_ = ml_collections.ConfigDict(json.loads(meta["config"]))
     det.input_shape_ = tuple(meta["input_shape"])
@@ -621,6 +600,47 @@ class AutoencoderDetector:
     det.model_ = model
     det.labels_ = (det.decision_scores_ > det.threshold_).astype(np.int64)
     return det
+
+
+def check_labels(threshold: str, n_val: int, y, X_val, y_val) -> None:
+  """Before any training: the labels `fit` needs for the 'f1_best' rule are there (y with
+  a non-empty held-out part of n_val examples, or X_val and y_val)."""
+  if threshold == "f1_best" and X_val is None and (y is None or not n_val):
+    raise ConfigError("threshold 'f1_best' needs labels: pass y to fit (with "
+                      "val_fraction > 0, the held-out part is used) or X_val and y_val")
+  if X_val is not None and y_val is None:
+    raise ConfigError("X_val was given without y_val")
+
+
+def set_threshold(det, val_idx: np.ndarray, y, X_val, y_val) -> None:
+  """Sets det.reference_scores_, det.threshold_ and det.labels_ from det.decision_scores_
+  (the scores of the fit examples): the rule det.threshold reads the scores of the
+  held-out part `val_idx` when it has at least MIN_HELD_OUT examples, else every fit
+  score; 'f1_best' reads the labelled X_val, or y of the held-out part."""
+  scores = det.decision_scores_
+  val_scores = val_labels = None
+  if X_val is not None:
+    val_scores, val_labels = det.decision_function(X_val), np.asarray(y_val)
+  elif y is not None and len(val_idx):
+    val_scores, val_labels = scores[val_idx], np.asarray(y)[val_idx]
+  det.reference_scores_ = scores[val_idx] if len(val_idx) >= MIN_HELD_OUT else scores
+  det.threshold_ = THRESHOLDS.get(det.threshold)(
+      det.reference_scores_, contamination=det.contamination, k=det.k,
+      val_scores=val_scores, val_labels=val_labels)
+  det.labels_ = (scores > det.threshold_).astype(np.int64)
+
+
+def read_meta(path: pathlib.Path, config_file: str, arrays_file: str, kind: str) -> dict:
+  """The JSON metadata of a detector folder written by `save`, after checking that the
+  folder holds both files and that their format version is this one's."""
+  if not (path / config_file).exists() or not (path / arrays_file).exists():
+    raise CheckpointError(f"{path} holds no saved {kind} (expected {config_file} and "
+                          f"{arrays_file})")
+  meta = json.loads((path / config_file).read_text())
+  if meta.get("version") != FORMAT_VERSION:
+    raise CheckpointError(f"{path}: detector format {meta.get('version')}, this version "
+                          f"reads {FORMAT_VERSION}")
+  return meta
 
 
 def _stats_fields(arrays, members: int) -> dict[str, jax.Array]:

@@ -26,9 +26,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ae_jax.anomaly.detector import FORMAT_VERSION, MIN_HELD_OUT, AutoencoderDetector
+from ae_jax.anomaly.detector import (FORMAT_VERSION, AutoencoderDetector, check_labels,
+                                     read_meta, set_threshold)
 from ae_jax.anomaly.thresholds import DEFAULT_THRESHOLD, THRESHOLDS
-from ae_jax.errors import CheckpointError, ConfigError, DataError
+from ae_jax.errors import ConfigError, DataError
 
 ENSEMBLE_FILE = "ensemble.json"
 ARRAYS_FILE = "ensemble.npz"
@@ -137,38 +138,31 @@ class EnsembleDetector:
     x = np.asarray(X)
     if x.ndim < 2:
       raise DataError(f"expected a batch of examples (N, ...), got an array of shape {x.shape}")
-    if self.threshold == "f1_best" and X_val is None and (y is None or not self.val_fraction):
-      raise ConfigError("threshold 'f1_best' needs labels: pass y to fit (with "
-                        "val_fraction > 0, the held-out part is used) or X_val and y_val")
-    if X_val is not None and y_val is None:
-      raise ConfigError("X_val was given without y_val")
-    members = [self._member(m).fit(x) for m in self.members]
     _, val_idx = self.holdout_indices(len(x))
-    fit_scores = np.stack([m.decision_scores_ for m in members]).astype(np.float64)
-    ref = fit_scores[:, val_idx] if len(val_idx) >= MIN_STANDARDISE else fit_scores
+    check_labels(self.threshold, len(val_idx), y, X_val, y_val)
+    self.members_ = [self._member(m).fit(x) for m in self.members]
+    self.input_shape_ = tuple(x.shape[1:])
+    raw = np.stack([m.decision_scores_ for m in self.members_]).astype(np.float64)
+    ref = raw[:, val_idx] if len(val_idx) >= MIN_STANDARDISE else raw
     self.loc_ = ref.mean(1)
     self.scale_ = np.maximum(ref.std(1), 1e-6 * np.abs(self.loc_) + 1e-12)
-    self.members_ = members
-    self.input_shape_ = tuple(x.shape[1:])
-    self.decision_scores_ = self._combine(fit_scores)
-    val_scores = val_labels = None
-    if X_val is not None:
-      val_scores, val_labels = self.decision_function(X_val), np.asarray(y_val)
-    elif y is not None and len(val_idx):
-      val_scores, val_labels = self.decision_scores_[val_idx], np.asarray(y)[val_idx]
-    self.reference_scores_ = self.decision_scores_[val_idx] \
-        if len(val_idx) >= MIN_HELD_OUT else self.decision_scores_
-    self.threshold_ = THRESHOLDS.get(self.threshold)(
-        self.reference_scores_, contamination=self.contamination, k=self.k,
-        val_scores=val_scores, val_labels=val_labels)
-    self.labels_ = (self.decision_scores_ > self.threshold_).astype(np.int64)
+    self.decision_scores_ = self._combine(self._standardise(raw))
+    set_threshold(self, val_idx, y, X_val, y_val)
     return self
+
+  @property
+  def history_(self) -> list[list[dict]]:
+    """The training logs of every member's networks, member after member."""
+    return [h for m in self.members_ for h in m.history_]
 
   # -- scoring --
 
-  def _combine(self, scores: np.ndarray) -> np.ndarray:
-    """(M, N) member scores -> (N,) combined standardised scores (float32)."""
-    z = (scores - self.loc_[:, None]) / self.scale_[:, None]
+  def _standardise(self, raw: np.ndarray) -> np.ndarray:
+    """(M, N) raw member scores -> standardised (0 = a member's mean held-out score)."""
+    return (raw - self.loc_[:, None]) / self.scale_[:, None]
+
+  def _combine(self, z: np.ndarray) -> np.ndarray:
+    """(M, N) standardised member scores -> (N,) combined scores (float32)."""
     return (z.mean(0) if self.combine == "mean" else z.max(0)).astype(np.float32)
 
   def member_scores(self, X) -> np.ndarray:
@@ -179,13 +173,12 @@ class EnsembleDetector:
     if x.shape[1:] != self.input_shape_:
       raise DataError(f"the detector was fitted on examples of shape {self.input_shape_}, "
                       f"got {x.shape[1:]}")
-    raw = np.stack([m.decision_function(x) for m in self.members_]).astype(np.float64)
-    return (raw - self.loc_[:, None]) / self.scale_[:, None]
+    return self._standardise(
+        np.stack([m.decision_function(x) for m in self.members_]).astype(np.float64))
 
   def decision_function(self, X) -> np.ndarray:
     """Anomaly scores (N,) of examples X (N, ...); higher means more anomalous."""
-    z = self.member_scores(X)
-    return (z.mean(0) if self.combine == "mean" else z.max(0)).astype(np.float32)
+    return self._combine(self.member_scores(X))
 
   def predict(self, X) -> np.ndarray:
     """0/1 labels (N,): 1 where decision_function(X) > threshold_."""
@@ -216,13 +209,7 @@ class EnsembleDetector:
   def load(cls, path) -> "EnsembleDetector":
     """Rebuilds an ensemble written by `save`; reads only JSON and numeric arrays."""
     path = pathlib.Path(path)
-    if not (path / ENSEMBLE_FILE).exists() or not (path / ARRAYS_FILE).exists():
-      raise CheckpointError(f"{path} holds no saved ensemble (expected {ENSEMBLE_FILE} and "
-                            f"{ARRAYS_FILE})")
-    meta = json.loads((path / ENSEMBLE_FILE).read_text())
-    if meta.get("version") != FORMAT_VERSION:
-      raise CheckpointError(f"{path}: detector format {meta.get('version')}, this version "
-                            f"reads {FORMAT_VERSION}")
+    meta = read_meta(path, ENSEMBLE_FILE, ARRAYS_FILE, "ensemble")
     det = cls(**meta["params"])
     det.members_ = [AutoencoderDetector.load(path / f"member_{i}")
                     for i in range(len(det.members))]
